@@ -1,0 +1,90 @@
+"""The graph contract: every input and output of the two graphs, in one place.
+
+Export writes graphs with these names and records the resolved shapes in bundle.yaml; the runtime
+reads them back and checks them at load. Importable without torch or onnx. Nobody types
+"past_keys" anywhere else.
+
+Symbolic dims: B batch, N_cam cameras, L max_token_len, T prefix tokens (N_cam * image_tokens + L),
+layers (VLM depth), K kv heads, D head dim, H action horizon, A model action dim, S model state dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX_GRAPH = "prefix"
+DENOISE_STEP_GRAPH = "denoise_step"
+
+# prefix graph (images + prompt -> KV cache); MODEL.md, "Prefix".
+IMAGES = "images"
+IMAGE_MASKS = "image_masks"
+TOKENS = "tokens"
+TOKEN_MASKS = "token_masks"
+PAST_KEYS = "past_keys"
+PAST_VALUES = "past_values"
+PREFIX_MASK = "prefix_mask"
+
+# denoise_step graph (x_t, t, KV cache -> x_{t+dt}); MODEL.md, "Suffix and one denoise step".
+X_T = "x_t"
+TIME = "t"
+DT = "dt"
+STATE = "state"  # pi0 only: pi0.5 carries the state in the prompt
+STEP_INDEX = "step_index"  # optimized step graphs: time branch precomputed per step
+X_NEXT = "x_next"
+VELOCITY = "velocity"  # optional, for tests
+
+KV_DTYPE = "kv"  # placeholder resolved to the graph precision's float type
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name, or KV_DTYPE for the precision-dependent cache type
+    dims: tuple[str, ...]
+
+    def resolve(self, sizes: dict[str, int], kv_dtype: str) -> dict:
+        """The manifest entry: concrete dtype and shape, batch kept symbolic."""
+        shape = [d if d == "B" else int(sizes[d]) for d in self.dims]
+        return {"name": self.name, "dtype": kv_dtype if self.dtype == KV_DTYPE else self.dtype, "shape": shape}
+
+
+KV_DIMS = ("layers", "B", "T", "K", "D")
+
+PREFIX_INPUTS = (
+    TensorSpec(IMAGES, "uint8", ("B", "N_cam", "image_size", "image_size", "C")),
+    TensorSpec(IMAGE_MASKS, "bool", ("B", "N_cam")),
+    TensorSpec(TOKENS, "int64", ("B", "L")),
+    TensorSpec(TOKEN_MASKS, "bool", ("B", "L")),
+)
+PREFIX_OUTPUTS = (
+    TensorSpec(PAST_KEYS, KV_DTYPE, KV_DIMS),
+    TensorSpec(PAST_VALUES, KV_DTYPE, KV_DIMS),
+    TensorSpec(PREFIX_MASK, "bool", ("B", "T")),
+)
+
+
+def denoise_step_inputs(has_state_input: bool, time_as_step_index: bool) -> tuple[TensorSpec, ...]:
+    """Step-graph inputs. pi0 feeds the state token here; optimized graphs index a per-step table."""
+    time_inputs = (
+        (TensorSpec(STEP_INDEX, "int64", ("B",)),)
+        if time_as_step_index
+        else (TensorSpec(TIME, "float32", ("B",)), TensorSpec(DT, "float32", ("B",)))
+    )
+    state = (TensorSpec(STATE, "float32", ("B", "S")),) if has_state_input else ()
+    return (
+        TensorSpec(X_T, "float32", ("B", "H", "A")),
+        *time_inputs,
+        TensorSpec(PAST_KEYS, KV_DTYPE, KV_DIMS),
+        TensorSpec(PAST_VALUES, KV_DTYPE, KV_DIMS),
+        TensorSpec(PREFIX_MASK, "bool", ("B", "T")),
+        *state,
+    )
+
+
+def denoise_step_outputs(with_velocity: bool = False) -> tuple[TensorSpec, ...]:
+    out = (TensorSpec(X_NEXT, "float32", ("B", "H", "A")),)
+    return out + ((TensorSpec(VELOCITY, "float32", ("B", "H", "A")),) if with_velocity else ())
+
+
+# The camera order the checkpoints were trained with (MODEL.md, "Prefix").
+DEFAULT_CAMERAS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
