@@ -1,0 +1,161 @@
+"""Model configurations as data: frozen dataclasses, full-size and tiny presets side by side.
+
+Full sizes are MODEL.md's "Shapes" table; the tiny ones follow openpi's "dummy" Gemma and exist so
+tests run exact and fast. Derived sizes are properties, never stored twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from pi0edge.contract import DEFAULT_CAMERAS
+
+MODEL_TYPES = ("pi0", "pi05")
+
+
+def _check_positive(owner: str, **values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{owner}.{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """SigLIP tower: patch embedding, pre-LN encoder, final LayerNorm (MODEL.md, "Shapes")."""
+
+    width: int = 1152
+    depth: int = 27
+    mlp_dim: int = 4304
+    num_heads: int = 16
+    patch_size: int = 14
+    image_size: int = 224
+    layer_norm_eps: float = 1e-6
+
+    def __post_init__(self):
+        _check_positive("vision", width=self.width, depth=self.depth, mlp_dim=self.mlp_dim,
+                        num_heads=self.num_heads, patch_size=self.patch_size, image_size=self.image_size)
+        if self.width % self.num_heads:
+            raise ValueError(f"vision.width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"vision.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    @property
+    def tokens_per_image(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass(frozen=True)
+class GemmaConfig:
+    """One Gemma stack: the VLM (Gemma 2B) or the action expert (Gemma 300M)."""
+
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int = 8
+    num_kv_heads: int = 1
+    head_dim: int = 256
+    rms_norm_eps: float = 1e-6
+    rope_base: float = 10_000.0
+
+    def __post_init__(self):
+        _check_positive("gemma", width=self.width, depth=self.depth, mlp_dim=self.mlp_dim,
+                        num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim)
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"gemma.num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"gemma.head_dim {self.head_dim} must be even for RoPE")
+
+
+GEMMA_2B = GemmaConfig(width=2048, depth=18, mlp_dim=16_384)
+GEMMA_300M = GemmaConfig(width=1024, depth=18, mlp_dim=4096)
+# openpi's "dummy" variant: what tests use.
+GEMMA_DUMMY = GemmaConfig(width=64, depth=4, mlp_dim=128, num_heads=8, num_kv_heads=1, head_dim=16)
+SIGLIP_SO400M = VisionConfig()
+SIGLIP_TINY = VisionConfig(width=32, depth=2, mlp_dim=64, num_heads=4)
+
+
+@dataclass(frozen=True)
+class Pi0Config:
+    """A whole Pi0 / Pi0.5 policy. `model_type` is "pi0" or "pi05" (Pi0.5)."""
+
+    model_type: str = "pi0"
+    vision: VisionConfig = SIGLIP_SO400M
+    vlm: GemmaConfig = GEMMA_2B
+    expert: GemmaConfig = GEMMA_300M
+    vocab_size: int = 257_152
+    action_dim: int = 32  # model action width; robot vectors are zero-padded to it
+    state_dim: int = 32
+    action_horizon: int = 50
+    max_token_len: int = 48
+    num_steps: int = 10
+    min_period: float = 4e-3  # time posemb, MODEL.md "Suffix"
+    max_period: float = 4.0
+    cameras: tuple[str, ...] = field(default=DEFAULT_CAMERAS)
+
+    def __post_init__(self):
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
+        _check_positive("model", vocab_size=self.vocab_size, action_dim=self.action_dim, state_dim=self.state_dim,
+                        action_horizon=self.action_horizon, max_token_len=self.max_token_len,
+                        num_steps=self.num_steps)
+        if not self.cameras or len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f"cameras must be a non-empty list of distinct names, got {self.cameras!r}")
+        if self.vlm.depth != self.expert.depth:
+            raise ValueError(f"VLM and expert depth differ ({self.vlm.depth} vs {self.expert.depth}): "
+                             "shared attention pairs their layers one to one")
+        if (self.vlm.num_heads, self.vlm.num_kv_heads, self.vlm.head_dim) != (
+                self.expert.num_heads, self.expert.num_kv_heads, self.expert.head_dim):
+            raise ValueError("VLM and expert must agree on heads, kv heads and head_dim for shared attention")
+        if self.expert.width % 2:
+            raise ValueError(f"expert.width {self.expert.width} must be even for the sin/cos time embedding")
+
+    @property
+    def is_pi05(self) -> bool:
+        return self.model_type == "pi05"
+
+    @property
+    def num_cameras(self) -> int:
+        return len(self.cameras)
+
+    @property
+    def prefix_len(self) -> int:
+        """T: image tokens of every camera, then the prompt tokens."""
+        return self.num_cameras * self.vision.tokens_per_image + self.max_token_len
+
+    @property
+    def suffix_len(self) -> int:
+        """pi0: the state token + H action tokens; pi0.5: H action tokens."""
+        return self.action_horizon + (0 if self.is_pi05 else 1)
+
+    @property
+    def num_layers(self) -> int:
+        return self.vlm.depth
+
+
+def full(model_type: str = "pi0") -> Pi0Config:
+    """The published size: SigLIP So400m + Gemma 2B + Gemma 300M (pi0 ~3.24 B, pi0.5 ~3.35 B parameters)."""
+    return Pi0Config(model_type=model_type, max_token_len=200 if model_type == "pi05" else 48)
+
+
+def tiny(model_type: str = "pi0", **overrides) -> Pi0Config:
+    """Exact-and-fast test size: dummy Gemma for both stacks, 2-layer SigLIP, 512-token vocabulary."""
+    base = Pi0Config(model_type=model_type, vision=SIGLIP_TINY, vlm=GEMMA_DUMMY,
+                     expert=replace(GEMMA_DUMMY, width=32, mlp_dim=64), vocab_size=512,
+                     action_dim=8, state_dim=8, action_horizon=10,
+                     max_token_len=48 if model_type == "pi0" else 64)
+    return replace(base, **overrides)
+
+
+def mid(model_type: str = "pi0") -> Pi0Config:
+    """A mid-size config that runs in seconds on a laptop CPU: used by the CPU benchmarks."""
+    vlm = GemmaConfig(width=512, depth=6, mlp_dim=2048, num_heads=8, num_kv_heads=1, head_dim=64)
+    return Pi0Config(model_type=model_type, vision=VisionConfig(width=256, depth=6, mlp_dim=1024, num_heads=4),
+                     vlm=vlm, expert=replace(vlm, width=256, mlp_dim=1024), vocab_size=4096,
+                     max_token_len=48 if model_type == "pi0" else 200)
+
+
+PRESETS = {"full": full, "mid": mid, "tiny": tiny}
