@@ -43,7 +43,8 @@ class SiglipAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, p, w = x.shape
-        q, k, v = (proj(x).view(b, p, self.num_heads, self.head_dim) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        q, k, v = (proj(x).view(b, p, self.num_heads, self.head_dim) for proj in projs)
         logits = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * self.head_dim**-0.5
         probs = logits.softmax(dim=-1).to(v.dtype)
         out = torch.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, p, w)

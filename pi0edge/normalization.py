@@ -67,7 +67,8 @@ class NormStats:
             missing = [k for k in (first, second) if k not in d]
             if missing:
                 raise NormStatsError(f"{name} statistics lack {missing} (have {sorted(d)}) for {kind} normalization")
-            return VectorStats(np.asarray(d[first], np.float32).reshape(-1), np.asarray(d[second], np.float32).reshape(-1))
+            return VectorStats(np.asarray(d[first], np.float32).reshape(-1),
+                               np.asarray(d[second], np.float32).reshape(-1))
 
         return cls(kind, convention, vec("state", state), vec("action", action),
                    DEFAULT_EPS.get(convention, 1e-6) if eps is None else float(eps))
