@@ -43,12 +43,12 @@ class SiglipAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, p, w = x.shape
-        projs = (self.q_proj, self.k_proj, self.v_proj)
-        q, k, v = (proj(x).view(b, p, self.num_heads, self.head_dim) for proj in projs)
-        logits = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * self.head_dim**-0.5
+        # [b, p, w] -> [b, heads, p, d]; matmul rather than einsum: every backend fuses it.
+        q, k, v = (proj(x).view(b, p, self.num_heads, self.head_dim).transpose(1, 2)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * self.head_dim**-0.5
         probs = logits.softmax(dim=-1).to(v.dtype)
-        out = torch.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, p, w)
-        return self.out_proj(out)
+        return self.out_proj(torch.matmul(probs, v).transpose(1, 2).reshape(b, p, w))
 
 
 class SiglipMLP(nn.Module):
@@ -244,13 +244,14 @@ def attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> Tensor:
     q [b, s, h, d]; k, v [b, t, k, d]; allowed bool [b, s, t] -> [b, s, h*d].
     """
     b, s, h, d = q.shape
-    groups = h // k.shape[2]
-    qg = q.reshape(b, s, k.shape[2], groups, d)  # heads grouped under their kv head
-    logits = torch.einsum("bskgd,btkd->bkgst", qg.float(), k.float()) * d**-0.5
+    kv_heads = k.shape[2]
+    qg = q.reshape(b, s, kv_heads, h // kv_heads, d).permute(0, 2, 3, 1, 4)  # [b, k, g, s, d]: heads under kv head
+    kt = k.permute(0, 2, 3, 1)[:, :, None]  # [b, k, 1, d, t]
+    logits = torch.matmul(qg.float(), kt.float()) * d**-0.5  # [b, k, g, s, t]
     logits = torch.where(allowed[:, None, None], logits, torch.tensor(MASK_VALUE, dtype=torch.float32))
     probs = logits.softmax(dim=-1).to(v.dtype)
-    out = torch.einsum("bkgst,btkd->bskgd", probs, v)
-    return out.reshape(b, s, h * d)
+    out = torch.matmul(probs, v.permute(0, 2, 1, 3)[:, :, None])  # [b, k, g, s, d]
+    return out.permute(0, 3, 1, 2, 4).reshape(b, s, h * d)
 
 
 def mask_2d(pad_mask: Tensor, ar_mask: Tensor) -> Tensor:

@@ -1,0 +1,141 @@
+"""checkpoint directory -> bundle directory (DESIGN.md, "Bundle"), written atomically.
+
+Everything is written into a hidden sibling folder first; only a complete, checked bundle is renamed
+into place. An existing bundle is replaced only with overwrite=True, and then by rename, so a failed
+or interrupted export never leaves half a bundle and never damages a good one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+import pi0edge
+from pi0edge import contract as c
+from pi0edge.errors import BundleError, CheckpointError
+from pi0edge.export.config import Pi0Config
+from pi0edge.export.graphs import OPSET, export_graphs
+from pi0edge.manifest import FORMAT_VERSION, MANIFEST_NAME, load_manifest, sha256_file, write_text_atomic
+from pi0edge.normalization import NormStats
+
+log = logging.getLogger(__name__)
+TOKENIZER_NAME = "tokenizer.model"
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    bundle_dir: Path
+    precision: str
+    export_s: float
+    bundle_bytes: int
+
+
+def model_manifest(cfg: Pi0Config) -> dict:
+    return {"type": cfg.model_type, "cameras": list(cfg.cameras), "image_size": cfg.vision.image_size,
+            "image_tokens_per_camera": cfg.vision.tokens_per_image, "max_token_len": cfg.max_token_len,
+            "vocab_size": cfg.vocab_size, "action_dim": cfg.action_dim, "state_dim": cfg.state_dim,
+            "action_horizon": cfg.action_horizon, "num_steps": cfg.num_steps, "num_layers": cfg.num_layers,
+            "prefix_len": cfg.prefix_len, "kv_heads": cfg.vlm.num_kv_heads, "head_dim": cfg.vlm.head_dim}
+
+
+def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path: Path, robot_state_dim: int,
+                 robot_action_dim: int, precision: str = "float32", source: dict | None = None,
+                 overwrite: bool = False, with_velocity: bool = False) -> ExportReport:
+    """Export `model` (a Pi0Model) with its stats and tokenizer into the bundle folder out_dir."""
+    import onnx
+    import torch
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise BundleError(f"{out_dir} already exists; pass --overwrite to replace it (the old bundle stays intact "
+                          "until the new one is complete)")
+    tokenizer_path = Path(tokenizer_path)
+    if not tokenizer_path.is_file():
+        raise CheckpointError(f"tokenizer {tokenizer_path} does not exist; pass --tokenizer PATH to a PaliGemma "
+                              "SentencePiece tokenizer.model")
+    if norm_stats.state.dim != robot_state_dim or norm_stats.action.dim != robot_action_dim:
+        raise CheckpointError(f"normalization statistics cover state {norm_stats.state.dim} / action "
+                              f"{norm_stats.action.dim} dims but the robot has {robot_state_dim} / {robot_action_dim}")
+    cfg: Pi0Config = model.cfg
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    try:
+        graphs = export_graphs(model, staging, precision, with_velocity=with_velocity)
+        shutil.copyfile(tokenizer_path, staging / TOKENIZER_NAME)
+        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "model": model_manifest(cfg),
+            "robot": {"state_dim": robot_state_dim, "action_dim": robot_action_dim},
+            "precision": precision,
+            "normalization": norm_stats.to_dict(),
+            "tokenizer": {"file": TOKENIZER_NAME},
+            "graphs": graphs,
+            "source": source or {},
+            "exporter": {"pi0edge": pi0edge.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                         "opset": OPSET, "python": platform.python_version(),
+                         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+            "files": files,
+        }
+        write_text_atomic(staging / MANIFEST_NAME, yaml.safe_dump(manifest, sort_keys=False))
+        load_manifest(staging, verify_checksums=False)  # the reader accepts what we wrote
+        _swap_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    size = sum(p.stat().st_size for p in out_dir.iterdir())
+    return ExportReport(out_dir, precision, time.perf_counter() - start, size)
+
+
+def _swap_into_place(staging: Path, out_dir: Path) -> None:
+    """Rename the finished bundle into place; an old bundle is moved aside first and removed last."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        os.replace(out_dir, old)
+    try:
+        os.replace(staging, out_dir)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, *, precision: str = "float32",
+                  tokenizer: str | Path | None = None, overwrite: bool = False, num_steps: int | None = None,
+                  check_finite: bool = True) -> ExportReport:
+    """The `pi0edge export` command: load the checkpoint lazily, export both graphs, write the bundle."""
+    from dataclasses import replace
+
+    from pi0edge.export.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint_dir, check_finite=check_finite)
+    model = ckpt.model
+    if num_steps is not None:
+        model.cfg = replace(model.cfg, num_steps=num_steps)
+    tokenizer_path = Path(tokenizer) if tokenizer else ckpt.tokenizer_path
+    if tokenizer_path is None:
+        raise CheckpointError(f"{checkpoint_dir}: no tokenizer.model in the checkpoint directory; pass --tokenizer "
+                              "PATH (PaliGemma's SentencePiece model, e.g. paligemma_tokenizer.model)")
+    if ckpt.norm_stats is None:
+        raise CheckpointError(f"{checkpoint_dir}: no normalization statistics found")
+    source = {"checkpoint": str(Path(checkpoint_dir).resolve()), "layout": ckpt.layout,
+              "sha256": ckpt.source_sha256}
+    return write_bundle(model, Path(out_dir), norm_stats=ckpt.norm_stats, tokenizer_path=tokenizer_path,
+                        robot_state_dim=ckpt.robot_state_dim, robot_action_dim=ckpt.robot_action_dim,
+                        precision=precision, source=source, overwrite=overwrite)
+
+
+GRAPH_NAMES = (c.PREFIX_GRAPH, c.DENOISE_STEP_GRAPH)

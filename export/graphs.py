@@ -1,0 +1,183 @@
+"""The two exportable graphs of DESIGN.md with the KV cache as explicit I/O, and their ONNX export.
+
+`prefix`: images + prompt -> past_keys, past_values, prefix_mask.
+`denoise_step`: x_t, t, dt, KV cache (+ state for pi0) -> x_next = x_t + dt * v.
+Names, dtypes and symbolic shapes come from pi0edge.contract; this module only binds them to the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from pi0edge import contract as c
+from pi0edge.export.config import Pi0Config
+from pi0edge.export.model import Pi0Model
+
+log = logging.getLogger(__name__)
+
+OPSET = 19
+PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+KV_NUMPY_DTYPE = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+class PrefixGraph(nn.Module):
+    def __init__(self, model: Pi0Model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor):
+        return self.model.prefix(images, image_masks, tokens, token_masks)
+
+
+class DenoiseStepGraph(nn.Module):
+    def __init__(self, model: Pi0Model, with_velocity: bool = False):
+        super().__init__()
+        self.model, self.with_velocity = model, with_velocity
+
+    def forward(self, x_t: Tensor, t: Tensor, dt: Tensor, past_keys: Tensor, past_values: Tensor,
+                prefix_mask: Tensor, state: Tensor | None = None):
+        x_next, v = self.model.denoise_step(x_t, t, dt, past_keys, past_values, prefix_mask, state)
+        return (x_next, v) if self.with_velocity else x_next
+
+
+def graph_sizes(cfg: Pi0Config) -> dict[str, int]:
+    """Concrete values of the contract's symbolic dims (all but B)."""
+    return {"N_cam": cfg.num_cameras, "image_size": cfg.vision.image_size, "C": 3, "L": cfg.max_token_len,
+            "T": cfg.prefix_len, "layers": cfg.num_layers, "K": cfg.vlm.num_kv_heads, "D": cfg.vlm.head_dim,
+            "H": cfg.action_horizon, "A": cfg.action_dim, "S": cfg.state_dim}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph's I/O as the contract resolves it for a config; written into bundle.yaml."""
+
+    inputs: tuple[c.TensorSpec, ...]
+    outputs: tuple[c.TensorSpec, ...]
+
+    def manifest_io(self, cfg: Pi0Config, precision: str) -> dict:
+        sizes, kv = graph_sizes(cfg), KV_NUMPY_DTYPE[precision]
+        return {"inputs": [s.resolve(sizes, kv) for s in self.inputs],
+                "outputs": [s.resolve(sizes, kv) for s in self.outputs]}
+
+
+def prefix_spec() -> GraphSpec:
+    return GraphSpec(c.PREFIX_INPUTS, c.PREFIX_OUTPUTS)
+
+
+def denoise_step_spec(cfg: Pi0Config, with_velocity: bool = False) -> GraphSpec:
+    return GraphSpec(c.denoise_step_inputs(has_state_input=not cfg.is_pi05, time_as_step_index=False),
+                     c.denoise_step_outputs(with_velocity))
+
+
+def example_inputs(cfg: Pi0Config, batch: int, precision: str, seed: int = 0) -> dict[str, dict[str, Tensor]]:
+    """Random inputs of the right dtypes and shapes for tracing (and for tests)."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = graph_sizes(cfg)
+    b, n, s, length = batch, sizes["N_cam"], sizes["image_size"], sizes["L"]
+    kv_shape = (sizes["layers"], b, sizes["T"], sizes["K"], sizes["D"])
+    kv_dtype = PRECISIONS[precision]
+    prefix = {
+        c.IMAGES: torch.randint(0, 256, (b, n, s, s, 3), dtype=torch.uint8, generator=g),
+        c.IMAGE_MASKS: torch.ones(b, n, dtype=torch.bool),
+        c.TOKENS: torch.randint(0, cfg.vocab_size, (b, length), generator=g),
+        c.TOKEN_MASKS: torch.ones(b, length, dtype=torch.bool),
+    }
+    step = {
+        c.X_T: torch.randn(b, cfg.action_horizon, cfg.action_dim, generator=g),
+        c.TIME: torch.ones(b),
+        c.DT: torch.full((b,), -1.0 / cfg.num_steps),
+        c.PAST_KEYS: torch.randn(kv_shape, generator=g).to(kv_dtype),
+        c.PAST_VALUES: torch.randn(kv_shape, generator=g).to(kv_dtype),
+        c.PREFIX_MASK: torch.ones(b, sizes["T"], dtype=torch.bool),
+    }
+    if not cfg.is_pi05:
+        step[c.STATE] = torch.randn(b, cfg.state_dim, generator=g)
+    return {c.PREFIX_GRAPH: prefix, c.DENOISE_STEP_GRAPH: step}
+
+
+def _export_one(module: nn.Module, inputs: dict[str, Tensor], spec: GraphSpec, path: Path) -> None:
+    import shutil
+
+    import onnx
+
+    names_in = [s.name for s in spec.inputs]
+    names_out = [s.name for s in spec.outputs]
+    dynamic_axes = {s.name: {s.dims.index("B"): "B"} for s in (*spec.inputs, *spec.outputs)}
+    args = tuple(inputs[name] for name in names_in)
+    # Export into a scratch folder: over 2 GiB the exporter spills one file per tensor beside the graph.
+    scratch = path.parent / f".{path.stem}.scratch"
+    scratch.mkdir()
+    try:
+        scratch_path = scratch / path.name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+            torch.onnx.export(module, args, str(scratch_path), input_names=names_in, output_names=names_out,
+                              dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False,
+                              do_constant_folding=True)
+        proto = onnx.load(str(scratch_path), load_external_data=False)
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+            _gather_external_data(proto, scratch, path.parent / (path.name + ".data"))
+            onnx.save_model(proto, str(path))
+        else:
+            shutil.move(str(scratch_path), path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    onnx.checker.check_model(str(path))
+
+
+def _gather_external_data(proto, source_dir: Path, data_path: Path) -> None:
+    """Rewrite per-tensor external files into one `<graph>.onnx.data`, streaming: no tensor is held in RAM
+    twice, so a full-size float32 graph exports on a 24 GB machine."""
+    import onnx
+
+    offset = 0
+    with open(data_path, "wb") as out:
+        for tensor in proto.graph.initializer:
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            info = {e.key: e.value for e in tensor.external_data}
+            src = source_dir / info["location"]
+            start, length = int(info.get("offset", 0)), info.get("length")
+            with open(src, "rb") as f:
+                f.seek(start)
+                data = f.read(int(length)) if length is not None else f.read()
+            pad = (-offset) % 4096  # page-aligned tensors let runtimes mmap them
+            out.write(b"\0" * pad)
+            offset += pad
+            out.write(data)
+            del tensor.external_data[:]
+            for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(len(data)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            offset += len(data)
+
+
+def export_graphs(model: Pi0Model, out_dir: Path, precision: str = "float32", with_velocity: bool = False
+                  ) -> dict[str, dict]:
+    """Write prefix.onnx and denoise_step.onnx into out_dir; -> manifest entries {graph: {file, io}}.
+
+    The model is cast to the precision in place (float16/bfloat16 keep MODEL.md's float32 islands).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    cfg = model.cfg
+    model = model.to(PRECISIONS[precision]).eval()
+    examples = example_inputs(cfg, batch=1, precision=precision)
+    graphs = {
+        c.PREFIX_GRAPH: (PrefixGraph(model), prefix_spec()),
+        c.DENOISE_STEP_GRAPH: (DenoiseStepGraph(model, with_velocity), denoise_step_spec(cfg, with_velocity)),
+    }
+    entries = {}
+    for name, (module, spec) in graphs.items():
+        path = out_dir / f"{name}.onnx"
+        log.info("exporting %s (%s) -> %s", name, precision, path)
+        with torch.no_grad():
+            _export_one(module, examples[name], spec, path)
+        entries[name] = {"file": path.name, **spec.manifest_io(cfg, precision)}
+    return entries

@@ -1,0 +1,39 @@
+"""The backend interface: the few calls a policy makes per chunk. No inheritance tree: a backend is any
+object with these methods; `Policy` wraps what is common (preprocessing, timing, validation).
+
+Per chunk: `run_prefix` once (the KV cache stays in the backend's own buffers), `set_noise`, then
+`run_step(k)` for each Euler step k (x_t ping-pongs between two buffers inside the backend), then
+`read_actions`. Buffers are allocated in `prepare(batch)` and reused while the batch size is unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class Backend(Protocol):
+    name: str
+    device: str  # "cpu" or "cuda"
+
+    def prepare(self, batch: int, times: np.ndarray, dt: float) -> None:
+        """Allocate and bind every buffer for this batch size and step schedule (idempotent)."""
+
+    def run_prefix(self, images: np.ndarray, image_masks: np.ndarray, tokens: np.ndarray,
+                   token_masks: np.ndarray) -> None:
+        """Fill the KV cache for the batch."""
+
+    def set_noise(self, noise: np.ndarray, state: np.ndarray | None) -> None:
+        """x_0 = noise [B, H, A] float32; state [B, S] for pi0 (None for pi0.5)."""
+
+    def run_step(self, step: int) -> None:
+        """One Euler step at times[step]: x <- x + dt * v(x, t)."""
+
+    def read_actions(self) -> np.ndarray:
+        """The current x [B, H, A] as a host float32 array (one copy per chunk)."""
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (for honest timings); a no-op on CPU."""
+
+    def close(self) -> None: ...
