@@ -82,7 +82,7 @@ def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path:
             "tokenizer": {"file": TOKENIZER_NAME},
             "graphs": graphs,
             "source": source or {},
-            "exporter": {"pi0edge": pi0edge.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "exporter": {"pi0edge": pi0edge.__version__, "torch": str(torch.__version__), "onnx": str(onnx.__version__),
                          "opset": OPSET, "python": platform.python_version(),
                          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
             "files": files,

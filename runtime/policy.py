@@ -1,0 +1,161 @@
+"""`Policy`: a bundle on a backend; observation(s) in, an action chunk in robot units out.
+
+Per chunk (DESIGN.md, "Runtime"): preprocess (resize-with-pad, tokenize, normalize state) -> prefix once
+-> num_steps calls of the step graph over the KV buffers -> unnormalize and crop to the robot's dims.
+The per-stage wall times are measured here, so `profile`, `run` and the benchmarks read the same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pi0edge.errors import BackendUnavailableError, ObservationError
+from pi0edge.manifest import Manifest, load_manifest
+from pi0edge.runtime.preprocess import AssembleImages, FinishActions, PrepareState, PromptTokenizer, normalize_state
+from pi0edge.runtime.types import ActionChunk, Observation
+from pi0edge.schedule import euler_schedule
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
+
+
+def make_backend(manifest: Manifest, backend: str, **options):
+    """Instantiate a backend by name; `auto` picks the fastest one this machine can run."""
+    if backend not in BACKENDS:
+        raise BackendUnavailableError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    if backend == "auto":
+        return _auto_backend(manifest, **options)
+    if backend == "tensorrt":
+        from pi0edge.runtime.backends.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(manifest, **options)
+    from pi0edge.runtime.backends.ort import OrtBackend
+
+    return OrtBackend(manifest, backend, **options)
+
+
+def _auto_backend(manifest: Manifest, **options):
+    from pi0edge.runtime.backends.ort import OrtBackend, available_ort_backends
+
+    reasons = []
+    try:
+        from pi0edge.runtime.backends.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(manifest, **options)
+    except (BackendUnavailableError, ImportError) as exc:
+        reasons.append(f"tensorrt: {exc}")
+    for name in available_ort_backends():
+        try:
+            return OrtBackend(manifest, name, **options)
+        except Exception as exc:  # a provider that is listed but cannot start (no driver, no TensorRT libs)
+            reasons.append(f"{name}: {exc}")
+    raise BackendUnavailableError("no backend could start: " + "; ".join(reasons))
+
+
+class Policy:
+    """policy = Policy("bundle/"); chunk = policy.infer(Observation(images, state, prompt))."""
+
+    def __init__(self, bundle_dir: str | Path, backend: str = "ort-cpu", *, verify_checksums: bool = True,
+                 seed: int | None = None, **backend_options):
+        self.manifest = load_manifest(bundle_dir, verify_checksums=verify_checksums)
+        m = self.manifest
+        self.backend = make_backend(m, backend, **backend_options)
+        self.assemble_images = AssembleImages(m.cameras, m.image_size)
+        self.tokenizer = PromptTokenizer(m.path(m.tokenizer_file), m.max_token_len, m.model_type)
+        self.prepare_state = PrepareState(m.norm_stats, m.state_dim)
+        self.finish_actions = FinishActions(m.norm_stats, m.robot_action_dim)
+        self.rng = np.random.default_rng(seed)
+        log.info("policy %s (%s, %s) on %s", m.bundle_dir, m.model_type, m.precision, self.backend.name)
+
+    # what robot_io needs to know about a policy
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        return self.manifest.cameras
+
+    @property
+    def action_horizon(self) -> int:
+        return self.manifest.action_horizon
+
+    @property
+    def robot_state_dim(self) -> int:
+        return self.manifest.robot_state_dim
+
+    @property
+    def robot_action_dim(self) -> int:
+        return self.manifest.robot_action_dim
+
+    def preprocess(self, observations: Sequence[Observation]) -> dict[str, np.ndarray]:
+        """Observations -> the prefix graph's inputs and the step graph's state, batched."""
+        images, image_masks, tokens, token_masks, states = [], [], [], [], []
+        for obs in observations:
+            if not isinstance(obs, Observation):
+                raise ObservationError(f"expected pi0edge.runtime.Observation, got {type(obs).__name__}")
+            imgs, masks = self.assemble_images(obs.images)
+            images.append(imgs)
+            image_masks.append(masks)
+            if self.manifest.is_pi05:
+                tok, tok_mask = self.tokenizer(obs.prompt, normalize_state(obs.state, self.manifest.norm_stats))
+            else:
+                states.append(self.prepare_state(obs.state))
+                tok, tok_mask = self.tokenizer(obs.prompt)
+            tokens.append(tok)
+            token_masks.append(tok_mask)
+        return {"images": np.stack(images), "image_masks": np.stack(image_masks), "tokens": np.stack(tokens),
+                "token_masks": np.stack(token_masks), "state": np.stack(states) if states else None}
+
+    def infer(self, observation: Observation | Sequence[Observation], noise: np.ndarray | None = None,
+              num_steps: int | None = None) -> ActionChunk:
+        """One action chunk. A single observation gives actions [H, robot_action_dim]; a list of B
+        observations (several robots) gives [B, H, robot_action_dim]. noise [B, H, A] (or [H, A]) makes the
+        result reproducible; otherwise it comes from the policy's seeded generator."""
+        t0 = time.perf_counter()
+        single = isinstance(observation, Observation)
+        observations = [observation] if single else list(observation)
+        if not observations:
+            raise ObservationError("infer() needs at least one observation")
+        batch = len(observations)
+        m = self.manifest
+        feeds = self.preprocess(observations)
+        noise_shape = (batch, m.action_horizon, m.action_dim)
+        if noise is None:
+            noise = self.rng.standard_normal(noise_shape, dtype=np.float32)
+        else:
+            noise = np.asarray(noise, np.float32)
+            if noise.size != np.prod(noise_shape):
+                raise ObservationError(f"noise has shape {noise.shape}, expected {noise_shape[1:]} per observation")
+            noise = noise.reshape(noise_shape)
+        times, dt = euler_schedule(num_steps or m.num_steps)
+        self.backend.prepare(batch, times, dt)
+        t1 = time.perf_counter()
+
+        self.backend.run_prefix(feeds["images"], feeds["image_masks"], feeds["tokens"], feeds["token_masks"])
+        self.backend.set_noise(noise, feeds["state"])
+        self.backend.synchronize()
+        t2 = time.perf_counter()
+        step_ms = []
+        for k in range(len(times)):
+            s0 = time.perf_counter()
+            self.backend.run_step(k)
+            self.backend.synchronize()
+            step_ms.append((time.perf_counter() - s0) * 1e3)
+        t3 = time.perf_counter()
+        actions = self.finish_actions(self.backend.read_actions())
+        t4 = time.perf_counter()
+        timings = {"preprocess_ms": (t1 - t0) * 1e3, "prefix_ms": (t2 - t1) * 1e3, "step_ms": step_ms,
+                   "denoise_ms": (t3 - t2) * 1e3, "postprocess_ms": (t4 - t3) * 1e3, "total_ms": (t4 - t0) * 1e3}
+        return ActionChunk(actions[0] if single else actions, timings)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Policy:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
