@@ -1,0 +1,40 @@
+"""`pi0edge export` (checkpoint -> bundle) and `pi0edge build` (bundle -> TensorRT engines)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="checkpoint directory -> bundle (prefix.onnx, denoise_step.onnx, bundle.yaml)",
+                       description="Export a Pi0 / Pi0.5 checkpoint (LeRobot or openpi-PyTorch layout, safetensors) "
+                                   "into a bundle the runtime loads. Needs the [export] extra (torch, onnx).")
+    p.add_argument("checkpoint", help="checkpoint directory (config.json + model.safetensors, or openpi layout)")
+    p.add_argument("-o", "--output", required=True, help="bundle directory to write (atomically)")
+    p.add_argument("--precision", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="graph precision: float32 for CPU and parity, float16/bfloat16 for GPUs (default float32)")
+    p.add_argument("--tokenizer", help="PaliGemma SentencePiece tokenizer.model, when the checkpoint has none")
+    p.add_argument("--num-steps", type=int, help="default number of Euler steps recorded in the bundle (default 10)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (only once the new one is done)")
+    p.add_argument("--no-finite-check", action="store_true", help="skip the NaN/Inf scan of the weights (faster)")
+    p.set_defaults(func=_export)
+    try:
+        from pi0edge.export.engine_build import register_build
+    except ImportError:
+        return
+    register_build(sub)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pi0edge.errors import require
+
+    require("torch", "export", "pi0edge export")
+    require("onnx", "export", "pi0edge export")
+    from pi0edge.export.bundle import export_bundle
+
+    report = export_bundle(args.checkpoint, args.output, precision=args.precision, tokenizer=args.tokenizer,
+                           overwrite=args.overwrite, num_steps=args.num_steps,
+                           check_finite=not args.no_finite_check)
+    print(f"wrote {report.bundle_dir} ({report.precision}, {report.bundle_bytes / 1e6:.1f} MB) "
+          f"in {report.export_s:.1f} s")
+    return 0

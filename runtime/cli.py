@@ -1,0 +1,50 @@
+"""`pi0edge profile`: per-stage latency of a bundle on a backend."""
+
+from __future__ import annotations
+
+import argparse
+
+from pi0edge.runtime.policy import BACKENDS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="per-stage latency (p50/p95/p99), memory, JSON and a Chrome trace",
+                       description="Run a bundle on synthetic observations and report where the time goes.")
+    p.add_argument("bundle", help="bundle directory written by `pi0edge export`")
+    p.add_argument("--backend", choices=BACKENDS, default="ort-cpu", help="inference backend (default ort-cpu)")
+    p.add_argument("--iters", type=int, default=20, help="measured chunks (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="chunks run before measuring (default 3)")
+    p.add_argument("--num-steps", type=int, help="Euler steps per chunk (default: the bundle's)")
+    p.add_argument("--threads", type=int, help="CPU threads for ort-cpu (default: ONNX Runtime's choice)")
+    p.add_argument("--json", metavar="F", help="write the summary as JSON to F")
+    p.add_argument("--trace", metavar="F", help="write a Chrome-trace file (chrome://tracing, Perfetto) to F")
+    p.set_defaults(func=_profile)
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from pi0edge.errors import ConfigError
+    from pi0edge.runtime.policy import Policy
+    from pi0edge.runtime.profile import profile_policy, write_json
+
+    if args.iters < 1 or args.warmup < 0:
+        raise ConfigError(f"--iters must be >= 1 and --warmup >= 0 (got {args.iters}, {args.warmup})")
+    options = {"intra_op_threads": args.threads} if args.threads else {}
+    with Policy(args.bundle, backend=args.backend, **options) as policy:
+        if args.num_steps:
+            policy.manifest = _with_steps(policy.manifest, args.num_steps)
+        result = profile_policy(policy, iters=args.iters, warmup=args.warmup)
+    print(f"{result.bundle} on {result.backend}: {result.iters} chunks after {result.warmup} warm-up")
+    print(result.table())
+    if args.json:
+        write_json(args.json, result.to_json())
+        print(f"wrote {args.json}")
+    if args.trace:
+        write_json(args.trace, result.chrome_trace())
+        print(f"wrote {args.trace}")
+    return 0
+
+
+def _with_steps(manifest, num_steps: int):
+    from dataclasses import replace
+
+    return replace(manifest, num_steps=num_steps)
