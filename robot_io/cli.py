@@ -1,0 +1,82 @@
+"""`pi0edge run` and `pi0edge replay`. Light to import: everything heavy is imported inside the commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    run = subparsers.add_parser("run", help="drive a robot from a robot YAML with a policy bundle",
+                                description="Run the control loop: cameras + arm from --config, actions from --bundle.")
+    run.add_argument("--config", required=True, help="robot YAML (see docs/control_loop.md)")
+    run.add_argument("--bundle", required=True, help="exported policy bundle directory")
+    run.add_argument("--prompt", required=True, help="the task in plain text")
+    run.add_argument("--backend", default="ort-cpu", help="inference backend (default ort-cpu)")
+    run.add_argument("--duration-s", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+    run.add_argument("--record", default=None, help="write the episode to this .npz file")
+    run.add_argument("--no-status", action="store_true", help="no live status line")
+    run.set_defaults(func=cmd_run)
+
+    replay = subparsers.add_parser("replay", help="print a recorded episode, or play it back against an arm",
+                                   description="Without --config: print the episode's summary. With --config: "
+                                               "send its commands to that YAML's arm at the recorded rate.")
+    replay.add_argument("episode", help="episode .npz written by `pi0edge run --record`")
+    replay.add_argument("--config", default=None, help="robot YAML whose arm replays the commands")
+    replay.add_argument("--speed", type=float, default=1.0, help="playback speed factor (default 1.0)")
+    replay.set_defaults(func=cmd_replay)
+
+
+def _load_policy(bundle: str, backend: str):
+    from pi0edge.runtime import Policy
+
+    return Policy(bundle, backend=backend)
+
+
+def _status_printer(stream=None):
+    stream = stream or sys.stderr
+    interactive = stream.isatty()
+
+    def show(stats) -> None:
+        line = stats.status_line()
+        if interactive:
+            stream.write("\r\033[K" + line)  # redraw one line in place
+        else:
+            stream.write(line + "\n")
+        stream.flush()
+
+    return show, interactive
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_robot_config
+    from .loop import run_loop
+
+    config = load_robot_config(args.config)
+    policy = _load_policy(args.bundle, args.backend)
+    show, interactive = _status_printer()
+    stats = run_loop(config, policy, args.prompt, args.duration_s, record_path=args.record,
+                     on_status=None if args.no_status else show)
+    if interactive and not args.no_status:
+        sys.stderr.write("\n")
+    print(stats.summary())
+    if args.record or config.recording.path:
+        print(f"episode written to {args.record or config.recording.path}")
+    if stats.stop_reason.startswith("interrupted"):
+        return 130
+    return 1 if stats.stop_reason.startswith("policy failed") else 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .recording import load_episode
+
+    episode = load_episode(args.episode)
+    print(episode.summary())
+    if args.config is None:
+        return 0
+    from .config import load_robot_config
+    from .replay import replay_episode
+
+    result = replay_episode(episode, load_robot_config(args.config), speed=args.speed)
+    print(result.summary())
+    return 130 if result.stop_reason.startswith("interrupted") else 0

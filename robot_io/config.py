@@ -1,0 +1,342 @@
+"""The robot YAML: one file that says which camera is which, which arm, how joints map to the model,
+the rate, the chunk strategy and the safety limits. Loaded with yaml.safe_load, validated into frozen
+dataclasses; every error names the field and the value (ConfigError). Reference: docs/control_loop.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from pi0edge.errors import ConfigError
+
+from .arms import validate_arm_spec
+from .cameras import validate_camera_spec
+
+STRATEGIES = ("sync", "async", "ensemble")
+TOP_LEVEL_KEYS = {"rate_hz", "realtime_priority", "cameras", "arm", "joints", "chunking", "safety", "estop",
+                  "startup_check", "recording"}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not _is_number(value) or value <= 0:
+        raise ConfigError(f"{name}: must be a number > 0, got {value!r}")
+
+
+def _vector(name: str, value, size: int | None) -> tuple[float, ...] | None:
+    """A list of numbers (or one number broadcast to `size`); None stays None."""
+    if value is None:
+        return None
+    if _is_number(value):
+        if size is None:
+            raise ConfigError(f"{name}: give a list of numbers (joint count unknown), got {value!r}")
+        return (float(value),) * size
+    if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
+        raise ConfigError(f"{name}: must be a list of finite numbers, got {value!r}")
+    if size is not None and len(value) != size:
+        raise ConfigError(f"{name}: must have {size} values (one per joint), got {len(value)}: {value!r}")
+    return tuple(float(v) for v in value)
+
+
+def _indices(name: str, value, size: int) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or len(value) != size or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        raise ConfigError(f"{name}: must be a list of {size} non-negative integers (one per joint), got {value!r}")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{name}: indices must be distinct, got {value!r}")
+    return tuple(value)
+
+
+def _known_keys(name: str, data: Mapping, allowed: set[str]) -> None:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{name}: expected a mapping, got {type(data).__name__} {data!r}")
+    unknown = set(data) - allowed
+    if unknown:
+        raise ConfigError(f"{name}: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """robot_id: the robot's name for the camera; model_camera: the bundle's camera it feeds."""
+
+    robot_id: str
+    model_camera: str
+    spec: Mapping
+
+    def __post_init__(self):
+        where = f"cameras.{self.robot_id}"
+        if not isinstance(self.model_camera, str) or not self.model_camera:
+            raise ConfigError(f"{where}.model_camera: must name one of the model's cameras, got {self.model_camera!r}")
+        spec = dict(self.spec)
+        spec.setdefault("name", self.robot_id)
+        object.__setattr__(self, "spec", validate_camera_spec(spec, where))
+
+
+@dataclass(frozen=True)
+class JointMapping:
+    """names: robot joints in arm order. action_index[j]: which model action dim drives joint j;
+    state_index[j]: which model state dim receives joint j's position (other state dims are 0)."""
+
+    names: tuple[str, ...]
+    action_index: tuple[int, ...]
+    state_index: tuple[int, ...]
+
+    def __post_init__(self):
+        if not self.names or not all(isinstance(n, str) for n in self.names) or len(set(self.names)) != len(self.names):
+            raise ConfigError(f"joints.names: must be a non-empty list of distinct names, got {list(self.names)!r}")
+        _indices("joints.action_index", list(self.action_index), len(self.names))
+        _indices("joints.state_index", list(self.state_index), len(self.names))
+
+    @property
+    def dof(self) -> int:
+        return len(self.names)
+
+
+@dataclass(frozen=True)
+class ChunkingConfig:
+    """sync: infer (arm holds), then execute n_execute actions. async: request the next chunk every
+    n_execute ticks while the current one runs. ensemble: request a chunk every n_execute ticks and
+    average all predictions for the current tick with weights exp(-ensemble_m * i), i=0 the oldest."""
+
+    strategy: str = "sync"
+    n_execute: int | None = None  # None: sync/async use half the horizon, ensemble uses 1
+    ensemble_m: float = 0.01
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"chunking.strategy: must be one of {list(STRATEGIES)}, got {self.strategy!r}")
+        if self.n_execute is not None and (not isinstance(self.n_execute, int) or isinstance(self.n_execute, bool)
+                                           or self.n_execute <= 0):
+            raise ConfigError(f"chunking.n_execute: must be a positive integer, got {self.n_execute!r}")
+        if not _is_number(self.ensemble_m) or self.ensemble_m < 0:
+            raise ConfigError(f"chunking.ensemble_m: must be a number >= 0, got {self.ensemble_m!r}")
+
+    def resolved_n_execute(self, horizon: int) -> int:
+        if self.n_execute is not None:
+            if self.n_execute > horizon:
+                raise ConfigError(f"chunking.n_execute: {self.n_execute} exceeds the policy's action horizon {horizon}")
+            return self.n_execute
+        return 1 if self.strategy == "ensemble" else max(1, horizon // 2)
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    """Joint limits in arm units (None: the arm's own); the velocity limit per second and/or per tick
+    (the tighter wins); watchdogs in seconds."""
+
+    lower: tuple[float, ...] | None = None
+    upper: tuple[float, ...] | None = None
+    max_velocity_per_s: tuple[float, ...] | None = None
+    max_step_per_tick: tuple[float, ...] | None = None
+    stale_frame_s: float = 0.5
+    inference_timeout_s: float = 2.0
+
+    def __post_init__(self):
+        if self.lower is not None and self.upper is not None:
+            for j, (lo, hi) in enumerate(zip(self.lower, self.upper, strict=True)):
+                if lo >= hi:
+                    raise ConfigError(f"safety.lower[{j}]: must be < safety.upper[{j}], got {lo!r} >= {hi!r}")
+        for name in ("max_velocity_per_s", "max_step_per_tick"):
+            values = getattr(self, name)
+            if values is not None and any(v <= 0 for v in values):
+                raise ConfigError(f"safety.{name}: values must be > 0, got {list(values)!r}")
+        _positive("safety.stale_frame_s", self.stale_frame_s)
+        _positive("safety.inference_timeout_s", self.inference_timeout_s)
+
+
+@dataclass(frozen=True)
+class EStopConfig:
+    """Any of: a file whose existence stops the arm, a key on the terminal, SIGUSR1. All latch."""
+
+    file: str | None = None
+    key: str | None = None
+    signal: bool = True
+
+    def __post_init__(self):
+        if self.file is not None and (not isinstance(self.file, str) or not self.file):
+            raise ConfigError(f"estop.file: must be a path, got {self.file!r}")
+        if self.key is not None and (not isinstance(self.key, str) or len(self.key) != 1):
+            raise ConfigError(f"estop.key: must be a single character, got {self.key!r}")
+        if not isinstance(self.signal, bool):
+            raise ConfigError(f"estop.signal: must be true or false (SIGUSR1), got {self.signal!r}")
+
+
+@dataclass(frozen=True)
+class StartupCheckConfig:
+    """Before moving: compare `camera`'s frame with a calibration reference (calibration.drift)."""
+
+    camera: str
+    reference: str
+
+    def __post_init__(self):
+        if not isinstance(self.camera, str) or not self.camera:
+            raise ConfigError(f"startup_check.camera: must name a camera of `cameras`, got {self.camera!r}")
+        if not isinstance(self.reference, str) or not self.reference:
+            raise ConfigError(f"startup_check.reference: must be a path, got {self.reference!r}")
+
+
+@dataclass(frozen=True)
+class RecordingConfig:
+    path: str | None = None
+    frames: bool = True  # store the frames each inference saw (the bulk of the file)
+
+    def __post_init__(self):
+        if self.path is not None and not isinstance(self.path, str):
+            raise ConfigError(f"recording.path: must be a path, got {self.path!r}")
+        if not isinstance(self.frames, bool):
+            raise ConfigError(f"recording.frames: must be true or false, got {self.frames!r}")
+
+
+@dataclass(frozen=True)
+class RobotConfig:
+    rate_hz: float
+    cameras: tuple[CameraConfig, ...]
+    arm: Mapping
+    joints: JointMapping
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    estop: EStopConfig = field(default_factory=EStopConfig)
+    startup_check: StartupCheckConfig | None = None
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
+    realtime_priority: int | None = None  # SCHED_FIFO priority (1-99) for the loop thread; None: normal
+    source: str | None = None  # the YAML file, for messages
+
+    def __post_init__(self):
+        _positive("rate_hz", self.rate_hz)
+        prio = self.realtime_priority
+        if prio is not None and (not isinstance(prio, int) or isinstance(prio, bool) or not 1 <= prio <= 99):
+            raise ConfigError(f"realtime_priority: must be an integer 1..99 (SCHED_FIFO) or null, got {prio!r}")
+        object.__setattr__(self, "arm", validate_arm_spec(self.arm, "arm"))
+        models = [c.model_camera for c in self.cameras]
+        dupes = sorted({m for m in models if models.count(m) > 1})
+        if dupes:
+            raise ConfigError(f"cameras: model camera(s) {dupes} fed by more than one robot camera")
+        dof = self.joints.dof
+        for name in ("lower", "upper", "max_velocity_per_s", "max_step_per_tick"):
+            values = getattr(self.safety, name)
+            if values is not None and len(values) != dof:
+                raise ConfigError(f"safety.{name}: must have {dof} values (one per joint in joints.names), "
+                                  f"got {len(values)}: {list(values)!r}")
+        if self.arm["kind"] == "sim" and self.arm.get("dof", 6) != dof:
+            raise ConfigError(f"arm.dof: {self.arm.get('dof', 6)} does not match the {dof} joints of joints.names")
+        if self.startup_check is not None and self.startup_check.camera not in {c.robot_id for c in self.cameras}:
+            raise ConfigError(f"startup_check.camera: {self.startup_check.camera!r} is not one of cameras "
+                              f"{[c.robot_id for c in self.cameras]}")
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 / self.rate_hz
+
+    def camera(self, robot_id: str) -> CameraConfig:
+        return next(c for c in self.cameras if c.robot_id == robot_id)
+
+
+def _resolve(path: str | None, base: Path | None) -> str | None:
+    if path is None or base is None:
+        return path
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else base / p)
+
+
+def robot_config_from_dict(data: Mapping, source: str | None = None, base_dir: Path | None = None) -> RobotConfig:
+    """Validate a parsed YAML mapping. Relative paths in it are taken relative to `base_dir`."""
+    _known_keys("robot config", data, TOP_LEVEL_KEYS)
+    for required in ("rate_hz", "arm", "joints"):
+        if required not in data:
+            raise ConfigError(f"{required}: missing (required)")
+    cameras_data = data.get("cameras") or {}
+    _known_keys("cameras", cameras_data, set(cameras_data))
+    cameras = []
+    for robot_id, spec in cameras_data.items():
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"cameras.{robot_id}: expected a mapping, got {spec!r}")
+        spec = dict(spec)
+        model_camera = spec.pop("model_camera", None)
+        for key in ("file", "folder", "video"):
+            if isinstance(spec.get(key), str):
+                spec[key] = _resolve(spec[key], base_dir)
+        device = spec.get("device")
+        if spec.get("kind") == "opencv" and isinstance(device, str) and not device.startswith("/dev"):
+            spec["device"] = _resolve(spec["device"], base_dir)
+        cameras.append(CameraConfig(str(robot_id), model_camera, MappingProxyType(spec)))
+
+    joints = data["joints"]
+    _known_keys("joints", joints, {"names", "action_index", "state_index"})
+    names = joints.get("names")
+    if not isinstance(names, list):
+        raise ConfigError(f"joints.names: must be a list of joint names, got {names!r}")
+    default_index = list(range(len(names)))
+    action_index = _indices("joints.action_index", joints.get("action_index", default_index), len(names))
+    state_index = _indices("joints.state_index", joints.get("state_index", default_index), len(names))
+    mapping = JointMapping(tuple(names), action_index, state_index)
+
+    chunk = data.get("chunking") or {}
+    _known_keys("chunking", chunk, {"strategy", "n_execute", "ensemble_m"})
+    chunking = ChunkingConfig(**chunk)
+
+    safety = data.get("safety") or {}
+    _known_keys("safety", safety, {"lower", "upper", "max_velocity_per_s", "max_step_per_tick", "stale_frame_s",
+                                   "inference_timeout_s"})
+    safety_cfg = SafetyConfig(
+        **{k: _vector(f"safety.{k}", safety.get(k), mapping.dof)
+           for k in ("lower", "upper", "max_velocity_per_s", "max_step_per_tick")},
+        **{k: safety[k] for k in ("stale_frame_s", "inference_timeout_s") if k in safety})
+
+    estop = data.get("estop") or {}
+    _known_keys("estop", estop, {"file", "key", "signal"})
+    estop_cfg = EStopConfig(file=_resolve(estop.get("file"), base_dir) if isinstance(estop.get("file"), str)
+                            else estop.get("file"), key=estop.get("key"), signal=estop.get("signal", True))
+
+    check = data.get("startup_check")
+    check_cfg = None
+    if check is not None:
+        _known_keys("startup_check", check, {"camera", "reference"})
+        reference = check.get("reference")
+        check_cfg = StartupCheckConfig(check.get("camera"),
+                                       _resolve(reference, base_dir) if isinstance(reference, str) else reference)
+
+    rec = data.get("recording") or {}
+    _known_keys("recording", rec, {"path", "frames"})
+    rec_cfg = RecordingConfig(path=_resolve(rec.get("path"), base_dir) if isinstance(rec.get("path"), str)
+                              else rec.get("path"), frames=rec.get("frames", True))
+
+    arm = dict(data["arm"]) if isinstance(data["arm"], Mapping) else data["arm"]
+    return RobotConfig(rate_hz=data["rate_hz"], cameras=tuple(cameras), arm=arm, joints=mapping, chunking=chunking,
+                       safety=safety_cfg, estop=estop_cfg, startup_check=check_cfg, recording=rec_cfg,
+                       realtime_priority=data.get("realtime_priority"), source=source)
+
+
+def load_robot_config(path: str | Path) -> RobotConfig:
+    """Read and validate a robot YAML. Errors: ConfigError naming the file, the field and the value."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: robot config file does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return robot_config_from_dict(data if data is not None else {}, source=str(path), base_dir=path.parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    except TypeError as exc:  # a dataclass given a field of the wrong shape
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def example_config_path(name: str) -> Path:
+    """Path of a shipped example (sim_arm.yaml, aloha.yaml)."""
+    path = Path(__file__).parent / "examples" / name
+    if not path.is_file():
+        raise ConfigError(f"no example robot config {name!r} in {path.parent}")
+    return path

@@ -1,0 +1,44 @@
+"""Error classes of the control loop; all are Pi0EdgeError so the CLI reports them as user-facing errors."""
+
+from __future__ import annotations
+
+from pi0edge.errors import ConfigError, Pi0EdgeError
+
+__all__ = [
+    "ArmError",
+    "ArmTimeoutError",
+    "CameraError",
+    "ConfigError",
+    "EpisodeError",
+    "NetProtocolError",
+    "SafetyError",
+    "StartupCheckError",
+]
+
+
+class SafetyError(Pi0EdgeError):
+    """The loop refused to move the arm (e-stop at start, limits that do not fit the arm...)."""
+
+
+class StartupCheckError(SafetyError):
+    """The optional startup check (camera drift against a calibration reference) failed."""
+
+
+class CameraError(Pi0EdgeError):
+    """A camera cannot be opened or read; the message names the camera and its source."""
+
+
+class ArmError(Pi0EdgeError):
+    """An arm cannot be opened, read or commanded."""
+
+
+class ArmTimeoutError(ArmError, TimeoutError):
+    """A network arm did not answer within its timeout."""
+
+
+class NetProtocolError(ArmError):
+    """A network arm message is malformed, of another protocol version, or an error reply."""
+
+
+class EpisodeError(Pi0EdgeError):
+    """An episode file is missing, truncated or not an episode."""

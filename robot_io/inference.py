@@ -1,0 +1,94 @@
+"""The inference thread: runs `policy.infer` off the control thread so a slow policy never stalls the
+clock. One request at a time. A request that exceeds the timeout is marked; its result, if it ever
+comes, is dropped (a thread cannot be killed, but its late answer can be ignored)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class InferenceResult:
+    obs_tick: int
+    latency_ms: float
+    actions: np.ndarray | None = None
+    timings_ms: dict = field(default_factory=dict)
+    error: BaseException | None = None
+    timed_out: bool = False  # the loop gave up on it before it arrived
+    observation: object = None  # the Observation, kept for the episode recording
+
+
+class InferenceWorker:
+    def __init__(self, policy):
+        self.policy = policy
+        self._cv = threading.Condition()
+        self._request = None  # (observation, tick)
+        self._result: InferenceResult | None = None
+        self._stop = False
+        self.started_s: float | None = None  # monotonic start of the request in flight
+        self._timed_out = False
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        with self._cv:
+            return self._request is not None or self.started_s is not None
+
+    def submit(self, observation, tick: int) -> None:
+        with self._cv:
+            if self._request is not None or self.started_s is not None:
+                raise RuntimeError("inference worker: a request is already in flight")
+            self._request = (observation, tick)
+            self.started_s = time.monotonic()
+            self._timed_out = False
+            self._cv.notify_all()
+
+    def mark_timed_out(self) -> None:
+        with self._cv:
+            self._timed_out = True
+
+    def poll(self) -> InferenceResult | None:
+        with self._cv:
+            result, self._result = self._result, None
+            return result
+
+    def wait(self, timeout_s: float) -> InferenceResult | None:
+        """Wait up to timeout_s for the result in flight (sync strategy, within one tick's budget)."""
+        with self._cv:
+            if self._result is None and timeout_s > 0:
+                self._cv.wait_for(lambda: self._result is not None or self._stop, timeout=timeout_s)
+            result, self._result = self._result, None
+            return result
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._request is not None or self._stop)
+                if self._stop:
+                    return
+                observation, tick = self._request
+                self._request = None
+                start = self.started_s
+            result = InferenceResult(obs_tick=tick, latency_ms=0.0, observation=observation)
+            try:
+                chunk = self.policy.infer(observation)
+                result.actions, result.timings_ms = chunk.actions, dict(chunk.timings_ms or {})
+            except Exception as exc:  # noqa: BLE001 - handed to the loop, which records it as a safety event
+                result.error = exc
+            with self._cv:
+                result.latency_ms = (time.monotonic() - start) * 1e3
+                result.timed_out = self._timed_out
+                self._result = result
+                self.started_s = None
+                self._cv.notify_all()
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        self._thread.join(timeout=timeout_s)  # a policy stuck in infer() is left behind (daemon thread)
