@@ -75,8 +75,9 @@ def iter_folder(folder: Path | str) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def parse_camera_spec(text: str) -> dict[str, Any]:
-    """A robot_io camera spec: a YAML/JSON mapping (passed through as-is), or the short form `KIND:ARG`
-    (`opencv:0`, `realsense:123456789012`, `realsense:recording.bag`)."""
+    """A robot_io camera spec: a YAML/JSON mapping (passed through as-is, e.g. `{kind: opencv, device: 0,
+    width: 1280, height: 720}`), or the short form `KIND:ARG`: `opencv:0`, `opencv:/dev/video2`,
+    `realsense:123456789012` (serial), `realsense:recording.bag` (file), `synthetic:FOLDER`."""
     import yaml
 
     try:
@@ -86,15 +87,19 @@ def parse_camera_spec(text: str) -> dict[str, Any]:
     if isinstance(data, dict):
         return data
     kind, sep, arg = text.strip().partition(":")
+    kind = kind.strip().lower()
     if not sep or not kind:
         raise CalibrationFileError(f"camera spec {text!r}: expected KIND:ARG (e.g. opencv:0) or a YAML mapping")
-    kind = kind.lower()
+    arg = arg.strip()
     if kind == "opencv":
-        return {"type": "opencv", "device": int(arg) if arg.isdigit() else arg}
+        return {"kind": "opencv", "device": int(arg) if arg.isdigit() else arg}
     if kind == "realsense":
-        key = "path" if arg.lower().endswith((".bag", ".db3")) else "serial"
-        return {"type": "realsense", key: arg}
-    return {"type": kind, "source": arg}
+        if arg.lower().endswith((".bag", ".db3")):
+            return {"kind": "realsense", "file": arg}
+        return {"kind": "realsense", "serial": arg} if arg else {"kind": "realsense"}
+    if kind == "synthetic":
+        return {"kind": "synthetic", "folder": arg}
+    return {"kind": kind}
 
 
 def open_camera(spec: dict[str, Any]):
