@@ -20,7 +20,6 @@ from pathlib import Path
 import yaml
 
 import pi0edge
-from pi0edge import contract as c
 from pi0edge.errors import BundleError, CheckpointError
 from pi0edge.export.config import Pi0Config
 from pi0edge.export.graphs import OPSET, export_graphs
@@ -120,8 +119,12 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, *, precision:
     from dataclasses import replace
 
     from pi0edge.export.checkpoint import load_checkpoint
+    from pi0edge.export.graphs import PRECISIONS
 
-    ckpt = load_checkpoint(checkpoint_dir, check_finite=check_finite)
+    if precision not in PRECISIONS:
+        raise BundleError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    # Load straight into the graph precision: a tensor stored in that dtype stays a memory-mapped view.
+    ckpt = load_checkpoint(checkpoint_dir, dtype=PRECISIONS[precision], check_finite=check_finite)
     model = ckpt.model
     if num_steps is not None:
         model.cfg = replace(model.cfg, num_steps=num_steps)
@@ -137,5 +140,3 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, *, precision:
                         robot_state_dim=ckpt.robot_state_dim, robot_action_dim=ckpt.robot_action_dim,
                         precision=precision, source=source, overwrite=overwrite)
 
-
-GRAPH_NAMES = (c.PREFIX_GRAPH, c.DENOISE_STEP_GRAPH)

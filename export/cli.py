@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="graph precision: float32 for CPU and parity, float16/bfloat16 for GPUs (default float32)")
     p.add_argument("--tokenizer", help="PaliGemma SentencePiece tokenizer.model, when the checkpoint has none")
     p.add_argument("--num-steps", type=int, help="default number of Euler steps recorded in the bundle (default 10)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (only once the new one is done)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (once the new one is complete)")
     p.add_argument("--no-finite-check", action="store_true", help="skip the NaN/Inf scan of the weights (faster)")
     p.set_defaults(func=_export)
     try:
