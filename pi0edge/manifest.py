@@ -142,7 +142,8 @@ def load_manifest(bundle_dir: str | Path, verify_checksums: bool = True) -> Mani
     except NormStatsError as exc:
         raise BundleError(f"{path}: field 'normalization': {exc}") from exc
     return Manifest(
-        bundle_dir=bundle_dir, raw=raw, model_type=_field(model, "type", path), precision=_field(raw, "precision", path),
+        bundle_dir=bundle_dir, raw=raw, model_type=_field(model, "type", path),
+        precision=_field(raw, "precision", path),
         cameras=tuple(_field(model, "cameras", path)), image_size=int(_field(model, "image_size", path)),
         max_token_len=int(_field(model, "max_token_len", path)), action_dim=int(_field(model, "action_dim", path)),
         state_dim=int(_field(model, "state_dim", path)), action_horizon=int(_field(model, "action_horizon", path)),
