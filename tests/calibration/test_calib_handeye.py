@@ -1,0 +1,157 @@
+"""Hand-eye: every OpenCV method recovers a known camera mounting from synthetic robot/board poses, in both
+setups; end to end from rendered images through the CLI; pose files in YAML and CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+from calib_synth import CHARUCO, rotation, transform, write_views
+
+from pi0edge.calibration.formats import read_camera_file
+from pi0edge.calibration.handeye import METHODS, read_robot_poses, solve_hand_eye
+from pi0edge.calibration.transforms import (
+    Transform,
+    invert,
+    pose_difference,
+    quaternion_from_matrix,
+    read_transform_file,
+)
+from pi0edge.cli import main
+
+MAX_ERROR_MM = 1.0
+MAX_ERROR_DEG = 0.1
+
+# ground truth: a camera 8 cm ahead of and 5 cm above the flange, looking down-forward
+T_GRIPPER_CAMERA = transform(rotation(-20.0, 5.0, 90.0), [0.02, -0.05, 0.08])
+T_BASE_BOARD = transform(rotation(180.0, 0.0, 30.0), [0.55, 0.10, 0.02])  # board on the table, face up
+T_BASE_CAMERA = transform(rotation(-120.0, 0.0, -90.0), [1.1, 0.0, 0.6])  # fixed camera looking at the robot
+T_GRIPPER_BOARD = transform(rotation(0.0, 0.0, 15.0), [0.0, 0.0, 0.05])
+
+
+def eye_in_hand_data(camera_board_poses):
+    """Robot poses that put the hand camera at each requested board-in-camera pose."""
+    return [T_BASE_BOARD @ invert(c) @ invert(T_GRIPPER_CAMERA) for c in camera_board_poses]
+
+
+def eye_to_hand_data(camera_board_poses):
+    return [T_BASE_CAMERA @ c @ invert(T_GRIPPER_BOARD) for c in camera_board_poses]
+
+
+@pytest.mark.parametrize("setup", ["eye-in-hand", "eye-to-hand"])
+def test_every_method_recovers_the_transform_from_exact_poses(charuco_renderer, setup):
+    rng = np.random.default_rng(30)
+    board_poses = [charuco_renderer.random_pose(rng, (0.3, 0.6), 40.0) for _ in range(12)]
+    robot = eye_in_hand_data(board_poses) if setup == "eye-in-hand" else eye_to_hand_data(board_poses)
+    truth = T_GRIPPER_CAMERA if setup == "eye-in-hand" else T_BASE_CAMERA
+    result = solve_hand_eye(robot, board_poses, setup)
+    assert set(result.methods) == set(METHODS)
+    for name, method in result.methods.items():
+        mm, deg = pose_difference(truth, method.transform)
+        assert mm < MAX_ERROR_MM and deg < MAX_ERROR_DEG, (name, mm, deg)
+    assert result.max_disagreement_mm < MAX_ERROR_MM and not result.warnings
+    target_truth = T_BASE_BOARD if setup == "eye-in-hand" else T_GRIPPER_BOARD
+    assert pose_difference(target_truth, result.target)[0] < MAX_ERROR_MM
+
+
+def test_consensus_avoids_a_method_that_disagrees_with_the_rest():
+    from pi0edge.calibration import handeye
+
+    rng = np.random.default_rng(31)
+    board_poses = [transform(rotation(*rng.uniform(-35, 35, 3)), [rng.uniform(-0.1, 0.1), 0.0, 0.5])
+                   for _ in range(10)]
+    robot = eye_in_hand_data(board_poses)
+    # noise on the robot poses: methods differ slightly; the medoid must be one of them and agreement reported
+    noisy = [p @ transform(rotation(*rng.normal(0, 0.05, 3)), rng.normal(0, 0.0005, 3)) for p in robot]
+    result = handeye.solve_hand_eye(noisy, board_poses, "eye-in-hand")
+    assert result.chosen in METHODS
+    assert result.max_disagreement_mm > 0 and len(result.pairwise) == 10
+    mm, deg = pose_difference(T_GRIPPER_CAMERA, result.transform)
+    assert mm < 3.0 and deg < 0.3
+
+
+def test_too_few_views_is_an_error():
+    from pi0edge.calibration.errors import CalibrationError
+
+    with pytest.raises(CalibrationError, match="at least 3 views"):
+        solve_hand_eye([np.eye(4)] * 2, [np.eye(4)] * 2)
+
+
+def _write_poses(path, robot_poses, names, fmt):
+    if fmt == "csv":
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", "x", "y", "z", "qx", "qy", "qz", "qw"])
+            for name, pose in zip(names, robot_poses, strict=True):
+                writer.writerow([name, *pose[:3, 3], *quaternion_from_matrix(pose[:3, :3])])
+    else:
+        entries = [{"image": n, **{k: v for k, v in Transform("base", "tool", p).to_dict().items()
+                                   if k in ("translation_m", "quaternion_xyzw")}}
+                   for n, p in zip(names, robot_poses, strict=True)]
+        path.write_text(yaml.safe_dump({"poses": entries}) if fmt == "yaml" else json.dumps(entries))
+
+
+@pytest.mark.parametrize("setup, fmt", [("eye-in-hand", "yaml"), ("eye-to-hand", "csv")])
+def test_cli_recovers_the_transform_from_rendered_images_within_1mm_and_0_1deg(
+    tmp_path, charuco_renderer, setup, fmt
+):
+    """End to end: rendered views (noise, distortion) -> detection -> solvePnP with the true intrinsics ->
+    all methods -> consensus written as transform YAML."""
+    rng = np.random.default_rng(40 if setup == "eye-in-hand" else 41)
+    board_poses = [charuco_renderer.random_pose(rng, (0.25, 0.4), 40.0, min_visible=0.9) for _ in range(15)]
+    robot = eye_in_hand_data(board_poses) if setup == "eye-in-hand" else eye_to_hand_data(board_poses)
+    images = tmp_path / "images"
+    paths = write_views(images, charuco_renderer, board_poses, seed=42)
+    poses_file = tmp_path / f"poses.{fmt}"
+    _write_poses(poses_file, robot, [p.name for p in paths], fmt)
+    assert len(read_robot_poses(poses_file)) == 15
+    intrinsics = tmp_path / "cam.yaml"
+    from pi0edge.calibration.formats import ros_camera_info_text
+
+    intrinsics.write_text(ros_camera_info_text(charuco_renderer.camera))
+    assert read_camera_file(intrinsics).fx == charuco_renderer.camera.fx
+    out = tmp_path / "out"
+    code = main(["calibrate", "handeye", "--images", str(images), "--poses", str(poses_file), "--intrinsics",
+                 str(intrinsics), "--board", CHARUCO, "--setup", setup, "--out", str(out)])
+    assert code == 0
+    result = read_transform_file(out / "handeye.yaml")
+    truth = T_GRIPPER_CAMERA if setup == "eye-in-hand" else T_BASE_CAMERA
+    mm, deg = pose_difference(truth, result.matrix)
+    print(f"{setup}: hand-eye error {mm:.3f} mm, {deg:.4f} deg")
+    assert mm < MAX_ERROR_MM and deg < MAX_ERROR_DEG
+    assert (result.parent_frame, result.child_frame) == (
+        ("tool0", "camera_optical_frame") if setup == "eye-in-hand" else ("base_link", "camera_optical_frame"))
+    report = json.loads((out / "handeye.report.json").read_text())
+    assert set(report["methods"]) == set(METHODS) and report["agreement"]["max_translation_mm"] >= 0
+    text = yaml.safe_load((out / "handeye.yaml").read_text())
+    np.testing.assert_allclose(np.array(text["matrix"]), result.matrix)
+    assert len(text["quaternion_xyzw"]) == 4 and len(text["translation_m"]) == 3
+
+
+def test_pose_count_mismatch_without_image_names_is_an_error_and_writes_nothing(tmp_path, charuco_renderer, capsys):
+    rng = np.random.default_rng(50)
+    board_poses = [charuco_renderer.random_pose(rng, (0.3, 0.5), 30.0) for _ in range(4)]
+    write_views(tmp_path / "images", charuco_renderer, board_poses, seed=51)
+    poses = [{"translation_m": [0, 0, 0], "quaternion_xyzw": [0, 0, 0, 1]}] * 3
+    (tmp_path / "poses.yaml").write_text(yaml.safe_dump(poses))
+    from pi0edge.calibration.formats import ros_camera_info_text
+
+    (tmp_path / "cam.yaml").write_text(ros_camera_info_text(charuco_renderer.camera))
+    code = main(["calibrate", "handeye", "--images", str(tmp_path / "images"), "--poses", str(tmp_path / "poses.yaml"),
+                 "--intrinsics", str(tmp_path / "cam.yaml"), "--board", CHARUCO, "--setup", "eye-in-hand",
+                 "--out", str(tmp_path / "out")])
+    assert code == 1
+    assert "3 poses for 4 images" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_pose_file_with_a_non_unit_quaternion_names_the_pose(tmp_path):
+    from pi0edge.calibration.errors import CalibrationFileError
+
+    path = tmp_path / "poses.yaml"
+    path.write_text(yaml.safe_dump([{"translation_m": [0, 0, 0], "quaternion_xyzw": [0, 0, 0, 2]}]))
+    with pytest.raises(CalibrationFileError, match=r"pose 0: quaternion_xyzw .* not unit length"):
+        read_robot_poses(path)
