@@ -18,9 +18,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pi0edge.export.config import GemmaConfig, Pi0Config, VisionConfig
 from torch import Tensor, nn
 
+from pi0edge.export.config import GemmaConfig, Pi0Config, VisionConfig
 from pi0edge.schedule import euler_schedule
 
 # openpi's masked-logit value (MODEL.md, "Shapes"); logits are float32 in every precision.
@@ -263,7 +263,8 @@ def mask_2d(pad_mask: Tensor, ar_mask: Tensor) -> Tensor:
 
 
 def posemb_sincos(t: Tensor, width: int, min_period: float, max_period: float) -> Tensor:
-    """Time embedding (MODEL.md, "Suffix"): computed in float64 like openpi, returned float32. t [b]."""
+    """Time embedding (MODEL.md, "Suffix"), t [b] -> [b, width]: computed in float64 like openpi's PyTorch
+    port and LeRobot (openpi JAX uses float32: ~6e-5 apart), returned float32."""
     fraction = torch.linspace(0.0, 1.0, width // 2, dtype=torch.float64)
     period = min_period * (max_period / min_period) ** fraction
     angle = t.to(torch.float64)[:, None] * (1.0 / period * 2 * math.pi)[None, :]

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -57,13 +58,15 @@ def run_demo(workdir: Path, args: argparse.Namespace) -> int:
     robot_dim = DEMO_ROBOT_DIMS[args.sim]
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoint, bundle = workdir / "checkpoint", workdir / "bundle"
-    cfg = PRESETS[args.preset](args.model)
+    cfg = replace(PRESETS[args.preset](args.model), action_horizon=50)  # the published chunk length
     if robot_dim > cfg.action_dim:  # ALOHA's 14 joints need the published 32-wide action space
         cfg = replace(cfg, action_dim=32, state_dim=32)
 
     t0 = time.perf_counter()
+    if (checkpoint / "config.json").is_file():  # a previous demo's output in --workdir: replace it
+        shutil.rmtree(checkpoint)
     write_random_checkpoint(checkpoint, cfg, layout="lerobot", seed=0, robot_state_dim=robot_dim,
-                            robot_action_dim=robot_dim, overwrite=True)
+                            robot_action_dim=robot_dim)
     print(f"[1/4] random {args.model} checkpoint ({args.preset}, LeRobot layout) -> {checkpoint} "
           f"in {time.perf_counter() - t0:.1f} s")
     report = export_bundle(checkpoint, bundle, overwrite=True)
