@@ -61,8 +61,7 @@ def test_consensus_avoids_a_method_that_disagrees_with_the_rest():
     from pi0edge.calibration import handeye
 
     rng = np.random.default_rng(31)
-    board_poses = [transform(rotation(*rng.uniform(-35, 35, 3)), [rng.uniform(-0.1, 0.1), 0.0, 0.5])
-                   for _ in range(10)]
+    board_poses = [transform(rotation(*rng.uniform(-35, 35, 3)), [rng.uniform(-0.1, 0.1), 0.0, 0.5]) for _ in range(10)]
     robot = eye_in_hand_data(board_poses)
     # noise on the robot poses: methods differ slightly; the medoid must be one of them and agreement reported
     noisy = [p @ transform(rotation(*rng.normal(0, 0.05, 3)), rng.normal(0, 0.0005, 3)) for p in robot]
@@ -88,16 +87,22 @@ def _write_poses(path, robot_poses, names, fmt):
             for name, pose in zip(names, robot_poses, strict=True):
                 writer.writerow([name, *pose[:3, 3], *quaternion_from_matrix(pose[:3, :3])])
     else:
-        entries = [{"image": n, **{k: v for k, v in Transform("base", "tool", p).to_dict().items()
-                                   if k in ("translation_m", "quaternion_xyzw")}}
-                   for n, p in zip(names, robot_poses, strict=True)]
+        entries = [
+            {
+                "image": n,
+                **{
+                    k: v
+                    for k, v in Transform("base", "tool", p).to_dict().items()
+                    if k in ("translation_m", "quaternion_xyzw")
+                },
+            }
+            for n, p in zip(names, robot_poses, strict=True)
+        ]
         path.write_text(yaml.safe_dump({"poses": entries}) if fmt == "yaml" else json.dumps(entries))
 
 
 @pytest.mark.parametrize("setup, fmt", [("eye-in-hand", "yaml"), ("eye-to-hand", "csv")])
-def test_cli_recovers_the_transform_from_rendered_images_within_1mm_and_0_1deg(
-    tmp_path, charuco_renderer, setup, fmt
-):
+def test_cli_recovers_the_transform_from_rendered_images_within_1mm_and_0_1deg(tmp_path, charuco_renderer, setup, fmt):
     """End to end: rendered views (noise, distortion) -> detection -> solvePnP with the true intrinsics ->
     all methods -> consensus written as transform YAML."""
     rng = np.random.default_rng(40 if setup == "eye-in-hand" else 41)
@@ -114,8 +119,24 @@ def test_cli_recovers_the_transform_from_rendered_images_within_1mm_and_0_1deg(
     intrinsics.write_text(ros_camera_info_text(charuco_renderer.camera))
     assert read_camera_file(intrinsics).fx == charuco_renderer.camera.fx
     out = tmp_path / "out"
-    code = main(["calibrate", "handeye", "--images", str(images), "--poses", str(poses_file), "--intrinsics",
-                 str(intrinsics), "--board", CHARUCO, "--setup", setup, "--out", str(out)])
+    code = main(
+        [
+            "calibrate",
+            "handeye",
+            "--images",
+            str(images),
+            "--poses",
+            str(poses_file),
+            "--intrinsics",
+            str(intrinsics),
+            "--board",
+            CHARUCO,
+            "--setup",
+            setup,
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     result = read_transform_file(out / "handeye.yaml")
     truth = T_GRIPPER_CAMERA if setup == "eye-in-hand" else T_BASE_CAMERA
@@ -123,7 +144,8 @@ def test_cli_recovers_the_transform_from_rendered_images_within_1mm_and_0_1deg(
     print(f"{setup}: hand-eye error {mm:.3f} mm, {deg:.4f} deg")
     assert mm < MAX_ERROR_MM and deg < MAX_ERROR_DEG
     assert (result.parent_frame, result.child_frame) == (
-        ("tool0", "camera_optical_frame") if setup == "eye-in-hand" else ("base_link", "camera_optical_frame"))
+        ("tool0", "camera_optical_frame") if setup == "eye-in-hand" else ("base_link", "camera_optical_frame")
+    )
     report = json.loads((out / "handeye.report.json").read_text())
     assert set(report["methods"]) == set(METHODS) and report["agreement"]["max_translation_mm"] >= 0
     text = yaml.safe_load((out / "handeye.yaml").read_text())
@@ -140,9 +162,24 @@ def test_pose_count_mismatch_without_image_names_is_an_error_and_writes_nothing(
     from pi0edge.calibration.formats import ros_camera_info_text
 
     (tmp_path / "cam.yaml").write_text(ros_camera_info_text(charuco_renderer.camera))
-    code = main(["calibrate", "handeye", "--images", str(tmp_path / "images"), "--poses", str(tmp_path / "poses.yaml"),
-                 "--intrinsics", str(tmp_path / "cam.yaml"), "--board", CHARUCO, "--setup", "eye-in-hand",
-                 "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "calibrate",
+            "handeye",
+            "--images",
+            str(tmp_path / "images"),
+            "--poses",
+            str(tmp_path / "poses.yaml"),
+            "--intrinsics",
+            str(tmp_path / "cam.yaml"),
+            "--board",
+            CHARUCO,
+            "--setup",
+            "eye-in-hand",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 1
     assert "3 poses for 4 images" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
