@@ -38,7 +38,9 @@ from .safety import EStop, SafetyEvent, SafetyLayer
 
 log = logging.getLogger(__name__)
 
-SYNC_WAIT_MARGIN_S = 0.002  # sync strategy: leave this much of the tick for command + bookkeeping
+# sync strategy: it may wait for the chunk it just requested within the tick, leaving this share of the
+# period for the command and the bookkeeping (and scheduler noise) so the wait itself never misses a deadline.
+SYNC_WAIT_MARGIN_FRACTION = 0.3
 MAX_CONSECUTIVE_POLICY_ERRORS = 3  # a policy that keeps raising is a bug, not a transient: stop
 STATUS_EVERY_S = 0.5
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -178,6 +180,7 @@ class ControlLoop:
         self._discard_before_tick = 0  # chunks observed before this tick are too old to execute
         self._policy_errors = 0
         self._timed_out_pending = False
+        self._hold_reason: str | None = None  # a one-off fault (bad chunk, timeout...) holds until a fresh chunk
         self.last_command: np.ndarray | None = None
 
     # --- events -------------------------------------------------------------------------------------
@@ -186,11 +189,18 @@ class ControlLoop:
         self.stats.events.append(event)
         log.warning("safety: tick %d: %s: %s", tick, kind, reason)
 
-    def _fault(self, tick: int, kind: str, reason: str) -> None:
-        """A condition that stops motion: record it once, drop the chunks in hand."""
+    def _fault(self, tick: int, kind: str, reason: str, lasting: bool = True) -> None:
+        """Stop motion: record the fault (once while it lasts) and drop the chunks in hand.
+
+        lasting: a condition that holds until it clears (stale camera, arm error, e-stop); otherwise a
+        one-off event (bad chunk, timeout, policy error) after which the arm holds until a chunk from a
+        fresh observation arrives."""
         if kind not in self._active_faults:
             self._event(tick, kind, reason)
-        self._active_faults.add(kind)
+        if lasting:
+            self._active_faults.add(kind)
+        else:
+            self._hold_reason = kind
         self.strategy.clear()
         self._discard_before_tick = tick + 1
 
@@ -210,21 +220,21 @@ class ControlLoop:
             self._timed_out_pending = False
         elif result.error is not None:
             self._policy_errors += 1
-            self._fault(tick, "policy_error", f"policy.infer raised {type(result.error).__name__}: {result.error}")
-            self._active_faults.discard("policy_error")  # not a lasting condition: retry with a new observation
+            self._fault(tick, "policy_error", f"policy.infer raised {type(result.error).__name__}: {result.error}",
+                        lasting=False)
         else:
             self._policy_errors = 0
             actions = np.asarray(result.actions)
             reason = self.safety.check_chunk(actions, self.horizon, self.action_dim)
             if reason is not None:
                 self.stats.rejected_chunks += 1
-                self._fault(tick, "bad_chunk", f"chunk from tick {result.obs_tick} rejected: {reason}")
-                self._active_faults.discard("bad_chunk")
+                self._fault(tick, "bad_chunk", f"chunk from tick {result.obs_tick} rejected: {reason}", lasting=False)
             else:
                 if actions.ndim == 3:
                     actions = actions[0]
                 robot_actions = actions[:, self.action_index].astype(np.float64)  # h=horizon, j=robot joint
                 self.strategy.add(Chunk(robot_actions, result.obs_tick, tick))
+                self._hold_reason = None
                 accepted = True
         if self.recorder is not None and result.observation is not None:
             self.recorder.add_inference(result.obs_tick, tick, result.latency_ms, accepted, result.observation,
@@ -344,15 +354,14 @@ class ControlLoop:
                 worker.mark_timed_out()
                 self._timed_out_pending = True
                 self._fault(tick, "inference_timeout", f"no chunk after {waited_s:.2f} s "
-                            f"(inference_timeout_s {cfg.safety.inference_timeout_s})")
-                self._active_faults.discard("inference_timeout")  # holds until a fresh chunk arrives
+                            f"(inference_timeout_s {cfg.safety.inference_timeout_s})", lasting=False)
 
         # Transient faults (bad chunk, timeout, policy error) cleared the strategy; lasting ones are active.
         can_move = not self._active_faults and state is not None and frames is not None
         if can_move and not self._timed_out_pending and self.strategy.want_inference(tick, worker.busy):
             worker.submit(self._observation(frames, state), tick)
             if self.strategy.blocking:
-                wait_s = clock.deadline_s - time.monotonic() - SYNC_WAIT_MARGIN_S
+                wait_s = clock.deadline_s - time.monotonic() - SYNC_WAIT_MARGIN_FRACTION * clock.period_s
                 result = worker.wait(wait_s)
                 if result is not None:
                     self._take_result(result, tick)
@@ -370,8 +379,9 @@ class ControlLoop:
             stats.executed_ticks += 1
         else:
             command = self.last_command
-            if self._active_faults or state is None or frames is None:
-                status = "hold:" + ",".join(sorted(self._active_faults)) if self._active_faults else "hold"
+            reasons = sorted(self._active_faults | ({self._hold_reason} if self._hold_reason else set()))
+            if reasons or state is None or frames is None:
+                status = "hold:" + ",".join(reasons) if reasons else "hold"
                 stats.hold_ticks += 1
             else:
                 status = "wait"

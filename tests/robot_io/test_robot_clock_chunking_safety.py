@@ -1,0 +1,118 @@
+"""Unit tests of the pieces: the Ratekeeper clock, the chunk strategies and the safety layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pi0edge.robot_io.arms import ArmLimits
+from pi0edge.robot_io.chunking import AsyncStrategy, Chunk, EnsembleStrategy, SyncStrategy
+from pi0edge.robot_io.clock import Ratekeeper
+from pi0edge.robot_io.config import SafetyConfig
+from pi0edge.robot_io.safety import SafetyLayer
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_ratekeeper_advances_deadline_by_period_without_drift():
+    clock = FakeClock()
+    keeper = Ratekeeper(50, spin_s=0.0, clock=clock, sleep=clock.sleep)
+    start = keeper.start()
+    for _ in range(10):
+        clock.now += 0.005  # 5 ms of work per 20 ms tick
+        assert keeper.keep_time() is False
+    assert clock.now == pytest.approx(start + 10 * 0.02)
+    assert keeper.deadline_misses == 0 and keeper.skipped_ticks == 0
+
+
+def test_ratekeeper_counts_late_ticks_and_skips_whole_missed_periods():
+    clock = FakeClock()
+    keeper = Ratekeeper(50, spin_s=0.0, clock=clock, sleep=clock.sleep)
+    start = keeper.start()
+    clock.now += 0.025  # 5 ms past the first deadline: late, no whole period lost
+    assert keeper.keep_time() is True
+    clock.now += 0.045  # now 70 ms past the start, the 2nd deadline was at 40 ms: 30 ms late
+    assert keeper.keep_time() is True
+    assert keeper.deadline_misses == 2 and keeper.skipped_ticks == 1
+    # The schedule stays on the 20 ms grid of the start, in the future.
+    assert keeper.deadline_s > clock.now
+    assert ((keeper.deadline_s - start) / 0.02) == pytest.approx(round((keeper.deadline_s - start) / 0.02))
+
+
+def test_ratekeeper_real_clock_keeps_period():
+    keeper = Ratekeeper(100)
+    keeper.start()
+    for _ in range(30):
+        keeper.keep_time()
+    errors_ms = np.abs(keeper.period_error_s) * 1e3
+    assert np.median(errors_ms) < 2.0  # generous: shared machine
+
+
+def _chunk(value_rows, obs_tick, ready_tick):
+    return Chunk(np.asarray(value_rows, dtype=float)[:, None], obs_tick, ready_tick)
+
+
+def test_sync_executes_n_then_asks_again():
+    strategy = SyncStrategy(n_execute=3)
+    assert strategy.want_inference(0, busy=False)
+    strategy.add(_chunk([10, 11, 12, 13, 14], obs_tick=0, ready_tick=4))
+    assert not strategy.want_inference(4, busy=False)
+    got = [strategy.target(t)[0] for t in range(4, 7)]
+    assert got == [10, 11, 12]  # from row 0: the arm held while the chunk was computed
+    assert strategy.target(7) is None and strategy.want_inference(7, busy=False)
+
+
+def test_async_drops_the_rows_the_inference_delay_covered():
+    strategy = AsyncStrategy(n_execute=4)
+    strategy.add(_chunk(range(100, 110), obs_tick=10, ready_tick=13))
+    assert strategy.target(13)[0] == 103  # 3 ticks of delay: rows 0..2 already past
+    assert strategy.skipped_actions == 3
+    assert strategy.target(19)[0] == 109
+    assert strategy.target(20) is None and strategy.exhausted
+
+
+def test_ensemble_weights_oldest_first():
+    m = 0.5
+    strategy = EnsembleStrategy(n_execute=1, m=m)
+    strategy.add(_chunk([0.0] * 10, obs_tick=0, ready_tick=1))  # oldest prediction: 0
+    strategy.add(_chunk([1.0] * 10, obs_tick=2, ready_tick=3))  # newer: 1
+    w = np.exp(-m * np.arange(2))
+    assert strategy.target(3)[0] == pytest.approx(w[1] / w.sum())
+    # Once the oldest chunk no longer covers the tick, only the newer one counts.
+    assert strategy.target(10)[0] == pytest.approx(1.0)
+
+
+def _layer():
+    limits = ArmLimits([-1, -1], [1, 1], [10, 10])
+    return SafetyLayer.from_config(SafetyConfig(lower=(-0.5, -0.5), upper=(0.5, 0.5), max_velocity_per_s=(1.0, 1.0)),
+                                   limits, period_s=0.02)
+
+
+def test_safety_clips_positions_and_clamps_velocity_per_tick():
+    layer = _layer()
+    assert layer.max_step_per_tick == pytest.approx([0.02, 0.02])
+    command = np.zeros(2)
+    for _ in range(100):
+        command = layer.limit(np.array([5.0, -0.01]), command)
+        assert np.all(command <= 0.5) and np.all(command >= -0.5)
+    assert command == pytest.approx([0.5, -0.01])
+    assert layer.clipped_ticks == 100 and layer.clamped_ticks > 0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_safety_rejects_non_finite_chunks(bad):
+    layer = _layer()
+    actions = np.zeros((10, 2))
+    actions[3, 1] = bad
+    assert "NaN/Inf" in layer.check_chunk(actions, 10, 2)
+    assert "shape" in layer.check_chunk(np.zeros((10, 3)), 10, 2)
+    assert layer.check_chunk(np.zeros((1, 10, 2)), 10, 2) is None
