@@ -25,6 +25,8 @@ from .config import SafetyConfig
 
 log = logging.getLogger(__name__)
 
+COUNT_TOLERANCE = 1e-9  # arm units: below this a clip/clamp is rounding, not an event worth counting
+
 
 @dataclass(frozen=True)
 class SafetyEvent:
@@ -82,12 +84,12 @@ class SafetyLayer:
     def limit(self, target: np.ndarray, last_command: np.ndarray) -> np.ndarray:
         """The command that moves from `last_command` toward `target` without breaking any limit."""
         clipped = np.clip(target, self.lower, self.upper)
-        if np.any(clipped != target):
+        if np.any(np.abs(clipped - target) > COUNT_TOLERANCE):
             self.clipped_ticks += 1
         step = clipped - last_command
         clamped = np.clip(step, -self.max_step_per_tick, self.max_step_per_tick)
-        if np.any(clamped != step):
-            self.clamped_ticks += 1
+        if np.any(np.abs(clamped - step) > COUNT_TOLERANCE):
+            self.clamped_ticks += 1  # (a step exactly at the limit, give or take rounding, is not counted)
         return np.clip(last_command + clamped, self.lower, self.upper)
 
 
