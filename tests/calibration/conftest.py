@@ -40,7 +40,7 @@ def chessboard_folder(tmp_path_factory) -> tuple[Path, Renderer]:
 def fisheye_folder(tmp_path_factory) -> tuple[Path, Renderer]:
     renderer = Renderer(fisheye_camera(), parse_board(CHARUCO))
     rng = np.random.default_rng(6)
-    poses = [renderer.random_pose(rng, (0.2, 0.4), 45.0, min_visible=0.8) for _ in range(22)]
+    poses = [renderer.random_pose(rng, (0.13, 0.25), 45.0, min_visible=0.8) for _ in range(22)]
     folder = tmp_path_factory.mktemp("fisheye_views")
     write_views(folder, renderer, poses, seed=7)
     return folder, renderer
