@@ -1,0 +1,436 @@
+"""`pi0edge build`: a bundle's two ONNX graphs -> TensorRT engines for the GPU it runs on (DESIGN.md, "Engines").
+
+Engines are specific to one GPU model and one TensorRT version, so they are built on the target (a Jetson
+builds its own) and stored in the bundle beside the graphs:
+
+    BUNDLE/engines/<gpu-slug>-trt<version>/{prefix.plan, denoise_step.plan, engine.yaml}
+
+engine.yaml holds the fingerprint (TensorRT version, GPU name, compute capability, the graphs' sha256,
+precision, max batch). The runtime recomputes what it can and refuses an engine whose fingerprint differs,
+with the command that rebuilds it. The folder is written into a hidden staging folder and renamed into
+place, so a failed build never leaves plans that do not match their engine.yaml.
+
+This module runs on the robot: it must not import torch. TensorRT and cuda-python are imported inside
+`build_engines`; everything else here is plain Python, tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import yaml
+
+import pi0edge
+from pi0edge import contract as c
+from pi0edge.errors import BundleError, ConfigError, MissingExtraError, Pi0EdgeError
+from pi0edge.manifest import GraphEntry, Manifest, load_manifest, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+ENGINES_DIR = "engines"
+FINGERPRINT_NAME = "engine.yaml"
+ENGINE_FORMAT_VERSION = 1
+GRAPHS = (c.PREFIX_GRAPH, c.DENOISE_STEP_GRAPH)
+PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8")
+QUANTIZED = ("fp8", "int8")
+# The precision a bundle's graphs carry in their ONNX dtypes (bundle.yaml "precision").
+NATIVE_PRECISION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+# Lowest compute capability with fast kernels for the type (bf16: Ampere; fp8: Ada / Hopper / Thor).
+MIN_COMPUTE_CAPABILITY = {"bf16": (8, 0), "fp8": (8, 9)}
+FINGERPRINT_FIELDS = ("tensorrt_version", "gpu_name", "compute_capability", "onnx_sha256", "precision", "max_batch")
+TENSORRT_HINT = ("on a Jetson, TensorRT comes with JetPack: apt install python3-libnvinfer; on a desktop, from "
+                 "NVIDIA's tensorrt wheels or tarball")
+
+
+class EngineBuildError(Pi0EdgeError):
+    """TensorRT could not parse or build a graph; the message carries TensorRT's own errors."""
+
+
+# ---- pure functions: fingerprint, naming, staleness, precision, profile (no TensorRT needed) ------------
+
+
+@dataclass(frozen=True)
+class EngineFingerprint:
+    """What an engine depends on. Any field that differs from this machine and bundle makes it stale."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    onnx_sha256: dict[str, str] = field(hash=False)  # graph file (and its .data) -> sha256, from bundle.yaml
+    precision: str
+    max_batch: int
+
+    def to_dict(self) -> dict:
+        return {"tensorrt_version": self.tensorrt_version, "gpu_name": self.gpu_name,
+                "compute_capability": self.compute_capability, "onnx_sha256": dict(self.onnx_sha256),
+                "precision": self.precision, "max_batch": self.max_batch}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: Path) -> EngineFingerprint:
+        if not isinstance(d, dict):
+            raise BundleError(f"{where}: 'fingerprint' must be a mapping")
+        missing = [name for name in FINGERPRINT_FIELDS if name not in d]
+        if missing:
+            raise BundleError(f"{where}: fingerprint field(s) {missing} missing; rebuild the engines")
+        if not isinstance(d["onnx_sha256"], dict):
+            raise BundleError(f"{where}: fingerprint field 'onnx_sha256' must map file names to sha256")
+        return cls(str(d["tensorrt_version"]), str(d["gpu_name"]), str(d["compute_capability"]),
+                   {str(k): str(v) for k, v in d["onnx_sha256"].items()}, str(d["precision"]), int(d["max_batch"]))
+
+
+def gpu_slug(gpu_name: str) -> str:
+    """'NVIDIA GeForce RTX 4090' -> 'nvidia-geforce-rtx-4090'; Jetson AGX Orin reports 'Orin' -> 'orin'."""
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
+    return slug or "unknown-gpu"
+
+
+def engine_dir_name(gpu_name: str, tensorrt_version: str) -> str:
+    return f"{gpu_slug(gpu_name)}-trt{tensorrt_version}"
+
+
+def default_engine_dir(bundle_dir: str | Path, gpu_name: str, tensorrt_version: str) -> Path:
+    return Path(bundle_dir) / ENGINES_DIR / engine_dir_name(gpu_name, tensorrt_version)
+
+
+def onnx_digests(manifest: Manifest) -> dict[str, str]:
+    """The sha256 of each graph file and of its external-data file (`<graph>.onnx.data`), from bundle.yaml."""
+    files = manifest.raw.get("files", {})
+    out = {}
+    for graph in GRAPHS:
+        name = manifest.graphs[graph].file
+        for f in (name, name + ".data"):
+            if f in files:
+                out[f] = str(files[f])
+    return out
+
+
+def rebuild_command(bundle_dir: str | Path, precision: str, max_batch: int) -> str:
+    return f"pi0edge build {bundle_dir} --precision {precision} --max-batch {max_batch}"
+
+
+def fingerprint_mismatches(engine: EngineFingerprint, expected: EngineFingerprint) -> list[str]:
+    """One line per fingerprint field where the engine differs from what this machine and bundle need."""
+    problems = []
+    for name in FINGERPRINT_FIELDS:
+        got, want = getattr(engine, name), getattr(expected, name)
+        if name == "onnx_sha256":
+            changed = sorted(f for f in set(got) | set(want) if got.get(f) != want.get(f))
+            if changed:
+                problems.append(f"onnx_sha256: {', '.join(changed)} changed since the engine was built")
+        elif got != want:
+            problems.append(f"{name}: engine has {got!r}, needed {want!r}")
+    return problems
+
+
+def stale_engine_message(engine_dir: Path, bundle_dir: str | Path, problems: list[str], precision: str,
+                         max_batch: int) -> str:
+    return (f"{engine_dir}: the TensorRT engines are stale ({'; '.join(problems)}); rebuild them on this machine: "
+            f"{rebuild_command(bundle_dir, precision, max_batch)}")
+
+
+def profile_shapes(entry: GraphEntry, max_batch: int, opt_batch: int | None = None
+                   ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """(min, opt, max) shapes for each graph input with a batch dim: batch 1..max_batch, all else static."""
+    if not isinstance(max_batch, int) or max_batch < 1:
+        raise ConfigError(f"--max-batch must be a positive integer, got {max_batch!r}")
+    opt = max_batch if opt_batch is None else opt_batch
+    if not 1 <= opt <= max_batch:
+        raise ConfigError(f"opt batch {opt} must lie in 1..{max_batch}")
+    shapes = {}
+    for spec in entry.inputs:
+        if "B" not in spec["shape"]:
+            continue
+        dims = spec["shape"]
+        shapes[spec["name"]] = tuple(tuple(b if d == "B" else int(d) for d in dims) for b in (1, opt, max_batch))
+    return shapes
+
+
+@dataclass(frozen=True)
+class BuildMode:
+    """How TensorRT is told the precision: strongly typed (from the ONNX dtypes) or weakly typed builder flags."""
+
+    strongly_typed: bool
+    flags: tuple[str, ...] = ()  # trt.BuilderFlag names, weakly typed only
+    needs_qdq: bool = False  # fp8 / int8: the graphs must carry Q/DQ nodes (explicit quantization)
+
+
+def resolve_precision(bundle_precision: str, requested: str | None, *, weak_typing_available: bool
+                      ) -> tuple[str, BuildMode]:
+    """-> (engine precision, build mode). None asks for the bundle's own precision.
+
+    TensorRT 10.12+ deprecates weak typing and 11 removes it: a float16 or bfloat16 bundle builds strongly
+    typed, its ONNX dtypes (with the float32 islands the export keeps) fixing every layer's precision. A
+    float32 bundle can still become fp16/bf16 through the weakly typed builder flags where TensorRT has them.
+    FP8/INT8 need quantize/dequantize nodes in the graphs: implicit calibration is deprecated (10.x) and
+    removed (11), so without Q/DQ nodes the build refuses instead of producing an unquantized engine.
+    """
+    if bundle_precision not in NATIVE_PRECISION:
+        raise BundleError(f"bundle precision {bundle_precision!r} is not one of {sorted(NATIVE_PRECISION)}")
+    native = NATIVE_PRECISION[bundle_precision]
+    precision = requested or native
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision in QUANTIZED:
+        return precision, BuildMode(strongly_typed=True, needs_qdq=True)
+    if precision == native:
+        return precision, BuildMode(strongly_typed=True)
+    if native == "fp32" and precision in ("fp16", "bf16"):
+        if not weak_typing_available:
+            dtype = "float16" if precision == "fp16" else "bfloat16"
+            raise ConfigError(f"this TensorRT builds strongly typed networks only, so a float32 bundle builds as "
+                              f"fp32; for {precision}, export the bundle with `pi0edge export --precision {dtype}`")
+        return precision, BuildMode(strongly_typed=False, flags=(precision.upper(),))
+    raise ConfigError(f"the bundle's graphs are {bundle_precision}, and strongly typed TensorRT takes the precision "
+                      f"from the graph: build it with --precision {native}, or export a bundle in the precision you "
+                      f"want (`pi0edge export --precision ...`)")
+
+
+def check_gpu_supports(precision: str, compute_capability: str, gpu_name: str) -> None:
+    need = MIN_COMPUTE_CAPABILITY.get(precision)
+    have = tuple(int(x) for x in compute_capability.split("."))
+    if need is not None and have < need:
+        alternative = " (Jetson Orin is 8.7: use --precision int8 with a Q/DQ bundle, or fp16)" if precision == "fp8" \
+            else " (use --precision fp16)"
+        raise ConfigError(f"--precision {precision} needs compute capability {need[0]}.{need[1]}+; {gpu_name} has "
+                          f"{compute_capability}{alternative}")
+
+
+def read_engine_yaml(engine_dir: Path) -> tuple[EngineFingerprint, dict]:
+    """-> (the fingerprint, the whole engine.yaml); a missing, unreadable or unknown-format file -> BundleError."""
+    path = engine_dir / FINGERPRINT_NAME
+    if not path.is_file():
+        raise BundleError(f"{engine_dir}: no {FINGERPRINT_NAME}; the engine folder is incomplete")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not valid YAML ({exc})") from exc
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version != ENGINE_FORMAT_VERSION:
+        raise BundleError(f"{path}: engine format version {version!r} is not the one this pi0edge reads "
+                          f"({ENGINE_FORMAT_VERSION}); rebuild the engines")
+    for key in ("fingerprint", "plans"):
+        if not isinstance(raw.get(key), dict):
+            raise BundleError(f"{path}: field '{key}' is missing")
+    return EngineFingerprint.from_dict(raw["fingerprint"], path), raw
+
+
+# ---- the build (TensorRT + cuda-python, imported lazily) ------------------------------------------------
+
+
+class TensorRTMissingError(MissingExtraError):
+    """MissingExtraError plus where TensorRT really comes from: pip alone does not reach NVIDIA's libraries."""
+
+    def __init__(self, purpose: str):
+        super().__init__("tensorrt", "trt", purpose)
+        self.msg = f"{self.args[0]} ({TENSORRT_HINT})"  # ImportError's __str__ prints msg
+        self.args = (self.msg,)
+
+
+def import_tensorrt(purpose: str) -> ModuleType:
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise TensorRTMissingError(purpose) from exc
+    return tensorrt
+
+
+@dataclass(frozen=True)
+class EngineReport:
+    engine_dir: Path
+    fingerprint: EngineFingerprint
+    strongly_typed: bool
+    build_s: float
+    plan_bytes: dict[str, int]
+    timing_cache: Path
+
+
+def build_engines(bundle_dir: str | Path, precision: str | None = None, max_batch: int = 1, *,
+                  workspace_gb: float | None = None, timing_cache: str | Path | None = None,
+                  calibration: str | Path | None = None, device_id: int = 0, allow_tf32: bool = False
+                  ) -> EngineReport:
+    """Build prefix.plan and denoise_step.plan for this GPU. precision None: the bundle's own (fp32 / fp16 /
+    bf16). The timing cache (default BUNDLE/engines/<gpu>-trt<version>.timing.cache) makes rebuilds fast.
+    allow_tf32 lets fp32 engines use TF32 tensor cores (about 1e-3 relative error); off, fp32 means fp32."""
+    if calibration is not None:
+        raise ConfigError("calibration-based INT8/FP8 (TensorRT's implicit quantization) is not supported: it is "
+                          "deprecated in TensorRT 10 and removed in 11. Quantize the graphs instead (Q/DQ nodes, "
+                          "NVIDIA ModelOpt) and build that bundle with --precision int8 or fp8")
+    from pi0edge.runtime.backends.cuda_runtime import device_info, load_cudart
+
+    trt = import_tensorrt("pi0edge build")
+    gpu = device_info(load_cudart(), device_id)
+    manifest = load_manifest(bundle_dir)  # checksums verified: the fingerprint's digests are the files' own
+    precision, mode = resolve_precision(manifest.precision, precision,
+                                        weak_typing_available=hasattr(trt.BuilderFlag, "FP16"))
+    check_gpu_supports(precision, gpu.compute_capability, gpu.name)
+    for graph in GRAPHS:
+        profile_shapes(manifest.graphs[graph], max_batch)  # validates max_batch before minutes of building
+    fingerprint = EngineFingerprint(trt.__version__, gpu.name, gpu.compute_capability, onnx_digests(manifest),
+                                    precision, max_batch)
+    out_dir = default_engine_dir(manifest.bundle_dir, gpu.name, trt.__version__)
+    cache_path = Path(timing_cache) if timing_cache else out_dir.parent / f"{out_dir.name}.timing.cache"
+    log.info("building %s engines for %s (sm %s, TensorRT %s, %s, max batch %d) -> %s", precision, gpu.name,
+             gpu.compute_capability, trt.__version__, "strongly typed" if mode.strongly_typed else "weakly typed",
+             max_batch, out_dir)
+
+    start = time.perf_counter()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = None
+    plans: dict[str, bytes] = {}
+    for graph in GRAPHS:
+        plans[graph], cache = _build_plan(trt, builder, logger, manifest, graph, mode, precision, max_batch,
+                                          workspace_gb, cache, cache_bytes, allow_tf32)
+    build_s = time.perf_counter() - start
+
+    engine_yaml = {
+        "format_version": ENGINE_FORMAT_VERSION,
+        "fingerprint": fingerprint.to_dict(),
+        "plans": {graph: {"file": f"{graph}.plan", "sha256": hashlib.sha256(plans[graph]).hexdigest()}
+                  for graph in GRAPHS},
+        "build": {"pi0edge": pi0edge.__version__, "strongly_typed": mode.strongly_typed, "flags": list(mode.flags),
+                  "allow_tf32": allow_tf32, "build_s": round(build_s, 1),
+                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+    }
+    _write_engine_dir(out_dir, plans, engine_yaml)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_bytes_atomic(cache_path, bytes(memoryview(cache.serialize())))
+    return EngineReport(out_dir, fingerprint, mode.strongly_typed, build_s,
+                        {graph: len(plan) for graph, plan in plans.items()}, cache_path)
+
+
+def _build_plan(trt, builder, logger, manifest: Manifest, graph: str, mode: BuildMode, precision: str,
+                max_batch: int, workspace_gb: float | None, cache, cache_bytes: bytes, allow_tf32: bool):
+    """Parse one graph and build its serialized engine; -> (plan bytes, the timing cache shared by both)."""
+    entry = manifest.graphs[graph]
+    path = manifest.path(entry.file)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if mode.strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    # parse_from_file, not parse(bytes): the external-data file next to the graph resolves from its folder.
+    if not parser.parse_from_file(str(path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(f"{path}: TensorRT {trt.__version__} cannot parse this graph: {errors}")
+    inputs = {network.get_input(i).name for i in range(network.num_inputs)}
+    outputs = {network.get_output(i).name for i in range(network.num_outputs)}
+    if inputs != set(entry.input_names) or outputs != set(entry.output_names):
+        raise EngineBuildError(f"{path}: graph I/O {sorted(inputs)} -> {sorted(outputs)} differs from bundle.yaml "
+                               f"{list(entry.input_names)} -> {list(entry.output_names)}")
+    if mode.needs_qdq and not _has_qdq(trt, network):
+        raise ConfigError(f"--precision {precision} needs quantized graphs (QuantizeLinear/DequantizeLinear nodes, "
+                          f"e.g. from NVIDIA ModelOpt), and {path.name} has none: building it would silently give an "
+                          "unquantized engine. Build --precision fp16/bf16, or export a quantized bundle")
+
+    config = builder.create_builder_config()
+    if workspace_gb is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    for flag in mode.flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    if precision == "fp32" and not allow_tf32 and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # TensorRT enables TF32 by default; fp32 parity needs it off
+    profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in profile_shapes(entry, max_batch).items():
+        profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+    if cache is None:
+        cache = config.create_timing_cache(cache_bytes)
+        if not config.set_timing_cache(cache, ignore_mismatch=False):
+            # A cache from another GPU or TensorRT version: its timings would mislead tactic selection.
+            log.warning("timing cache rejected (another GPU or TensorRT version); starting an empty one")
+            cache = config.create_timing_cache(b"")
+            config.set_timing_cache(cache, ignore_mismatch=False)
+    else:
+        config.set_timing_cache(cache, ignore_mismatch=False)
+
+    log.info("building %s (this takes minutes on a Jetson)", graph)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(f"{path}: TensorRT {trt.__version__} failed to build the {graph} engine "
+                               f"({precision}, max batch {max_batch}); run with -v for TensorRT's log")
+    return bytes(memoryview(serialized)), cache
+
+
+def _has_qdq(trt, network) -> bool:
+    kinds = (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE)
+    return any(network.get_layer(i).type in kinds for i in range(network.num_layers))
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_engine_dir(out_dir: Path, plans: dict[str, bytes], engine_yaml: dict) -> None:
+    """Write the plans and engine.yaml into a staging folder, then rename it into place (old one removed last)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    try:
+        for graph, plan in plans.items():
+            _write_bytes_atomic(staging / f"{graph}.plan", plan)
+        write_text_atomic(staging / FINGERPRINT_NAME, yaml.safe_dump(engine_yaml, sort_keys=False))
+        old = None
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+            os.replace(out_dir, old)
+        try:
+            os.replace(staging, out_dir)
+        except BaseException:
+            if old is not None:
+                os.replace(old, out_dir)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+# ---- the command ---------------------------------------------------------------------------------------
+
+
+def register_build(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "build", help="bundle -> TensorRT engines for this GPU (run on the target: engines are device-specific)",
+        description="Build TensorRT engines for a bundle's prefix and denoise_step graphs on this GPU, with a "
+                    "timing cache and a fingerprint the runtime checks. Needs TensorRT 10+ and cuda-python "
+                    f"(pip install 'pi0edge[trt]'; {TENSORRT_HINT}).")
+    p.add_argument("bundle", help="bundle directory (from `pi0edge export`)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="engine precision; default: the bundle's own (float16 -> fp16). fp16/bf16 from a float32 "
+                        "bundle use TensorRT 10's weakly typed flags; fp8/int8 need a quantized (Q/DQ) bundle")
+    p.add_argument("--max-batch", type=int, default=1, help="largest batch (robots per call) the engines accept")
+    p.add_argument("--timing-cache", help="timing cache file to read and update (default: next to the engines)")
+    p.add_argument("--workspace-gb", type=float, help="cap TensorRT's build workspace (useful on 8-16 GB Jetsons)")
+    p.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
+    p.add_argument("--allow-tf32", action="store_true", help="let fp32 engines use TF32 tensor cores")
+    p.set_defaults(func=_build_command)
+
+
+def _build_command(args: argparse.Namespace) -> int:
+    report = build_engines(args.bundle, args.precision, args.max_batch, workspace_gb=args.workspace_gb,
+                           timing_cache=args.timing_cache, device_id=args.device, allow_tf32=args.allow_tf32)
+    fp = report.fingerprint
+    sizes = ", ".join(f"{graph}.plan {size / 1e6:.1f} MB" for graph, size in report.plan_bytes.items())
+    print(f"wrote {report.engine_dir} ({fp.precision}, max batch {fp.max_batch}, {fp.gpu_name} sm "
+          f"{fp.compute_capability}, TensorRT {fp.tensorrt_version}): {sizes} in {report.build_s:.0f} s")
+    return 0
