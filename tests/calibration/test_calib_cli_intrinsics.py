@@ -190,3 +190,29 @@ def test_missing_image_folder_is_an_error(tmp_path, capsys):
     assert intrinsics(tmp_path / "nope", tmp_path / "out") == 1
     assert "nope does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_live_camera_source_goes_through_robot_io_open_camera(charuco_folder, tmp_path):
+    """--camera uses robot_io's camera interface; its synthetic camera replays a folder like a live one."""
+    pytest.importorskip("pi0edge.robot_io.cameras", reason="robot_io cameras not available in this checkout")
+    spec = f"{{kind: synthetic, folder: {charuco_folder}, width: 640, height: 480}}"
+    code = run(
+        "intrinsics",
+        "--camera",
+        spec,
+        "--board",
+        CHARUCO,
+        "--out",
+        tmp_path / "out",
+        "--name",
+        "cam",
+        "--views",
+        "8",
+        "--timeout-s",
+        "30",
+        "--save-images",
+        tmp_path / "captured",
+    )
+    assert code == 0
+    assert len(list((tmp_path / "captured").glob("*.png"))) == 8
+    assert json.loads((tmp_path / "out" / "cam.report.json").read_text())["views_total"] == 8
