@@ -103,7 +103,7 @@ class Renderer:
             self.texture,
             map_x,
             map_y,
-            cv2.INTER_AREA if False else cv2.INTER_LINEAR,
+            cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_CONSTANT,
             borderValue=BACKGROUND,
         )
