@@ -1,0 +1,79 @@
+"""Full-size export and one chunk on ort-cpu, with wall time and peak memory of each stage.
+
+    python benchmarks/full_size.py --model pi0 --precision float16 --workdir /tmp/pi0edge-full
+
+Each stage runs in its own process so its peak RSS (ru_maxrss of the child) is its own:
+1. write a random full-size checkpoint in LeRobot layout (float32 weights, ~13 GB; reused when present);
+2. `pi0edge export` it at the given precision;
+3. load the bundle on ort-cpu and infer one chunk (3 cameras, 10 steps).
+Prints a JSON record; docs/benchmarks.md quotes it. Needs ~24 GB RAM and ~35 GB disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def run_stage(code: str) -> dict:
+    """Run python code that sets `result = {...}` in a child process; -> that dict plus the child's wall time
+    and its own peak RSS (ru_maxrss read inside the child, so stages do not mask each other)."""
+    epilogue = ("\nimport json as _j, resource as _r\nresult['peak_rss_mb'] = "
+                "round(_r.getrusage(_r.RUSAGE_SELF).ru_maxrss / 1024)\nprint(_j.dumps(result))\n")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code + epilogue], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"stage failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("pi0", "pi05"), default="pi0")
+    parser.add_argument("--precision", choices=("float32", "float16"), default="float16")
+    parser.add_argument("--workdir", default="/tmp/pi0edge-full")
+    parser.add_argument("--skip-infer", action="store_true")
+    args = parser.parse_args()
+    work = Path(args.workdir)
+    ckpt, bundle = work / f"{args.model}-checkpoint", work / f"{args.model}-{args.precision}-bundle"
+    work.mkdir(parents=True, exist_ok=True)
+    record = {"model": args.model, "precision": args.precision, "machine": platform.platform(),
+              "cpu_count": __import__("os").cpu_count()}
+
+    if not (ckpt / "model.safetensors").is_file():
+        record["write_checkpoint"] = run_stage(
+            "from pi0edge.export.config import full; from pi0edge.export.random_checkpoint import "
+            f"write_random_checkpoint; write_random_checkpoint({str(ckpt)!r}, full({args.model!r}), "
+            "robot_state_dim=14, robot_action_dim=14); result = {}")
+    weights = (ckpt / "model.safetensors").stat().st_size
+    record["checkpoint_weights_gb"] = round(weights / 1e9, 2)
+
+    record["export"] = run_stage(
+        "from pi0edge.export.bundle import export_bundle; "
+        f"r = export_bundle({str(ckpt)!r}, {str(bundle)!r}, precision={args.precision!r}, overwrite=True, "
+        "check_finite=False); result = {'export_s': round(r.export_s, 1), 'bundle_gb': round(r.bundle_bytes / 1e9, 2)}")
+    graph_bytes = sum(p.stat().st_size for p in bundle.iterdir() if ".onnx" in p.name)
+    record["graph_weights_gb"] = round(graph_bytes / 1e9, 2)
+    record["export"]["peak_rss_over_checkpoint"] = round(record["export"]["peak_rss_mb"] * 2**20 / weights, 2)
+
+    if not args.skip_infer:
+        record["infer"] = run_stage(
+            "import json, time\nfrom pi0edge.runtime import Policy\nfrom pi0edge.runtime.profile import "
+            "synthetic_observation\n"
+            f"t = time.perf_counter(); p = Policy({str(bundle)!r}, verify_checksums=False); "
+            "load = time.perf_counter() - t\nobs = synthetic_observation(p)\nc = p.infer(obs)\n"
+            "result = {'load_s': round(load, 1), 'chunk_ms': round(c.timings_ms['total_ms']), "
+            "'prefix_ms': round(c.timings_ms['prefix_ms']), 'step_ms': round(c.timings_ms['step_ms'][-1])}")
+        record["infer"]["peak_rss_over_graph_weights"] = round(record["infer"]["peak_rss_mb"] * 2**20 / graph_bytes, 2)
+    print(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()
