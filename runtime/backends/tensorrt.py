@@ -279,6 +279,8 @@ class TensorRTBackend:
         self._key = key
 
     def _release_batch(self) -> None:
+        if self._key is not None:
+            self.synchronize()  # queued work may still use the buffers about to be freed
         if self._graph is not None:
             self._graph.destroy()
             self._graph = None
@@ -289,6 +291,7 @@ class TensorRTBackend:
         for pinned in (*self._host.values(), *([self._actions] if self._actions is not None else [])):
             pinned.free()
         self._dev, self._host, self._x, self._consts, self._actions = {}, {}, [], [], None
+        self._in_flight.clear()
         self._key = None
 
     # ---- the per-chunk calls ------------------------------------------------------------------------
