@@ -40,6 +40,14 @@ def make_backend(manifest: Manifest, backend: str, **options):
     return OrtBackend(manifest, backend, **options)
 
 
+def _accepted(cls, options: dict) -> dict:
+    """The subset of options a backend's constructor takes (auto hands one set to several backends)."""
+    import inspect
+
+    params = inspect.signature(cls).parameters
+    return {k: v for k, v in options.items() if k in params}
+
+
 def _auto_backend(manifest: Manifest, **options):
     from pi0edge.runtime.backends.ort import OrtBackend, available_ort_backends
 
@@ -47,12 +55,12 @@ def _auto_backend(manifest: Manifest, **options):
     try:
         from pi0edge.runtime.backends.tensorrt import TensorRTBackend
 
-        return TensorRTBackend(manifest, **options)
+        return TensorRTBackend(manifest, **_accepted(TensorRTBackend, options))
     except (BackendUnavailableError, ImportError) as exc:
         reasons.append(f"tensorrt: {exc}")
     for name in available_ort_backends():
         try:
-            return OrtBackend(manifest, name, **options)
+            return OrtBackend(manifest, name, **_accepted(OrtBackend, options))
         except Exception as exc:  # a provider that is listed but cannot start (no driver, no TensorRT libs)
             reasons.append(f"{name}: {exc}")
     raise BackendUnavailableError("no backend could start: " + "; ".join(reasons))
@@ -139,11 +147,16 @@ class Policy:
         self.backend.synchronize()
         t2 = time.perf_counter()
         step_ms = []
-        for k in range(len(times)):
-            s0 = time.perf_counter()
-            self.backend.run_step(k)
+        if getattr(self.backend, "run_loop", None) is not None:
+            # The whole loop as one CUDA graph: per-step times do not exist, only the loop's.
+            self.backend.run_loop()
             self.backend.synchronize()
-            step_ms.append((time.perf_counter() - s0) * 1e3)
+        else:
+            for k in range(len(times)):
+                s0 = time.perf_counter()
+                self.backend.run_step(k)
+                self.backend.synchronize()
+                step_ms.append((time.perf_counter() - s0) * 1e3)
         t3 = time.perf_counter()
         actions = self.finish_actions(self.backend.read_actions())
         t4 = time.perf_counter()
