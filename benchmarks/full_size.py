@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=("float32", "float16"), default="float16")
     parser.add_argument("--workdir", default="/tmp/pi0edge-full")
     parser.add_argument("--skip-infer", action="store_true")
+    parser.add_argument("--compare-reference", action="store_true",
+                        help="also run the eager float32 reference on the same inputs and noise (slow)")
     args = parser.parse_args()
     work = Path(args.workdir)
     ckpt, bundle = work / f"{args.model}-checkpoint", work / f"{args.model}-{args.precision}-bundle"
@@ -66,12 +68,26 @@ def main() -> None:
     if not args.skip_infer:
         record["infer"] = run_stage(
             "import json, time\nfrom pi0edge.runtime import Policy\nfrom pi0edge.runtime.profile import "
-            "synthetic_observation\n"
+            "synthetic_observation\nimport numpy as np\n"
             f"t = time.perf_counter(); p = Policy({str(bundle)!r}, verify_checksums=False); "
-            "load = time.perf_counter() - t\nobs = synthetic_observation(p)\nc = p.infer(obs)\n"
+            "load = time.perf_counter() - t\nobs = synthetic_observation(p)\n"
+            "m = p.manifest; noise = np.random.default_rng(0).standard_normal((1, m.action_horizon, m.action_dim), "
+            "dtype=np.float32)\nc = p.infer(obs, noise=noise)\n"
+            "feeds = {k: v for k, v in p.preprocess([obs]).items() if v is not None}\n"
+            f"np.savez({str(work / 'infer.npz')!r}, noise=noise, actions=p.backend.read_actions(), **feeds)\n"
             "result = {'load_s': round(load, 1), 'chunk_ms': round(c.timings_ms['total_ms']), "
             "'prefix_ms': round(c.timings_ms['prefix_ms']), 'step_ms': round(c.timings_ms['step_ms'][-1])}")
         record["infer"]["peak_rss_over_graph_weights"] = round(record["infer"]["peak_rss_mb"] * 2**20 / graph_bytes, 2)
+        if args.compare_reference:
+            record["reference"] = run_stage(
+                "import numpy as np, torch, time\nfrom pi0edge.export.checkpoint import load_checkpoint\n"
+                f"d = dict(np.load({str(work / 'infer.npz')!r}))\n"
+                f"m = load_checkpoint({str(ckpt)!r}, hash_weights=False, check_finite=False).model\n"
+                "obs = {k: torch.from_numpy(v) for k, v in d.items() if k not in ('noise', 'actions')}\n"
+                "obs.setdefault('state', torch.zeros(1, m.cfg.state_dim))\nt = time.perf_counter()\n"
+                "ref = m.sample_actions(obs, torch.from_numpy(d['noise'])).numpy()\n"
+                "result = {'eager_chunk_s': round(time.perf_counter() - t, 1), "
+                "'max_abs_action_error': float(np.abs(ref - d['actions']).max())}")
     print(json.dumps(record, indent=2))
 
 
