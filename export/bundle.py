@@ -23,7 +23,8 @@ import pi0edge
 from pi0edge.errors import BundleError, CheckpointError
 from pi0edge.export.config import Pi0Config
 from pi0edge.export.graphs import OPSET, export_graphs
-from pi0edge.manifest import FORMAT_VERSION, MANIFEST_NAME, load_manifest, sha256_file, write_text_atomic
+from pi0edge.export.optimize import DEFAULT_OPTIMIZE, OptimizeOptions
+from pi0edge.manifest import FORMAT_VERSION, MANIFEST_NAME, default_mode, load_manifest, sha256_file, write_text_atomic
 from pi0edge.normalization import NormStats
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,10 @@ def model_manifest(cfg: Pi0Config) -> dict:
 
 def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path: Path, robot_state_dim: int,
                  robot_action_dim: int, precision: str = "float32", source: dict | None = None,
-                 overwrite: bool = False, with_velocity: bool = False) -> ExportReport:
-    """Export `model` (a Pi0Model) with its stats and tokenizer into the bundle folder out_dir."""
+                 overwrite: bool = False, with_velocity: bool = False,
+                 optimize: OptimizeOptions | None = None) -> ExportReport:
+    """Export `model` (a Pi0Model) with its stats and tokenizer into the bundle folder out_dir.
+    optimize: export/optimize.py's graph optimizations (None: the plain reference graphs)."""
     import onnx
     import torch
 
@@ -69,7 +72,8 @@ def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path:
     start = time.perf_counter()
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
     try:
-        graphs = export_graphs(model, staging, precision, with_velocity=with_velocity)
+        os.chmod(staging, default_mode(directory=True))
+        graphs = export_graphs(model, staging, precision, with_velocity=with_velocity, optimize=optimize)
         shutil.copyfile(tokenizer_path, staging / TOKENIZER_NAME)
         files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
         manifest = {
@@ -80,6 +84,9 @@ def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path:
             "normalization": norm_stats.to_dict(),
             "tokenizer": {"file": TOKENIZER_NAME},
             "graphs": graphs,
+            # which export/optimize.py optimizations the graphs carry; fixed_num_steps: the only step count a
+            # step-indexed step graph can run
+            "optimizations": (optimize or OptimizeOptions.none()).manifest_entry(cfg.num_steps),
             "source": source or {},
             "exporter": {"pi0edge": pi0edge.__version__, "torch": str(torch.__version__), "onnx": str(onnx.__version__),
                          "opset": OPSET, "python": platform.python_version(),
@@ -114,8 +121,10 @@ def _swap_into_place(staging: Path, out_dir: Path) -> None:
 
 def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, *, precision: str = "float32",
                   tokenizer: str | Path | None = None, overwrite: bool = False, num_steps: int | None = None,
-                  check_finite: bool = True) -> ExportReport:
-    """The `pi0edge export` command: load the checkpoint lazily, export both graphs, write the bundle."""
+                  check_finite: bool = True, optimize: OptimizeOptions | None = DEFAULT_OPTIMIZE
+                  ) -> ExportReport:
+    """The `pi0edge export` command: load the checkpoint lazily, export both graphs, write the bundle.
+    The graph optimizations are on by default (optimize=None exports the plain graphs)."""
     from dataclasses import replace
 
     from pi0edge.export.checkpoint import load_checkpoint
@@ -138,5 +147,5 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, *, precision:
               "sha256": ckpt.source_sha256}
     return write_bundle(model, Path(out_dir), norm_stats=ckpt.norm_stats, tokenizer_path=tokenizer_path,
                         robot_state_dim=ckpt.robot_state_dim, robot_action_dim=ckpt.robot_action_dim,
-                        precision=precision, source=source, overwrite=overwrite)
+                        precision=precision, source=source, overwrite=overwrite, optimize=optimize)
 

@@ -31,10 +31,18 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def default_mode(directory: bool = False) -> int:
+    """What open()/mkdir() would give under the current umask (mkstemp/mkdtemp use 0600/0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write via a temp file in the same folder + fsync + rename: readers never see half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_mode())
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
