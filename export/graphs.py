@@ -11,6 +11,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +19,9 @@ from torch import Tensor, nn
 from pi0edge import contract as c
 from pi0edge.export.config import Pi0Config
 from pi0edge.export.model import Pi0Model
+
+if TYPE_CHECKING:
+    from pi0edge.export.optimize import OptimizeOptions
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +74,8 @@ def prefix_spec() -> GraphSpec:
     return GraphSpec(c.PREFIX_INPUTS, c.PREFIX_OUTPUTS)
 
 
-def denoise_step_spec(cfg: Pi0Config, with_velocity: bool = False) -> GraphSpec:
-    return GraphSpec(c.denoise_step_inputs(has_state_input=not cfg.is_pi05, time_as_step_index=False),
+def denoise_step_spec(cfg: Pi0Config, with_velocity: bool = False, time_as_step_index: bool = False) -> GraphSpec:
+    return GraphSpec(c.denoise_step_inputs(has_state_input=not cfg.is_pi05, time_as_step_index=time_as_step_index),
                      c.denoise_step_outputs(with_velocity))
 
 
@@ -92,6 +96,7 @@ def example_inputs(cfg: Pi0Config, batch: int, precision: str, seed: int = 0) ->
         c.X_T: torch.randn(b, cfg.action_horizon, cfg.action_dim, generator=g),
         c.TIME: torch.ones(b),
         c.DT: torch.full((b,), -1.0 / cfg.num_steps),
+        c.STEP_INDEX: torch.zeros(b, dtype=torch.int64),  # optimized step graphs (export/optimize.py)
         c.PAST_KEYS: torch.randn(kv_shape, generator=g).to(kv_dtype),
         c.PAST_VALUES: torch.randn(kv_shape, generator=g).to(kv_dtype),
         c.PREFIX_MASK: torch.ones(b, sizes["T"], dtype=torch.bool),
@@ -158,21 +163,34 @@ def _gather_external_data(proto, source_dir: Path, data_path: Path) -> None:
             offset += len(data)
 
 
-def export_graphs(model: Pi0Model, out_dir: Path, precision: str = "float32", with_velocity: bool = False
-                  ) -> dict[str, dict]:
+def export_graphs(model: Pi0Model, out_dir: Path, precision: str = "float32", with_velocity: bool = False,
+                  optimize: OptimizeOptions | None = None) -> dict[str, dict]:
     """Write prefix.onnx and denoise_step.onnx into out_dir; -> manifest entries {graph: {file, io}}.
 
     The model is cast to the precision in place (float16/bfloat16 keep MODEL.md's float32 islands).
+    With `optimize`, the graphs are export/optimize.py's, derived from the float32 model (left as is).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     cfg = model.cfg
-    model = model.to(PRECISIONS[precision]).eval()
     examples = example_inputs(cfg, batch=1, precision=precision)
-    graphs = {
-        c.PREFIX_GRAPH: (PrefixGraph(model), prefix_spec()),
-        c.DENOISE_STEP_GRAPH: (DenoiseStepGraph(model, with_velocity), denoise_step_spec(cfg, with_velocity)),
-    }
+    # ---- optimize hook (export/optimize.py): optimized modules, the step graph maybe step-indexed ----
+    if optimize is not None:
+        from pi0edge.export.optimize import optimized_graphs
+
+        modules = optimized_graphs(model.eval(), optimize, PRECISIONS[precision], with_velocity)
+        graphs = {
+            c.PREFIX_GRAPH: (modules[c.PREFIX_GRAPH], prefix_spec()),
+            c.DENOISE_STEP_GRAPH: (modules[c.DENOISE_STEP_GRAPH],
+                                   denoise_step_spec(cfg, with_velocity, optimize.uses_step_index)),
+        }
+    # ---- end optimize hook ----
+    else:
+        model = model.to(PRECISIONS[precision]).eval()
+        graphs = {
+            c.PREFIX_GRAPH: (PrefixGraph(model), prefix_spec()),
+            c.DENOISE_STEP_GRAPH: (DenoiseStepGraph(model, with_velocity), denoise_step_spec(cfg, with_velocity)),
+        }
     entries = {}
     for name, (module, spec) in graphs.items():
         path = out_dir / f"{name}.onnx"
