@@ -127,13 +127,18 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, *, precision:
     The graph optimizations are on by default (optimize=None exports the plain graphs)."""
     from dataclasses import replace
 
+    import torch
+
     from pi0edge.export.checkpoint import load_checkpoint
     from pi0edge.export.graphs import PRECISIONS
 
     if precision not in PRECISIONS:
         raise BundleError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    # Load straight into the graph precision: a tensor stored in that dtype stays a memory-mapped view.
-    ckpt = load_checkpoint(checkpoint_dir, dtype=PRECISIONS[precision], check_finite=check_finite)
+    # Optimized graphs are derived from float32 weights (folding is done in float32, then cast per tensor);
+    # the plain graphs load straight into their precision. A tensor already in that dtype stays a memory-mapped
+    # view of the checkpoint, so no second copy is made.
+    load_dtype = torch.float32 if optimize is not None else PRECISIONS[precision]
+    ckpt = load_checkpoint(checkpoint_dir, dtype=load_dtype, check_finite=check_finite)
     model = ckpt.model
     if num_steps is not None:
         model.cfg = replace(model.cfg, num_steps=num_steps)
