@@ -1,0 +1,259 @@
+"""The optimized graphs (export/optimize.py) equal the eager reference `Pi0Model.sample_actions`, with every
+optimization on, with each one switched on alone, and with none: ONNX Runtime CPU runs the prefix once and
+the step graph in the 10-step Euler loop (fed `step_index` where the graph is step-indexed).
+
+The reference's RMSNorm weights are zero and its LayerNorms identity at init, which would make norm
+folding trivially exact: every test model gets random norm weights first (`randomize_norms`). Images are
+56x56 (16 tokens per camera) to keep exports fast; masks, padding and batching are what the optimizations
+could get wrong, and those are exercised as in test_onnx_parity.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from pi0edge import contract as c
+from pi0edge.export.bundle import write_bundle
+from pi0edge.export.config import SIGLIP_TINY, tiny
+from pi0edge.export.graphs import export_graphs
+from pi0edge.export.model import AdaRMSNorm, Pi0Model, RMSNorm
+from pi0edge.export.optimize import OptimizeOptions
+from pi0edge.manifest import load_manifest
+from pi0edge.normalization import NormStats
+from pi0edge.schedule import euler_schedule
+
+ACTION_ATOL_FP32 = 1e-4
+KV_ATOL_FP32 = 1e-5
+# float16 against the float32 reference: the same bounds as the plain float16 graphs (test_onnx_parity.py).
+ACTION_ATOL_FP16 = 3e-2
+KV_ATOL_FP16 = 2e-2
+NUM_STEPS = 10
+OPTION_NAMES = [f.name for f in fields(OptimizeOptions)]
+ROBOT_DIM = 6
+
+
+def config(model_type: str, cameras: int = 3):
+    return tiny(model_type, vision=replace(SIGLIP_TINY, image_size=56), cameras=c.DEFAULT_CAMERAS[:cameras])
+
+
+def randomize_norms(model: Pi0Model, seed: int) -> Pi0Model:
+    """Non-trivial norm weights, so that folding them into the next projection is really tested."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, RMSNorm):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=g) * 0.5)
+            elif isinstance(module, torch.nn.LayerNorm):
+                module.weight.copy_(1 + torch.randn(module.weight.shape, generator=g) * 0.3)
+                module.bias.copy_(torch.randn(module.bias.shape, generator=g) * 0.1)
+            elif isinstance(module, AdaRMSNorm):  # a visible modulation: the default init keeps it near 0
+                module.dense.bias.copy_(torch.randn(module.dense.bias.shape, generator=g) * 0.3)
+    return model
+
+
+def reference_model(model_type: str, cameras: int = 3, seed: int = 0) -> Pi0Model:
+    torch.manual_seed(seed)
+    return randomize_norms(Pi0Model(config(model_type, cameras)).eval(), seed)
+
+
+def random_observation(cfg, batch: int, seed: int, masked_camera: int | None, prompt_lengths: list[int]):
+    g = torch.Generator().manual_seed(seed)
+    s = cfg.vision.image_size
+    images = torch.randint(0, 256, (batch, cfg.num_cameras, s, s, 3), dtype=torch.uint8, generator=g)
+    image_masks = torch.ones(batch, cfg.num_cameras, dtype=torch.bool)
+    if masked_camera is not None:
+        images[:, masked_camera] = 0  # a missing camera, as the runtime feeds it
+        image_masks[:, masked_camera] = False
+    tokens = torch.zeros(batch, cfg.max_token_len, dtype=torch.int64)
+    token_masks = torch.zeros(batch, cfg.max_token_len, dtype=torch.bool)
+    for i, n in enumerate(prompt_lengths):
+        tokens[i, :n] = torch.randint(4, cfg.vocab_size, (n,), generator=g)
+        token_masks[i, :n] = True
+    return {"images": images, "image_masks": image_masks, "tokens": tokens, "token_masks": token_masks,
+            "state": torch.randn(batch, cfg.state_dim, generator=g)}
+
+
+def run_onnx(graph_dir, obs: dict, noise: np.ndarray, num_steps: int = NUM_STEPS):
+    """Prefix once, then the step graph num_steps times, fed step_index or t/dt as its inputs ask."""
+    sessions = {g: ort.InferenceSession(str(graph_dir / f"{g}.onnx"), providers=["CPUExecutionProvider"])
+                for g in (c.PREFIX_GRAPH, c.DENOISE_STEP_GRAPH)}
+    past_keys, past_values, prefix_mask = sessions[c.PREFIX_GRAPH].run(
+        None, {name: obs[name].numpy() for name in (c.IMAGES, c.IMAGE_MASKS, c.TOKENS, c.TOKEN_MASKS)})
+    step_inputs = {i.name for i in sessions[c.DENOISE_STEP_GRAPH].get_inputs()}
+    times, dt = euler_schedule(num_steps)
+    batch = noise.shape[0]
+    x = noise
+    for k, t in enumerate(times):
+        feeds = {c.X_T: x, c.PAST_KEYS: past_keys, c.PAST_VALUES: past_values, c.PREFIX_MASK: prefix_mask}
+        if c.STEP_INDEX in step_inputs:
+            feeds[c.STEP_INDEX] = np.full(batch, k, np.int64)
+        else:
+            feeds.update({c.TIME: np.full(batch, t, np.float32), c.DT: np.full(batch, dt, np.float32)})
+        if c.STATE in step_inputs:
+            feeds[c.STATE] = obs["state"].numpy()
+        (x,) = sessions[c.DENOISE_STEP_GRAPH].run([c.X_NEXT], feeds)
+    return x, past_keys, past_values, prefix_mask
+
+
+def reference(model: Pi0Model, obs: dict, noise: torch.Tensor):
+    with torch.no_grad():
+        keys, values, mask = model.prefix(obs["images"], obs["image_masks"], obs["tokens"], obs["token_masks"])
+    return model.sample_actions(obs, noise, num_steps=NUM_STEPS).numpy(), keys.numpy(), values.numpy(), mask.numpy()
+
+
+def norm_stats(model_type: str) -> NormStats:
+    rng = np.random.default_rng(0)
+    if model_type == "pi05":
+        lo = rng.uniform(-2, 0, ROBOT_DIM)
+        q = {"q01": lo, "q99": lo + rng.uniform(0.5, 3, ROBOT_DIM)}
+        return NormStats.from_arrays("quantile", "openpi", q, q)
+    ms = {"mean": rng.normal(size=ROBOT_DIM), "std": rng.uniform(0.5, 2, ROBOT_DIM)}
+    return NormStats.from_arrays("mean_std", "openpi", ms, ms)
+
+
+@pytest.fixture(scope="module")
+def optimized_bundle(tmp_path_factory, tokenizer_path):
+    """(bundle dir, float32 reference) with every optimization on; one export per key for the module."""
+    cache: dict = {}
+
+    def get(model_type: str, precision: str = "float32", cameras: int = 3):
+        key = (model_type, precision, cameras)
+        if key not in cache:
+            model = reference_model(model_type, cameras)
+            before = {k: v.clone() for k, v in model.state_dict().items()}
+            out = tmp_path_factory.mktemp(f"opt-{model_type}-{precision}-{cameras}") / "bundle"
+            write_bundle(model, out, norm_stats=norm_stats(model_type), tokenizer_path=tokenizer_path,
+                         robot_state_dim=ROBOT_DIM, robot_action_dim=ROBOT_DIM, precision=precision,
+                         optimize=OptimizeOptions())
+            after = model.state_dict()
+            assert all(torch.equal(before[k], after[k]) and after[k].dtype == torch.float32 for k in before), \
+                "the optimized export changed the reference model"
+            cache[key] = (out, model)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def option_graphs(tmp_path_factory):
+    """Graphs (no bundle) with the given options, for the one-at-a-time matrix; cached per module."""
+    cache: dict = {}
+
+    def get(model_type: str, options: OptimizeOptions):
+        key = (model_type, options)
+        if key not in cache:
+            model = reference_model(model_type)
+            out = tmp_path_factory.mktemp(f"graphs-{model_type}")
+            export_graphs(model, out, "float32", optimize=options)
+            cache[key] = (out, model)
+        return cache[key]
+
+    return get
+
+
+CASES = [
+    # model, batch, cameras, masked camera, prompt lengths (padded to max_token_len)
+    pytest.param("pi0", 1, 3, 1, [7], id="pi0-b1-3cam-masked-short"),
+    pytest.param("pi0", 2, 3, 2, [5, 30], id="pi0-b2-3cam-masked-padded"),
+    pytest.param("pi0", 2, 1, None, [48, 3], id="pi0-b2-1cam-full-and-short"),
+    pytest.param("pi05", 1, 3, 0, [12], id="pi05-b1-3cam-masked-short"),
+    pytest.param("pi05", 2, 3, 1, [9, 40], id="pi05-b2-3cam-masked-padded"),
+    pytest.param("pi05", 2, 1, None, [64, 2], id="pi05-b2-1cam-full-and-short"),
+]
+
+
+@pytest.mark.parametrize("model_type,batch,cameras,masked,prompts", CASES)
+def test_all_optimizations_float32_match_eager_reference_actions_1e4_and_kv_1e5(
+        optimized_bundle, model_type, batch, cameras, masked, prompts):
+    bundle_dir, model = optimized_bundle(model_type, cameras=cameras)
+    cfg = model.cfg
+    obs = random_observation(cfg, batch, seed=batch * 10 + cameras, masked_camera=masked, prompt_lengths=prompts)
+    noise = torch.randn(batch, cfg.action_horizon, cfg.action_dim, generator=torch.Generator().manual_seed(1))
+    expected, ref_keys, ref_values, ref_mask = reference(model, obs, noise)
+    actions, keys, values, mask = run_onnx(bundle_dir, obs, noise.numpy())
+    np.testing.assert_array_equal(mask, ref_mask)
+    np.testing.assert_allclose(keys, ref_keys, atol=KV_ATOL_FP32, rtol=0)
+    np.testing.assert_allclose(values, ref_values, atol=KV_ATOL_FP32, rtol=0)
+    np.testing.assert_allclose(actions, expected, atol=ACTION_ATOL_FP32, rtol=0)
+
+
+@pytest.mark.parametrize("model_type", ["pi0", "pi05"])
+@pytest.mark.parametrize("option", [*OPTION_NAMES, "none"])
+def test_each_optimization_alone_matches_eager_reference(option_graphs, model_type, option):
+    options = OptimizeOptions.none() if option == "none" else OptimizeOptions.only(option)
+    graph_dir, model = option_graphs(model_type, options)
+    cfg = model.cfg
+    obs = random_observation(cfg, 2, seed=5, masked_camera=1, prompt_lengths=[5, 30])
+    noise = torch.randn(2, cfg.action_horizon, cfg.action_dim, generator=torch.Generator().manual_seed(3))
+    expected, ref_keys, ref_values, ref_mask = reference(model, obs, noise)
+    actions, keys, values, mask = run_onnx(graph_dir, obs, noise.numpy())
+    step_inputs = [i.name for i in ort.InferenceSession(str(graph_dir / "denoise_step.onnx")).get_inputs()]
+    assert (c.STEP_INDEX in step_inputs) == options.uses_step_index
+    np.testing.assert_array_equal(mask, ref_mask)
+    np.testing.assert_allclose(keys, ref_keys, atol=KV_ATOL_FP32, rtol=0)
+    np.testing.assert_allclose(values, ref_values, atol=KV_ATOL_FP32, rtol=0)
+    np.testing.assert_allclose(actions, expected, atol=ACTION_ATOL_FP32, rtol=0)
+
+
+@pytest.mark.parametrize("model_type", ["pi0", "pi05"])
+def test_all_optimizations_float16_error_against_float32_reference_is_bounded(optimized_bundle, model_type):
+    bundle_dir, model = optimized_bundle(model_type, "float16")
+    cfg = model.cfg
+    obs = random_observation(cfg, 2, seed=3, masked_camera=1, prompt_lengths=[6, 20])
+    noise = torch.randn(2, cfg.action_horizon, cfg.action_dim, generator=torch.Generator().manual_seed(2))
+    expected, ref_keys, _, _ = reference(model, obs, noise)
+    actions, keys, _, _ = run_onnx(bundle_dir, obs, noise.numpy())
+    assert keys.dtype == np.float16
+    kv_err = float(np.abs(keys.astype(np.float32) - ref_keys).max())
+    action_err = float(np.abs(actions - expected).max())
+    print(f"{model_type} optimized float16: max |kv err| {kv_err:.2e}, max |action err| {action_err:.2e}")
+    assert np.isfinite(actions).all()
+    assert kv_err <= KV_ATOL_FP16
+    assert action_err <= ACTION_ATOL_FP16
+
+
+def test_manifest_records_the_optimizations_the_fixed_num_steps_and_step_index_input(optimized_bundle):
+    bundle_dir, model = optimized_bundle("pi0")
+    manifest = load_manifest(bundle_dir)
+    assert manifest.raw["optimizations"] == {**{name: True for name in OPTION_NAMES}, "fixed_num_steps": NUM_STEPS}
+    assert manifest.num_steps == NUM_STEPS
+    step = manifest.graphs[c.DENOISE_STEP_GRAPH]
+    assert step.input_names == (c.X_T, c.STEP_INDEX, c.PAST_KEYS, c.PAST_VALUES, c.PREFIX_MASK, c.STATE)
+    assert step.io(c.STEP_INDEX) == {"name": c.STEP_INDEX, "dtype": "int64", "shape": ["B"]}
+    assert manifest.graphs[c.PREFIX_GRAPH].input_names == (c.IMAGES, c.IMAGE_MASKS, c.TOKENS, c.TOKEN_MASKS)
+
+
+def test_options_without_time_tables_keep_t_and_dt_and_record_no_fixed_num_steps():
+    options = replace(OptimizeOptions(), precompute_time=False, fold_dt=False)
+    assert not options.uses_step_index
+    assert options.manifest_entry(10)["fixed_num_steps"] is None
+    with pytest.raises(ValueError, match="unknown optimization"):
+        OptimizeOptions.only("fold_everything")
+
+
+@pytest.mark.parametrize("model_type", ["pi0", "pi05"])
+def test_policy_on_ort_cpu_runs_an_optimized_bundle_and_equals_eager_reference(optimized_bundle, model_type):
+    from pi0edge.runtime import Observation, Policy
+
+    bundle_dir, model = optimized_bundle(model_type)
+    policy = Policy(bundle_dir, backend="ort-cpu")
+    cfg = model.cfg
+    rng = np.random.default_rng(1)
+    images = {name: rng.integers(0, 256, (48 + 8 * i, 64, 3), dtype=np.uint8)
+              for i, name in enumerate(policy.camera_names[:2])}  # third camera missing -> masked
+    stats = policy.manifest.norm_stats.state
+    obs = Observation(images, (stats.a + rng.uniform(0, 1, stats.dim)).astype(np.float32), "pick up the cube")
+    noise = rng.standard_normal((1, cfg.action_horizon, cfg.action_dim), dtype=np.float32)
+    chunk = policy.infer(obs, noise=noise)
+    feeds = policy.preprocess([obs])
+    ref_obs = {k: torch.from_numpy(v) for k, v in feeds.items() if v is not None}
+    ref_obs.setdefault("state", torch.zeros(1, cfg.state_dim))
+    expected = model.sample_actions(ref_obs, torch.from_numpy(noise)).numpy()
+    np.testing.assert_allclose(policy.backend.read_actions(), expected, atol=ACTION_ATOL_FP32, rtol=0)
+    assert chunk.actions.shape == (cfg.action_horizon, ROBOT_DIM)
+    assert len(chunk.timings_ms["step_ms"]) == NUM_STEPS
