@@ -35,13 +35,19 @@ class Ratekeeper:
         self.period_error_s: list[float] = []  # per tick: wake-to-wake interval minus the period
         self._deadline_s: float | None = None
         self._last_wake_s: float | None = None
+        self._start_s = 0.0
 
     def start(self) -> float:
         """Start the schedule now; the first deadline is one period away. Returns the start time."""
         now = self._clock()
         self._deadline_s = now + self.period_s
-        self._last_wake_s = now
+        self._last_wake_s = self._start_s = now
         return now
+
+    @property
+    def elapsed_s(self) -> float:
+        """From start() to the last wake-up: `frame` ticks took this long."""
+        return 0.0 if self._last_wake_s is None else self._last_wake_s - self._start_s
 
     @property
     def deadline_s(self) -> float:
