@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 import platform
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +18,12 @@ from pathlib import Path
 import yaml
 
 import pi0edge
+from pi0edge.atomic import make_staging_dir, swap_dir_into_place, write_text_atomic
 from pi0edge.errors import BundleError, CheckpointError
 from pi0edge.export.config import Pi0Config
 from pi0edge.export.graphs import OPSET, export_graphs
 from pi0edge.export.optimize import DEFAULT_OPTIMIZE, OptimizeOptions
-from pi0edge.manifest import FORMAT_VERSION, MANIFEST_NAME, default_mode, load_manifest, sha256_file, write_text_atomic
+from pi0edge.manifest import FORMAT_VERSION, MANIFEST_NAME, load_manifest, sha256_file
 from pi0edge.normalization import NormStats
 
 log = logging.getLogger(__name__)
@@ -68,11 +67,9 @@ def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path:
         raise CheckpointError(f"normalization statistics cover state {norm_stats.state.dim} / action "
                               f"{norm_stats.action.dim} dims but the robot has {robot_state_dim} / {robot_action_dim}")
     cfg: Pi0Config = model.cfg
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    staging = make_staging_dir(out_dir)
     try:
-        os.chmod(staging, default_mode(directory=True))
         graphs = export_graphs(model, staging, precision, with_velocity=with_velocity, optimize=optimize)
         shutil.copyfile(tokenizer_path, staging / TOKENIZER_NAME)
         files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
@@ -95,28 +92,12 @@ def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path:
         }
         write_text_atomic(staging / MANIFEST_NAME, yaml.safe_dump(manifest, sort_keys=False))
         load_manifest(staging, verify_checksums=False)  # the reader accepts what we wrote
-        _swap_into_place(staging, out_dir)
+        swap_dir_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     size = sum(p.stat().st_size for p in out_dir.iterdir())
     return ExportReport(out_dir, precision, time.perf_counter() - start, size)
-
-
-def _swap_into_place(staging: Path, out_dir: Path) -> None:
-    """Rename the finished bundle into place; an old bundle is moved aside first and removed last."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        os.replace(out_dir, old)
-    try:
-        os.replace(staging, out_dir)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, *, precision: str = "float32",

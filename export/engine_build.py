@@ -20,10 +20,8 @@ import argparse
 import datetime
 import hashlib
 import logging
-import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +31,9 @@ import yaml
 
 import pi0edge
 from pi0edge import contract as c
+from pi0edge.atomic import make_staging_dir, swap_dir_into_place, write_bytes_atomic, write_text_atomic
 from pi0edge.errors import BundleError, ConfigError, MissingExtraError, Pi0EdgeError
-from pi0edge.manifest import GraphEntry, Manifest, load_manifest, write_text_atomic
+from pi0edge.manifest import GraphEntry, Manifest, load_manifest
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +305,7 @@ def build_engines(bundle_dir: str | Path, precision: str | None = None, max_batc
     }
     _write_engine_dir(out_dir, plans, engine_yaml)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_bytes_atomic(cache_path, bytes(memoryview(cache.serialize())))
+    write_bytes_atomic(cache_path, bytes(memoryview(cache.serialize())))
     return EngineReport(out_dir, fingerprint, mode.strongly_typed, build_s,
                         {graph: len(plan) for graph, plan in plans.items()}, cache_path)
 
@@ -367,39 +366,14 @@ def _has_qdq(trt, network) -> bool:
     return any(network.get_layer(i).type in kinds for i in range(network.num_layers))
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_engine_dir(out_dir: Path, plans: dict[str, bytes], engine_yaml: dict) -> None:
     """Write the plans and engine.yaml into a staging folder, then rename it into place (old one removed last)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    staging = make_staging_dir(out_dir)
     try:
         for graph, plan in plans.items():
-            _write_bytes_atomic(staging / f"{graph}.plan", plan)
+            write_bytes_atomic(staging / f"{graph}.plan", plan)
         write_text_atomic(staging / FINGERPRINT_NAME, yaml.safe_dump(engine_yaml, sort_keys=False))
-        old = None
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            os.replace(out_dir, old)
-        try:
-            os.replace(staging, out_dir)
-        except BaseException:
-            if old is not None:
-                os.replace(old, out_dir)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_dir_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -7,14 +7,13 @@ file is missing, or a file's sha256 differs from the manifest (tampered or corru
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from pi0edge import contract as c
+from pi0edge.atomic import write_text_atomic  # noqa: F401  (re-exported: older imports)
 from pi0edge.errors import BundleError
 from pi0edge.normalization import NormStats, NormStatsError
 
@@ -29,28 +28,6 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(_HASH_CHUNK_BYTES):
             h.update(chunk)
     return h.hexdigest()
-
-
-def default_mode(directory: bool = False) -> int:
-    """What open()/mkdir() would give under the current umask (mkstemp/mkdtemp use 0600/0700)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + fsync + rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, default_mode())
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
