@@ -75,8 +75,7 @@ SAFETENSORS_DTYPES = {
 }
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit
-FINITE_CHUNK_ELEMS = 1 << 24  # NaN/Inf scan granularity: bounds the temporary bool mask to 16 MB
-HASH_CHUNK_BYTES = 1 << 24
+SCAN_CHUNK_BYTES = 1 << 24  # one 16 MB read buffer for hashing, NaN/Inf scanning and copying
 
 # Gemma variants by name (openpi `gemma.get_config`): width, depth, mlp, heads, kv heads, head dim.
 GEMMA_VARIANTS = {
@@ -99,6 +98,8 @@ class TensorInfo:
     key: str
     dtype: str
     shape: tuple[int, ...]
+    start: int = 0  # absolute byte offsets of the data in the file
+    end: int = 0
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,11 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
         if end > data_bytes:
             raise CheckpointError(f"{path}: truncated: tensor '{key}' ends at data byte {end} but the file holds "
                                   f"only {data_bytes} bytes of data")
-        infos[key] = TensorInfo(path, key, dtype, shape)
+        infos[key] = TensorInfo(path, key, dtype, shape, 8 + header_len + start, 8 + header_len + end)
+    spans = sorted(infos.values(), key=lambda i: (i.start, i.end))
+    for a, b in zip(spans, spans[1:], strict=False):
+        if b.start < a.end:
+            raise CheckpointError(f"{path}: tensors '{a.key}' and '{b.key}' overlap in the data section")
     return infos
 
 
@@ -251,24 +256,63 @@ def _unknown_layout(root: Path, why: str) -> CheckpointError:
         "or openpi PyTorch (model.safetensors, config.json, assets/<asset_id>/norm_stats.json)")
 
 
-def sha256_files(paths: list[Path] | tuple[Path, ...]) -> str:
-    """sha256 of the files' bytes in order, read in 16 MB chunks (a 13 GB file never sits in memory)."""
-    digest = hashlib.sha256()
-    buf = bytearray(HASH_CHUNK_BYTES)
+def _scan_files(files: list[Path], infos: list[TensorInfo], *, digest: Any | None, check_finite: bool,
+                targets: dict[str, torch.Tensor]) -> None:
+    """One sequential pass over the weight files with plain reads (page cache, not this process's RSS).
+
+    Per chunk: hash the bytes (the whole files, in order, when `digest` is given), scan for NaN/Inf,
+    and copy/convert into the in-memory tensor `targets[key]` when the tensor is not memory-mapped.
+    Chunks are tensor-relative and a multiple of 8 bytes, so no element is ever split.
+    """
+    buf = bytearray(SCAN_CHUNK_BYTES)
+    for file in files:
+        todo = sorted((i for i in infos if i.file == file), key=lambda i: i.start)
+        if digest is None:
+            todo = [i for i in todo if check_finite or i.key in targets]
+        if digest is not None or todo:
+            with open(file, "rb", buffering=0) as f:
+                _scan_file(f, file, todo, buf, digest=digest, check_finite=check_finite, targets=targets)
+
+
+def _scan_file(f, file: Path, todo: list[TensorInfo], buf: bytearray, *, digest: Any | None, check_finite: bool,
+               targets: dict[str, torch.Tensor]) -> None:
     view = memoryview(buf)
-    for path in paths:
-        with open(path, "rb", buffering=0) as f:
-            while n := f.readinto(buf):
-                digest.update(view[:n])
-    return digest.hexdigest()
+    pos = 0
 
+    def read(upto: int, what: str) -> int:
+        n = f.readinto(view[:min(len(buf), upto - pos)])
+        if not n:
+            raise CheckpointError(f"{file}: truncated while reading {what} (at byte {pos})")
+        if digest is not None:
+            digest.update(view[:n])
+        return n
 
-def _check_finite(tensor: torch.Tensor, info: TensorInfo) -> None:
-    flat = tensor.reshape(-1)
-    for start in range(0, flat.numel(), FINITE_CHUNK_ELEMS):
-        if not bool(torch.isfinite(flat[start:start + FINITE_CHUNK_ELEMS]).all()):
-            raise CheckpointError(f"{info.file}: tensor '{info.key}' contains NaN or Inf; the checkpoint is corrupt "
-                                  "(pass check_finite=False to load it anyway)")
+    for info in todo:
+        if digest is None:  # bytes between tensors (header, padding) only matter to the hash
+            f.seek(info.start)
+            pos = info.start
+        while pos < info.start:
+            pos += read(info.start, "the header")
+        dtype, itemsize = SAFETENSORS_DTYPES[info.dtype]
+        target = targets.get(info.key)
+        flat = target.view(-1) if target is not None else None
+        elem = 0
+        while pos < info.end:
+            n = read(info.end, f"tensor '{info.key}'")
+            if n % itemsize:
+                raise CheckpointError(f"{file}: short read inside tensor '{info.key}' (at byte {pos})")
+            values = torch.frombuffer(buf, dtype=dtype, count=n // itemsize)
+            if check_finite and not bool(torch.isfinite(values).all()):
+                raise CheckpointError(f"{file}: tensor '{info.key}' contains NaN or Inf; the checkpoint is corrupt "
+                                      "(pass check_finite=False to load it anyway)")
+            if flat is not None:
+                flat[elem:elem + values.numel()].copy_(values)  # converts dtype when they differ
+            elem += values.numel()
+            pos += n
+    if digest is not None:
+        size = file.stat().st_size
+        while pos < size:
+            pos += read(size, "the end of the file")
 
 
 # ---- config: tensor shapes first, config.json for what shapes cannot say ------------------------------
@@ -649,21 +693,31 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float
         if info.dtype not in FLOAT_DTYPES:
             raise CheckpointError(f"{info.file}: tensor '{info.key}' has dtype {info.dtype}, expected a float type")
 
-    handles = {file: safe_open(str(file), framework="pt") for file in files}
+    # Same dtype and lazy: a view of the file's memory map (no copy; pages load when used). Otherwise the
+    # tensor is allocated in its final dtype and filled by the scan, never through the map, so converting
+    # a 13 GB float32 file to float16 costs the float16 bytes and not the float32 pages too.
+    targets: dict[str, torch.Tensor] = {}
+    for name in expected:
+        info = mapped[name]
+        stored = SAFETENSORS_DTYPES[info.dtype][0]
+        if (dtype is not None and stored != dtype) or not lazy:
+            targets[info.key] = torch.empty(info.shape, dtype=stored if dtype is None else dtype)
+    digest = hashlib.sha256() if hash_weights else None
+    _scan_files(files, [mapped[n] for n in expected], digest=digest, check_finite=check_finite, targets=targets)
+
+    handles = {}
     state = {}
     for name in expected:
         info = mapped[name]
+        if info.key in targets:
+            state[name] = targets[info.key]
+            continue
         try:
-            tensor = handles[info.file].get_tensor(info.key)  # a view of the file's memory map
+            if info.file not in handles:
+                handles[info.file] = safe_open(str(info.file), framework="pt")
+            state[name] = handles[info.file].get_tensor(info.key)
         except Exception as exc:  # safetensors raises its own error types; name the file and key
             raise CheckpointError(f"{info.file}: cannot read tensor '{info.key}': {exc}") from exc
-        if check_finite:
-            _check_finite(tensor, info)
-        if dtype is not None and tensor.dtype != dtype:
-            tensor = tensor.to(dtype)
-        elif not lazy:
-            tensor = tensor.clone()
-        state[name] = tensor
     del handles
     model.load_state_dict(state, strict=True, assign=True)
     model.requires_grad_(False)  # weights for inference and export, never trained here
@@ -679,6 +733,6 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float
     state_dim, action_dim = _robot_dims(raw, cfg, stats, root / CONFIG_FILE)
     return LoadedCheckpoint(
         config=cfg, model=model, norm_stats=stats, tokenizer_path=find_tokenizer(root), layout=layout,
-        source_sha256=sha256_files(files) if hash_weights else None, robot_state_dim=state_dim,
+        source_sha256=digest.hexdigest() if digest is not None else None, robot_state_dim=state_dim,
         robot_action_dim=action_dim, camera_names=cfg.cameras, weights_files=tuple(files),
         weights_bytes=sum(f.stat().st_size for f in files))
