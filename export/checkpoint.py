@@ -10,6 +10,8 @@ Formats (MODEL.md, "Checkpoint formats a user will hold"):
 Safetensors only: a pickled `.bin`/`.pt` can run code when loaded, so it is refused, never opened.
 Weights load lazily: the model is built on the `meta` device and its parameters are assigned the
 memory-mapped tensors safetensors returns, so a 13 GB checkpoint costs its own pages and no second copy.
+One sequential pass of plain reads (page cache, not this process's memory) hashes the files, scans every
+tensor for NaN/Inf and fills the tensors that must change dtype, which so cost only their new bytes.
 Sizes come from the tensor shapes; config.json fills in what shapes cannot say (heads, horizon, prompt
 length, cameras) and is checked against them: a contradiction is an error naming both.
 """
@@ -104,6 +106,8 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class LoadedCheckpoint:
+    """What load_checkpoint returns: the model with its weights and everything export needs beside it."""
+
     config: Pi0Config
     model: Any  # Pi0Model, weights assigned (memory-mapped when lazy)
     norm_stats: NormStats | None
@@ -224,8 +228,8 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     return infos
 
 
-def _weight_files(root: Path) -> list[Path]:
-    """model.safetensors, or the shards its index names; pickles are refused by name."""
+def _weight_files(root: Path) -> tuple[list[Path], dict[str, str] | None]:
+    """model.safetensors, or the shards its index names (with its weight map); pickles are refused by name."""
     index = root / WEIGHTS_INDEX_FILE
     if index.is_file():
         try:
@@ -237,9 +241,9 @@ def _weight_files(root: Path) -> list[Path]:
         for shard in shards:
             if not (root / shard).is_file():
                 raise CheckpointError(f"{index}: shard '{shard}' is listed but missing from {root}")
-        return [root / shard for shard in shards]
+        return [root / shard for shard in shards], weight_map
     if (root / WEIGHTS_FILE).is_file():
-        return [root / WEIGHTS_FILE]
+        return [root / WEIGHTS_FILE], None
     pickles = sorted(p.name for p in root.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise CheckpointError(f"{root}: found {', '.join(pickles)} but no {WEIGHTS_FILE}: only safetensors are "
@@ -455,7 +459,10 @@ class _ConfigReader:
                                   "(pi0.5): cannot tell the model type")
         from_weights = "pi05" if pi05 else "pi0"
         evidence = self.keys["time_mlp_in.weight" if pi05 else "action_time_mlp_in.weight"]
-        for claimed, where in (self.claim("model_type"), (self.raw.get("type"), f"{self.source} type")):
+        pi05_flag = self.raw.get("pi05")  # some openpi exports record openpi's Pi0Config.pi05
+        flag = None if pi05_flag is None else ("pi05" if pi05_flag else "pi0")
+        for claimed, where in (self.claim("model_type"), (self.raw.get("type"), f"{self.source} type"),
+                               (flag, f"{self.source} pi05")):
             if claimed is not None and claimed != from_weights:
                 raise CheckpointError(f"{where} is {claimed!r} but {evidence.file} holds '{evidence.key}', a "
                                       f"{from_weights} tensor; the config does not match these weights")
@@ -661,7 +668,7 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float
     if not root.is_dir():
         raise CheckpointError(f"{path}: checkpoint directory does not exist")
     raw = _read_config(root)
-    files = _weight_files(root)
+    files, weight_map = _weight_files(root)
     layout = detect_layout(root, raw)
     if layout == "lerobot" and raw.get("type") not in (None, "pi0", "pi05"):
         raise CheckpointError(f"{root / CONFIG_FILE}: policy type {raw.get('type')!r} is not supported "
@@ -669,7 +676,14 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float
 
     infos: dict[str, TensorInfo] = {}
     for file in files:
-        infos.update(read_safetensors_header(file))
+        for key, info in read_safetensors_header(file).items():
+            if key in infos:
+                raise CheckpointError(f"{file}: tensor '{key}' is also in {infos[key].file}")
+            infos[key] = info
+    for key, shard in (weight_map or {}).items():
+        if key not in infos or infos[key].file.name != shard:
+            raise CheckpointError(f"{root / WEIGHTS_INDEX_FILE}: tensor '{key}' is mapped to {shard}, which does not "
+                                  "hold it")
     mapped = map_keys(infos)
     model_prefix = bool(infos) and all(k.startswith(LEROBOT_MODEL_PREFIX) for k in infos)
     cfg = detect_config(raw, mapped, source=str(root / CONFIG_FILE), weights=", ".join(str(f) for f in files))

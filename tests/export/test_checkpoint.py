@@ -94,6 +94,17 @@ def test_sharded_checkpoint_loads_and_hashes_all_shards(tmp_path):
     assert ckpt.source_sha256 == digest
 
 
+def test_shard_index_naming_the_wrong_shard_is_an_error(tmp_path):
+    write_random_checkpoint(tmp_path, tiny(), max_shard_bytes=300_000, tokenizer=False)
+    index_path = tmp_path / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    key = checkpoint_key("action_out_proj.bias", model_prefix=True)
+    shards = sorted(set(index["weight_map"].values()))
+    index["weight_map"][key] = next(s for s in shards if s != index["weight_map"][key])
+    index_path.write_text(json.dumps(index))
+    _fails(tmp_path, str(index_path), key)
+
+
 def test_older_transformers_key_layout_loads(tmp_path):
     cfg = tiny()
     write_random_checkpoint(tmp_path, cfg)
