@@ -23,6 +23,12 @@ What each option does (MODEL.md sections in brackets):
   MLP and the norms' dense layers leave the step graph.
 - fold_dt: dt is one constant per schedule: `x + dt (W h + b) = x + (dt W) h + dt b`, folded into
   action_out_proj.
+- fast_attention: the softmax scale head_dim^-0.5 is folded into W_q (into the query bias for SigLIP;
+  a power of two for Gemma's head dims 16/64/256, so exact); the query heads that share one kv head
+  (multi-query attention, "Shapes") are one GEMM of (heads * queries) x head_dim by head_dim x keys
+  instead of a broadcast batch of small ones; the mask is one additive float32 bias (0 or the masked
+  value) computed once per graph instead of a `where` on the logits in every layer. Masked logits still
+  end up at the masked value (|logit| is far below its ulp), so softmax gives the same probabilities.
 - step_only: the step graph computes only what a step needs: in the last expert layer the pi0 state
   token's query, attention output and MLP feed nothing (only the H action tokens reach action_out_proj;
   its K/V are still needed), so they are skipped, and the final norm runs on the H action tokens only.
@@ -52,6 +58,7 @@ from torch import Tensor, nn
 
 from pi0edge import contract as c
 from pi0edge.export.model import (
+    MASK_VALUE,
     AdaRMSNorm,
     GemmaLayer,
     Pi0Model,
@@ -74,6 +81,7 @@ class OptimizeOptions:
     fuse_gate_up: bool = True
     precompute_time: bool = True
     fold_dt: bool = True
+    fast_attention: bool = True
     step_only: bool = True
 
     def __post_init__(self):
@@ -176,6 +184,30 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (x.float() * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
 
 
+def attention_mask(allowed: Tensor, fast: bool) -> Tensor:
+    """allowed bool [b, s, t] -> what `attend`/`attend_fast` take: itself, or an additive float32 bias
+    [b, 1, s, t], built once per graph (the masked value as openpi's, MODEL.md "Shapes")."""
+    if not fast:
+        return allowed
+    return torch.where(allowed, torch.tensor(0.0), torch.tensor(MASK_VALUE, dtype=torch.float32))[:, None]
+
+
+def attend_fast(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    """model.attend for multi-query attention with the scale already in q and the mask as a bias.
+
+    q [b, s, h, d] (times d^-0.5); k, v [b, t, k, d]; bias float32 [b, 1, s, t] -> [b, s, h*d].
+    The g = h/k query heads under one kv head form one GEMM: [b, k, g*s, d] @ [b, k, d, t]."""
+    b, s, h, d = q.shape
+    kv_heads, t = k.shape[2], k.shape[1]
+    g = h // kv_heads
+    qg = q.reshape(b, s, kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(b, kv_heads, g * s, d)
+    logits = torch.matmul(qg.float(), k.permute(0, 2, 3, 1).float())  # [b, k, g*s, t], float32 island
+    logits = logits.view(b, kv_heads, g, s, t) + bias[:, :, None]
+    probs = logits.softmax(dim=-1).to(v.dtype).view(b, kv_heads, g * s, t)
+    out = torch.matmul(probs, v.permute(0, 2, 1, 3))  # [b, k, g*s, d]
+    return out.view(b, kv_heads, g, s, d).permute(0, 3, 1, 2, 4).reshape(b, s, h * d)
+
+
 class GemmaBlock(nn.Module):
     """One Gemma layer's weights, optimized. `kv_only`: only k/v are needed (the prefix's last layer).
     `ada`: pi0.5's expert, whose norms take their modulation from outside (no weight to fold)."""
@@ -185,12 +217,15 @@ class GemmaBlock(nn.Module):
         attn, mlp = layer.self_attn, layer.mlp
         self.num_heads, self.num_kv_heads, self.head_dim = attn.num_heads, attn.num_kv_heads, attn.head_dim
         self.kv_only, self.ada = kv_only, isinstance(layer.input_layernorm, AdaRMSNorm)
+        self.fast_attention = opts.fast_attention
         self.eps = layer.input_layernorm.eps
         fold = opts.fold_norms and not self.ada
         qkv = [attn.k_proj.weight, attn.v_proj.weight] if kv_only else [
             attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]
         if fold:  # RMSNorm (1 + w) into the input columns (MODEL.md, "Shapes")
             qkv = [_scale_columns(w, 1.0 + layer.input_layernorm.weight.float()) for w in qkv]
+        if opts.fast_attention and not kv_only:  # RoPE is linear: scaling q before it is scaling after it
+            qkv[0] = (qkv[0].detach().double() * self.head_dim**-0.5).float()
         self.attn_norm = None if self.ada else Norm(layer.input_layernorm, fold)
         self.qkv = Projections(qkv, [None] * len(qkv), opts.fuse_qkv, dtype)
         if kv_only:
@@ -218,9 +253,10 @@ class GemmaBlock(nn.Module):
                                                                                   self.head_dim)
         return q, apply_rope(k, cos, sin), v
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, allowed: Tensor, past: tuple[Tensor, Tensor] | None = None,
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, past: tuple[Tensor, Tensor] | None = None,
                 mods: Tensor | None = None, queries: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """x [b, t, w] -> (x after the layer, k, v). past: cached prefix K/V the queries also attend.
+        """x [b, t, w] -> (x after the layer, k, v). mask: from `attention_mask`. past: cached prefix K/V the
+        queries also attend.
         mods [b, 2, 3, w] float32 (1 + scale, shift, gate) for the two adaRMS norms. queries: only the
         last `queries` tokens go on past attention (step_only); k/v cover all tokens."""
         h = self._norm(self.attn_norm, x, None if mods is None else (mods[:, None, 0, 0], mods[:, None, 0, 1]))
@@ -232,8 +268,9 @@ class GemmaBlock(nn.Module):
             k_all = torch.cat([past[0].to(k.dtype), k], dim=1)
             v_all = torch.cat([past[1].to(v.dtype), v], dim=1)
         if queries is not None:
-            q, x, allowed = q[:, -queries:], x[:, -queries:], allowed[:, -queries:]
-        out = F.linear(attend(q, k_all, v_all, allowed), self.o_proj)
+            q, x, mask = q[:, -queries:], x[:, -queries:], mask[..., -queries:, :]
+        attn = attend_fast(q, k_all, v_all, mask) if self.fast_attention else attend(q, k_all, v_all, mask)
+        out = F.linear(attn, self.o_proj)
         x = x + (out if mods is None else out * mods[:, None, 0, 2].to(out.dtype))
         h = self._norm(self.mlp_norm, x, None if mods is None else (mods[:, None, 1, 0], mods[:, None, 1, 1]))
         gate, up = self.gate_up(h)
@@ -275,6 +312,9 @@ class VisionBlock(nn.Module):
         ws = [(p.weight, p.bias) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
         if fold:
             ws = [_fold_layer_norm(layer.layer_norm1, w, b) for w, b in ws]
+        self.scaled_q = opts.fast_attention
+        if self.scaled_q:  # the softmax scale into q's weight and bias
+            ws[0] = tuple((t.detach().double() * self.head_dim**-0.5).float() for t in ws[0])
         self.ln1 = LayerNormStats(layer.layer_norm1, fold)
         self.qkv = Projections([w for w, _ in ws], [b for _, b in ws], opts.fuse_qkv, dtype)
         self.out_w, self.out_b = _param(attn.out_proj.weight, dtype), _param(attn.out_proj.bias, dtype)
@@ -289,7 +329,9 @@ class VisionBlock(nn.Module):
         b, p, w = x.shape
         # [b, p, w] -> [b, heads, p, d], as model.SiglipAttention
         q, k, v = (y.view(b, p, self.num_heads, self.head_dim).transpose(1, 2) for y in self.qkv(self.ln1(x)))
-        logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * self.head_dim**-0.5
+        logits = torch.matmul(q.float(), k.float().transpose(-1, -2))
+        if not self.scaled_q:
+            logits = logits * self.head_dim**-0.5
         probs = logits.softmax(dim=-1).to(v.dtype)
         x = x + F.linear(torch.matmul(probs, v).transpose(1, 2).reshape(b, p, w), self.out_w, self.out_b)
         return x + F.linear(gelu_tanh(F.linear(self.ln2(x), self.fc1_w, self.fc1_b)), self.fc2_w, self.fc2_b)
@@ -325,6 +367,7 @@ class OptimizedPrefixGraph(nn.Module):
         self.post_ln = LayerNormStats(vision.post_layernorm, opts.fold_norms)
         self.proj_w, self.proj_b = _param(proj[0], dtype), _param(proj[1], dtype)
         self.embed_tokens = _param(model.vlm.embed_tokens.weight, dtype)
+        self.fast_attention = opts.fast_attention
         last = len(model.vlm.layers) - 1
         self.blocks = nn.ModuleList(GemmaBlock(layer, opts, dtype, kv_only=opts.step_only and i == last)
                                     for i, layer in enumerate(model.vlm.layers))
@@ -343,12 +386,12 @@ class OptimizedPrefixGraph(nn.Module):
         text = text * torch.tensor(math.sqrt(self.cfg.vlm.width), dtype=text.dtype)
         x = torch.cat([image_tokens, text], dim=1)
         pad = torch.cat([image_pad, token_masks], dim=1)
-        allowed = pad[:, None, :] & pad[:, :, None]  # bidirectional prefix
+        mask = attention_mask(pad[:, None, :] & pad[:, :, None], self.fast_attention)  # bidirectional prefix
         cos, sin = rope_tables(torch.cumsum(pad.to(torch.int64), dim=1) - 1, self.cfg.vlm.head_dim,
                                self.cfg.vlm.rope_base)
         keys, values = [], []
         for block in self.blocks:
-            x, k, v = block(x, cos, sin, allowed)
+            x, k, v = block(x, cos, sin, mask)
             keys.append(k)
             values.append(v)
         return torch.stack(keys), torch.stack(values), pad
@@ -451,14 +494,14 @@ class OptimizedDenoiseStepGraph(nn.Module):
         state = state[0] if state else None
         x, mods = self._suffix(x_t, t, step_index, state)
         b, s = x.shape[:2]
-        allowed = torch.cat([prefix_mask[:, None, :].expand(b, s, prefix_mask.shape[1]),
-                             self.suffix_allowed[None].expand(b, s, s)], dim=2)
+        mask = attention_mask(torch.cat([prefix_mask[:, None, :].expand(b, s, prefix_mask.shape[1]),
+                                         self.suffix_allowed[None].expand(b, s, s)], dim=2), self.opts.fast_attention)
         positions = prefix_mask.to(torch.int64).sum(-1, keepdim=True) + torch.arange(s)[None, :]
         cos, sin = rope_tables(positions, self.cfg.expert.head_dim, self.cfg.expert.rope_base)
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             queries = self.horizon if self.opts.step_only and i == last and s > self.horizon else None
-            x, _, _ = block(x, cos, sin, allowed, past=(past_keys[i], past_values[i]),
+            x, _, _ = block(x, cos, sin, mask, past=(past_keys[i], past_values[i]),
                             mods=None if mods is None else mods[:, 2 * i:2 * i + 2], queries=queries)
         x = x[:, -self.horizon:]  # only the H action tokens reach the output (a no-op after step_only)
         if mods is None:

@@ -19,7 +19,7 @@ import torch
 
 from pi0edge import contract as c
 from pi0edge.export.bundle import write_bundle
-from pi0edge.export.config import SIGLIP_TINY, tiny
+from pi0edge.export.config import GEMMA_DUMMY, SIGLIP_TINY, tiny
 from pi0edge.export.graphs import export_graphs
 from pi0edge.export.model import AdaRMSNorm, Pi0Model, RMSNorm
 from pi0edge.export.optimize import OptimizeOptions
@@ -37,8 +37,14 @@ OPTION_NAMES = [f.name for f in fields(OptimizeOptions)]
 ROBOT_DIM = 6
 
 
-def config(model_type: str, cameras: int = 3):
-    return tiny(model_type, vision=replace(SIGLIP_TINY, image_size=56), cameras=c.DEFAULT_CAMERAS[:cameras])
+def config(model_type: str, cameras: int = 3, shallow: bool = False):
+    """tiny() with 56x56 images; `shallow`: 2 Gemma layers (a first and a last, which step_only treats apart)
+    and 1 SigLIP layer, for the one-option-at-a-time matrix, where export time is most of the test time."""
+    cfg = tiny(model_type, vision=replace(SIGLIP_TINY, image_size=56), cameras=c.DEFAULT_CAMERAS[:cameras])
+    if shallow:
+        cfg = replace(cfg, vision=replace(cfg.vision, depth=1), vlm=replace(GEMMA_DUMMY, depth=2),
+                      expert=replace(cfg.expert, depth=2))
+    return cfg
 
 
 def randomize_norms(model: Pi0Model, seed: int) -> Pi0Model:
@@ -56,9 +62,9 @@ def randomize_norms(model: Pi0Model, seed: int) -> Pi0Model:
     return model
 
 
-def reference_model(model_type: str, cameras: int = 3, seed: int = 0) -> Pi0Model:
+def reference_model(model_type: str, cameras: int = 3, seed: int = 0, shallow: bool = False) -> Pi0Model:
     torch.manual_seed(seed)
-    return randomize_norms(Pi0Model(config(model_type, cameras)).eval(), seed)
+    return randomize_norms(Pi0Model(config(model_type, cameras, shallow)).eval(), seed)
 
 
 def random_observation(cfg, batch: int, seed: int, masked_camera: int | None, prompt_lengths: list[int]):
@@ -147,7 +153,7 @@ def option_graphs(tmp_path_factory):
     def get(model_type: str, options: OptimizeOptions):
         key = (model_type, options)
         if key not in cache:
-            model = reference_model(model_type)
+            model = reference_model(model_type, shallow=True)
             out = tmp_path_factory.mktemp(f"graphs-{model_type}")
             export_graphs(model, out, "float32", optimize=options)
             cache[key] = (out, model)
