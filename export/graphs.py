@@ -126,8 +126,8 @@ def _export_one(module: nn.Module, inputs: dict[str, Tensor], spec: GraphSpec, p
                               dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False,
                               do_constant_folding=True)
         proto = onnx.load(str(scratch_path), load_external_data=False)
-        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-            _gather_external_data(proto, scratch, path.parent / (path.name + ".data"))
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(proto.graph)):
+            gather_external_data(proto, scratch, path.parent / (path.name + ".data"))
             onnx.save_model(proto, str(path))
         else:
             shutil.move(str(scratch_path), path)
@@ -136,14 +136,33 @@ def _export_one(module: nn.Module, inputs: dict[str, Tensor], spec: GraphSpec, p
     onnx.checker.check_model(str(path))
 
 
-def _gather_external_data(proto, source_dir: Path, data_path: Path) -> None:
+def _all_tensors(graph):
+    """Initializers and the tensors inside node attributes (Constant values): over 2 GiB the exporter
+    spills both kinds to files, and subgraphs' too."""
+    import onnx
+
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.TENSORS:
+                yield from attr.tensors
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_tensors(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _all_tensors(sub)
+
+
+def gather_external_data(proto, source_dir: Path, data_path: Path) -> None:
     """Rewrite per-tensor external files into one `<graph>.onnx.data`, streaming: no tensor is held in RAM
-    twice, so a full-size float32 graph exports on a 24 GB machine."""
+    twice, so a full-size graph exports on a 24 GB machine."""
     import onnx
 
     offset = 0
     with open(data_path, "wb") as out:
-        for tensor in proto.graph.initializer:
+        for tensor in _all_tensors(proto.graph):
             if tensor.data_location != onnx.TensorProto.EXTERNAL:
                 continue
             info = {e.key: e.value for e in tensor.external_data}
