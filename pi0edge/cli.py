@@ -9,7 +9,7 @@ import sys
 
 from pi0edge.errors import Pi0EdgeError
 
-# (module, register function): each adds its subcommands with set_defaults(func=...).
+# Each module's register(sub) adds its subcommands with set_defaults(func=...).
 _REGISTRARS = (
     "pi0edge.export.cli",
     "pi0edge.runtime.cli",
@@ -22,17 +22,12 @@ _REGISTRARS = (
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="pi0edge", description=__doc__)
+    parser = argparse.ArgumentParser(prog="pi0edge", description="Run Pi0 / Pi0.5 robot policies onboard: export a "
+                                     "checkpoint, build engines, profile, run the control loop, calibrate cameras.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in _REGISTRARS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue  # that stage is not written yet
-        module.register(sub)
+        importlib.import_module(module_name).register(sub)
     return parser
 
 
