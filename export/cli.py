@@ -11,11 +11,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "into a bundle the runtime loads. Needs the [export] extra (torch, onnx).")
     p.add_argument("checkpoint", help="checkpoint directory (config.json + model.safetensors, or openpi layout)")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write (atomically)")
-    p.add_argument("--precision", choices=("float32", "float16", "bfloat16"), default="float32",
-                   help="graph precision: float32 for CPU and parity, float16/bfloat16 for GPUs (default float32)")
+    # bfloat16 graphs export (export_bundle(precision="bfloat16")) but no backend here can measure their error,
+    # and a precision without a measured error is not offered (docs/benchmarks.md).
+    p.add_argument("--precision", choices=("float32", "float16"), default="float32",
+                   help="graph precision: float32 for CPU and parity, float16 for GPUs (default float32)")
     p.add_argument("--tokenizer", help="PaliGemma SentencePiece tokenizer.model, when the checkpoint has none")
     p.add_argument("--num-steps", type=int, help="default number of Euler steps recorded in the bundle (default 10)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (once the new one is complete)")
+    p.add_argument("--no-optimize", action="store_true", help="export the plain reference graphs (no folding/fusing)")
+    p.add_argument("--disable", action="append", default=[], metavar="OPTIMIZATION",
+                   help="switch one graph optimization off (repeatable): fold_norms, fuse_qkv, fuse_gate_up, "
+                        "precompute_time, fold_dt, fast_attention, step_only")
     p.add_argument("--no-finite-check", action="store_true", help="skip the NaN/Inf scan of the weights (faster)")
     p.set_defaults(func=_export)
     try:
@@ -30,11 +36,20 @@ def _export(args: argparse.Namespace) -> int:
 
     require("torch", "export", "pi0edge export")
     require("onnx", "export", "pi0edge export")
-    from pi0edge.export.bundle import export_bundle
+    from dataclasses import fields, replace
 
+    from pi0edge.errors import ConfigError
+    from pi0edge.export.bundle import export_bundle
+    from pi0edge.export.optimize import DEFAULT_OPTIMIZE
+
+    known = {f.name for f in fields(DEFAULT_OPTIMIZE)}
+    unknown = sorted(set(args.disable) - known)
+    if unknown:
+        raise ConfigError(f"--disable: unknown optimization(s) {unknown}; choose from {sorted(known)}")
+    optimize = None if args.no_optimize else replace(DEFAULT_OPTIMIZE, **{name: False for name in args.disable})
     report = export_bundle(args.checkpoint, args.output, precision=args.precision, tokenizer=args.tokenizer,
                            overwrite=args.overwrite, num_steps=args.num_steps,
-                           check_finite=not args.no_finite_check)
+                           check_finite=not args.no_finite_check, optimize=optimize)
     print(f"wrote {report.bundle_dir} ({report.precision}, {report.bundle_bytes / 1e6:.1f} MB) "
           f"in {report.export_s:.1f} s")
     return 0

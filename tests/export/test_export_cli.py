@@ -1,0 +1,77 @@
+"""`pi0edge export`: checkpoint directory -> bundle, atomically; failures leave no half bundle behind."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from pi0edge.cli import main
+from pi0edge.export.config import tiny
+from pi0edge.export.random_checkpoint import write_random_checkpoint
+from pi0edge.manifest import load_manifest
+from pi0edge.runtime import Observation, Policy
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "pi0"
+    write_random_checkpoint(out, tiny("pi0"), robot_state_dim=6, robot_action_dim=6)
+    return out
+
+
+def _observation(policy: Policy) -> Observation:
+    return Observation({"base_0_rgb": np.zeros((48, 64, 3), np.uint8)}, policy.manifest.norm_stats.state.a.copy(),
+                       "pick up the cube")
+
+
+@pytest.mark.parametrize("flags,optimized", [([], True), (["--no-optimize"], False),
+                                             (["--disable", "fold_dt", "--disable", "precompute_time"], True)])
+def test_export_command_writes_a_bundle_the_runtime_runs(checkpoint, tmp_path, capsys, flags, optimized):
+    out = tmp_path / "bundle"
+    assert main(["export", str(checkpoint), "-o", str(out), *flags]) == 0
+    assert "wrote" in capsys.readouterr().out
+    manifest = load_manifest(out)
+    assert manifest.raw["source"]["layout"] == "lerobot"
+    assert any(manifest.raw["optimizations"].get(k) for k in ("fold_norms", "fuse_qkv")) == optimized
+    with Policy(out) as policy:
+        chunk = policy.infer(_observation(policy))
+    assert chunk.actions.shape == (10, 6) and np.isfinite(chunk.actions).all()
+
+
+def test_export_refuses_to_overwrite_a_bundle_without_the_flag(checkpoint, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    assert main(["export", str(checkpoint), "-o", str(out), "--no-optimize"]) == 0
+    before = (out / "bundle.yaml").read_bytes()
+    assert main(["export", str(checkpoint), "-o", str(out)]) == 1
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert (out / "bundle.yaml").read_bytes() == before
+
+
+def test_failed_export_leaves_the_old_bundle_intact_and_no_partial_folder(checkpoint, tmp_path, monkeypatch):
+    out = tmp_path / "bundle"
+    assert main(["export", str(checkpoint), "-o", str(out), "--no-optimize"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated crash in the middle of the export")
+
+    monkeypatch.setattr("pi0edge.export.bundle.export_graphs", broken)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(["export", str(checkpoint), "-o", str(out), "--overwrite"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no .bundle.partial-* left
+
+
+def test_export_without_a_tokenizer_says_how_to_pass_one(checkpoint, tmp_path, capsys):
+    bare = shutil.copytree(checkpoint, tmp_path / "ckpt")
+    (bare / "tokenizer.model").unlink()
+    assert main(["export", str(bare), "-o", str(tmp_path / "bundle")]) == 1
+    assert "--tokenizer" in capsys.readouterr().err
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_unknown_optimization_name_is_refused_with_the_choices(checkpoint, tmp_path, capsys):
+    assert main(["export", str(checkpoint), "-o", str(tmp_path / "b"), "--disable", "fold_everything"]) == 1
+    assert "fold_norms" in capsys.readouterr().err
