@@ -67,6 +67,10 @@ IGNORED_KEYS = ("paligemma_with_expert.gemma_expert.lm_head.weight",
                 "paligemma_with_expert.gemma_expert.model.embed_tokens.weight")
 IGNORED_PREFIXES = ("paligemma_with_expert.paligemma.model.vision_tower.vision_model.head.",
                     "paligemma_with_expert.paligemma.vision_tower.vision_model.head.")
+# LeRobot < 0.4 kept its normalizer buffers beside the weights (read as statistics, not parameters).
+LEGACY_STATS_PREFIXES = ("normalize_inputs.", "normalize_targets.", "unnormalize_outputs.")
+LEGACY_STATS_KEYS = {"observation.state": ("normalize_inputs.buffer_observation_state.",),
+                     "action": ("unnormalize_outputs.buffer_action.", "normalize_targets.buffer_action.")}
 
 # safetensors dtype names -> (torch dtype, bytes per element); only the float ones are model weights.
 SAFETENSORS_DTYPES = {
@@ -138,7 +142,7 @@ def model_name(key: str) -> str | None:
     bare = key[len(LEROBOT_MODEL_PREFIX):] if key.startswith(LEROBOT_MODEL_PREFIX) else key
     if bare in TIED_EMBEDDING_KEYS:
         return EMBED_NAME
-    if bare in IGNORED_KEYS or bare.startswith(IGNORED_PREFIXES):
+    if bare in IGNORED_KEYS or bare.startswith(IGNORED_PREFIXES) or key.startswith(LEGACY_STATS_PREFIXES):
         return ""
     for theirs, ours in PREFIXES:
         if bare.startswith(theirs):
@@ -557,33 +561,57 @@ def _load_stats_file(path: Path) -> dict[str, np.ndarray]:
         return {k: f.get_tensor(k).to(torch.float32).numpy() for k in f.keys()}
 
 
-def _lerobot_stats(root: Path, raw: dict, model_type: str) -> tuple[NormStats | None, str]:
+def _legacy_lerobot_stats(infos: dict[str, TensorInfo], first: str, second: str) -> dict[str, dict] | None:
+    """LeRobot < 0.4: `normalize_inputs.buffer_observation_state.mean` etc. inside model.safetensors."""
+    from safetensors import safe_open
+
+    vectors = {}
+    for feature, prefixes in LEGACY_STATS_KEYS.items():
+        prefix = next((p for p in prefixes if p + first in infos and p + second in infos), None)
+        if prefix is None:
+            return None
+        vectors[feature] = {}
+        for stat in (first, second):
+            info = infos[prefix + stat]
+            with safe_open(str(info.file), framework="pt") as f:
+                vectors[feature][stat] = f.get_tensor(info.key).to(torch.float32).numpy()
+    return vectors
+
+
+def _lerobot_stats(root: Path, raw: dict, model_type: str, infos: dict[str, TensorInfo]
+                   ) -> tuple[NormStats | None, str]:
     pre = sorted(root.glob("policy_preprocessor_step_*_normalizer_processor.safetensors"))
     post = sorted(root.glob("policy_postprocessor_step_*_unnormalizer_processor.safetensors"))
-    looked = "policy_preprocessor_step_*_normalizer_processor.safetensors and " \
-             "policy_postprocessor_step_*_unnormalizer_processor.safetensors"
-    if not pre and not post:
-        return None, looked
+    looked = ("policy_preprocessor_step_*_normalizer_processor.safetensors, "
+              "policy_postprocessor_step_*_unnormalizer_processor.safetensors and LeRobot < 0.4 normalizer buffers "
+              "(normalize_inputs.buffer_observation_state.*) in the weights")
     kind = _lerobot_kind(raw, model_type, root / CONFIG_FILE)
     first, second = ("mean", "std") if kind == "mean_std" else ("q01", "q99")
-    # State from the preprocessor; action from the postprocessor (what unnormalizes), else the preprocessor.
-    sources = {"observation.state": pre[:1] or post[:1], "action": post[:1] + pre[:1]}
-    vectors = {}
-    for feature, paths in sources.items():
-        tried = []
-        for path in paths:
-            stats = _load_stats_file(path)
-            if f"{feature}.{first}" in stats and f"{feature}.{second}" in stats:
-                vectors[feature] = {first: stats[f"{feature}.{first}"], second: stats[f"{feature}.{second}"]}
-                break
-            tried.append(f"{path.name} (keys: {sorted(stats)[:8]})")
-        else:
-            raise CheckpointError(f"{root}: no '{feature}.{first}'/'{feature}.{second}' statistics for {kind} "
-                                  f"normalization in {'; '.join(tried) or looked}")
+    if not pre and not post:
+        vectors = _legacy_lerobot_stats(infos, first, second)
+        if vectors is None:
+            return None, looked
+        where = f"{root}: normalizer buffers in the weights"
+    else:
+        # State from the preprocessor; action from the postprocessor (what unnormalizes), else the preprocessor.
+        sources = {"observation.state": pre[:1] or post[:1], "action": post[:1] + pre[:1]}
+        vectors = {}
+        for feature, paths in sources.items():
+            tried = []
+            for path in paths:
+                stats = _load_stats_file(path)
+                if f"{feature}.{first}" in stats and f"{feature}.{second}" in stats:
+                    vectors[feature] = {first: stats[f"{feature}.{first}"], second: stats[f"{feature}.{second}"]}
+                    break
+                tried.append(f"{path.name} (keys: {sorted(stats)[:8]})")
+            else:
+                raise CheckpointError(f"{root}: no '{feature}.{first}'/'{feature}.{second}' statistics for {kind} "
+                                      f"normalization in {'; '.join(tried) or looked}")
+        where = f"{root}: normalizer statistics"
     try:
         return NormStats.from_arrays(kind, "lerobot", vectors["observation.state"], vectors["action"]), looked
     except NormStatsError as exc:
-        raise CheckpointError(f"{root}: normalizer statistics are unusable: {exc}") from exc
+        raise CheckpointError(f"{where} are unusable: {exc}") from exc
 
 
 def _openpi_stats(root: Path, model_type: str, asset_id: str | None) -> tuple[NormStats | None, str]:
@@ -738,7 +766,7 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float
     model.eval()
 
     if layout == "lerobot":
-        stats, looked = _lerobot_stats(root, raw, cfg.model_type)
+        stats, looked = _lerobot_stats(root, raw, cfg.model_type, infos)
     else:
         stats, looked = _openpi_stats(root, cfg.model_type, asset_id)
     if stats is None and require_stats:

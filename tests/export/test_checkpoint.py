@@ -131,6 +131,26 @@ def test_known_unused_tensors_are_ignored(tmp_path):
     _assert_weights_equal(load_checkpoint(tmp_path).model, random_state_dict(cfg))
 
 
+def test_lerobot_before_0_4_keeps_stats_as_buffers_in_the_weights(tmp_path):
+    cfg = tiny()
+    write_random_checkpoint(tmp_path, cfg, tokenizer=False, robot_state_dim=5, robot_action_dim=5)
+    state, action = random_norm_stats(5, 0, "state"), random_norm_stats(5, 0, "action")
+    buffers = {f"normalize_inputs.buffer_observation_state.{k}": torch.from_numpy(state[k]) for k in ("mean", "std")}
+    buffers |= {f"{p}.buffer_action.{k}": torch.from_numpy(action[k].copy()) for k in ("mean", "std")
+                for p in ("normalize_targets", "unnormalize_outputs")}
+    _rewrite(tmp_path, lambda t: t.update(buffers))
+    for p in tmp_path.glob("policy_*"):
+        p.unlink()
+    ckpt = load_checkpoint(tmp_path)
+    _assert_weights_equal(ckpt.model, random_state_dict(cfg))
+    np.testing.assert_array_equal(ckpt.norm_stats.state.b, state["std"])
+    np.testing.assert_array_equal(ckpt.norm_stats.action.a, action["mean"])
+    assert (ckpt.norm_stats.convention, ckpt.robot_action_dim) == ("lerobot", 5)
+    # LeRobot filled unset buffers with inf: that is "no statistics", said clearly.
+    _rewrite(tmp_path, lambda t: t.update({"normalize_inputs.buffer_observation_state.std": torch.full((5,), np.inf)}))
+    _fails(tmp_path, "normalizer buffers in the weights are unusable", "NaN or Inf")
+
+
 def test_published_variant_sizes_need_no_pi0edge_block(tmp_path):
     # SigLIP So400m's width (heads known) and openpi's "dummy" Gemma: the published fields describe it all.
     cfg = tiny(vision=replace(SIGLIP_SO400M, depth=1, mlp_dim=32), vlm=GEMMA_DUMMY, expert=GEMMA_DUMMY)
