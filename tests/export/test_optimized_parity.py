@@ -263,3 +263,26 @@ def test_policy_on_ort_cpu_runs_an_optimized_bundle_and_equals_eager_reference(o
     np.testing.assert_allclose(policy.backend.read_actions(), expected, atol=ACTION_ATOL_FP32, rtol=0)
     assert chunk.actions.shape == (cfg.action_horizon, ROBOT_DIM)
     assert len(chunk.timings_ms["step_ms"]) == NUM_STEPS
+
+
+@pytest.mark.parametrize("model_type", ["pi0", "pi05"])
+def test_optimized_step_velocity_output_equals_reference_velocity(model_type):
+    """with_velocity (the tests' extra output) still reports v, not dt * v, when dt is folded."""
+    from pi0edge.export.optimize import OptimizedDenoiseStepGraph
+
+    model = reference_model(model_type, shallow=True)
+    cfg = model.cfg
+    step = OptimizedDenoiseStepGraph(model, OptimizeOptions(), torch.float32, with_velocity=True)
+    g = torch.Generator().manual_seed(4)
+    kv_shape = (cfg.num_layers, 2, cfg.prefix_len, cfg.vlm.num_kv_heads, cfg.vlm.head_dim)
+    keys, values = torch.randn(kv_shape, generator=g), torch.randn(kv_shape, generator=g)
+    mask = torch.arange(cfg.prefix_len)[None] < torch.tensor([[cfg.prefix_len], [cfg.prefix_len - 30]])
+    x = torch.randn(2, cfg.action_horizon, cfg.action_dim, generator=g)
+    state = [] if cfg.is_pi05 else [torch.randn(2, cfg.state_dim, generator=g)]
+    times, dt = euler_schedule(NUM_STEPS)
+    with torch.no_grad():
+        x_next, v = step(x, torch.tensor([3, 3]), keys, values, mask, *state)
+        ref_next, ref_v = model.denoise_step(x, torch.full((2,), float(times[3])), torch.full((2,), float(dt)),
+                                             keys, values, mask, *(state or [None]))
+    np.testing.assert_allclose(v.numpy(), ref_v.numpy(), atol=ACTION_ATOL_FP32, rtol=0)
+    np.testing.assert_allclose(x_next.numpy(), ref_next.numpy(), atol=ACTION_ATOL_FP32, rtol=0)
