@@ -152,10 +152,14 @@ class Projections(nn.Module):
                      for i, w in enumerate(self.weights))
 
 
-def rms_normed(x: Tensor, eps: float) -> Tensor:
-    """The RMSNorm statistics, float32 whatever x's dtype (MODEL.md float32 island); no weight."""
+def rms_normed(x: Tensor, eps: float, scale: Tensor) -> Tensor:
+    """The RMSNorm statistics times a float32 scale, float32 whatever x's dtype (MODEL.md float32 island).
+
+    Where (1 + w) is folded away, or modulated afterwards (adaRMS), scale is a ones buffer: multiplying by
+    1 is exact, and with the trailing Mul the pattern is the one ONNX Runtime fuses into a single
+    SimplifiedLayerNormalization kernel (without it the norm stays ~6 elementwise passes)."""
     xf = x.float()
-    return xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * scale
 
 
 class Norm(nn.Module):
@@ -164,11 +168,11 @@ class Norm(nn.Module):
     def __init__(self, norm: RMSNorm, fold: bool):
         super().__init__()
         self.eps = norm.eps
-        self.register_buffer("one_plus_w", None if fold else 1.0 + norm.weight.detach().float())
+        weight = norm.weight.detach().float()
+        self.register_buffer("scale", torch.ones_like(weight) if fold else 1.0 + weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        normed = rms_normed(x, self.eps)
-        return (normed if self.one_plus_w is None else normed * self.one_plus_w).to(x.dtype)
+        return rms_normed(x, self.eps, self.scale).to(x.dtype)
 
 
 def rope_tables(positions: Tensor, head_dim: int, base: float) -> tuple[Tensor, Tensor]:
@@ -219,6 +223,8 @@ class GemmaBlock(nn.Module):
         self.kv_only, self.ada = kv_only, isinstance(layer.input_layernorm, AdaRMSNorm)
         self.fast_attention = opts.fast_attention
         self.eps = layer.input_layernorm.eps
+        if self.ada:
+            self.register_buffer("unit", torch.ones(attn.o_proj.out_features))  # see rms_normed
         fold = opts.fold_norms and not self.ada
         qkv = [attn.k_proj.weight, attn.v_proj.weight] if kv_only else [
             attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]
@@ -242,7 +248,7 @@ class GemmaBlock(nn.Module):
         if mod is None:
             return norm(x)
         one_plus_scale, shift = mod  # adaRMS (MODEL.md, "Suffix"), float32 [b, 1, w]
-        return (rms_normed(x, self.eps) * one_plus_scale + shift).to(x.dtype)
+        return (rms_normed(x, self.eps, self.unit) * one_plus_scale + shift).to(x.dtype)
 
     def kv(self, h: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
         """normed input [b, t, w] -> q (None when kv_only) [b, t, h, d], k, v [b, t, k, d]; RoPE applied."""
@@ -473,6 +479,7 @@ class OptimizedDenoiseStepGraph(nn.Module):
         fold_final = opts.fold_norms and not cfg.is_pi05
         self.final_norm = None if cfg.is_pi05 else Norm(model.expert.norm, fold_final)
         self.final_eps = model.expert.norm.eps
+        self.register_buffer("unit", torch.ones(cfg.expert.width))  # see rms_normed
         if fold_final:  # the expert's final RMSNorm (1 + w) into action_out_proj (pi0)
             w = _scale_columns(w, 1.0 + model.expert.norm.weight.float())
         if self.with_velocity:
@@ -507,7 +514,7 @@ class OptimizedDenoiseStepGraph(nn.Module):
         if mods is None:
             h = self.final_norm(x)
         else:
-            h = (rms_normed(x, self.final_eps) * mods[:, None, -1, 0] + mods[:, None, -1, 1]).to(x.dtype)
+            h = (rms_normed(x, self.final_eps, self.unit) * mods[:, None, -1, 0] + mods[:, None, -1, 1]).to(x.dtype)
         delta = F.linear(h, self.out_w, self.out_b).to(torch.float32)
         if self.opts.fold_dt:
             x_next = x_t + delta
