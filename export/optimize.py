@@ -37,8 +37,10 @@ What each option does (MODEL.md sections in brackets):
   prefix and itself, "Mask rule"), so they could be computed once per chunk in the prefix graph; we keep
   them in the step graph (1 of 51 suffix tokens, ~2% of a step) so the prefix graph keeps the contract's
   inputs and the runtime needs no change.
-Always on (same values, fewer ops): the RoPE cos/sin are computed once per graph, not per layer, and
-the constant suffix block of the attention mask is a buffer.
+Always on (same values, fewer ops): the RoPE cos/sin are computed once per graph, not per layer; the
+constant suffix block of the attention mask is a buffer; and static dims: every reshape names its dims as
+constants with -1 for the batch (shapes are static except B, DESIGN.md), since a traced `x.shape[i]`
+exports as a Shape/Gather/Unsqueeze/Concat chain per reshape (~4 ops x ~9 reshapes per layer).
 
 Precision: the modules are built directly in the target dtype (do not `.to()` them afterwards: the
 tables must stay float32). Norm statistics, attention logits/softmax, RoPE and the Euler update are
@@ -65,7 +67,6 @@ from pi0edge.export.model import (
     RMSNorm,
     attend,
     gelu_tanh,
-    images_to_pixels,
     mask_2d,
     posemb_sincos,
 )
@@ -183,6 +184,13 @@ def rope_tables(positions: Tensor, head_dim: int, base: float) -> tuple[Tensor, 
     return emb.cos(), emb.sin()
 
 
+def pixels(images: Tensor, dtype: torch.dtype) -> Tensor:
+    """model.images_to_pixels (the same true division, MODEL.md "Prefix") with a static reshape."""
+    h, w, ch = (int(n) for n in images.shape[2:])
+    x = images.to(torch.float32) / 255.0 * 2.0 - 1.0
+    return x.reshape(-1, h, w, ch).permute(0, 3, 1, 2).to(dtype)
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     x1, x2 = x.float().chunk(2, dim=-1)
     return (x.float() * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
@@ -201,15 +209,15 @@ def attend_fast(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
 
     q [b, s, h, d] (times d^-0.5); k, v [b, t, k, d]; bias float32 [b, 1, s, t] -> [b, s, h*d].
     The g = h/k query heads under one kv head form one GEMM: [b, k, g*s, d] @ [b, k, d, t]."""
-    b, s, h, d = q.shape
-    kv_heads, t = k.shape[2], k.shape[1]
+    s, h, d = (int(n) for n in q.shape[1:])  # static; batch stays -1 (see static_dims)
+    t, kv_heads = int(k.shape[1]), int(k.shape[2])
     g = h // kv_heads
-    qg = q.reshape(b, s, kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(b, kv_heads, g * s, d)
+    qg = q.reshape(-1, s, kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(-1, kv_heads, g * s, d)
     logits = torch.matmul(qg.float(), k.permute(0, 2, 3, 1).float())  # [b, k, g*s, t], float32 island
-    logits = logits.view(b, kv_heads, g, s, t) + bias[:, :, None]
-    probs = logits.softmax(dim=-1).to(v.dtype).view(b, kv_heads, g * s, t)
+    logits = logits.view(-1, kv_heads, g, s, t) + bias[:, :, None]
+    probs = logits.softmax(dim=-1).to(v.dtype).view(-1, kv_heads, g * s, t)
     out = torch.matmul(probs, v.permute(0, 2, 1, 3))  # [b, k, g*s, d]
-    return out.view(b, kv_heads, g, s, d).permute(0, 3, 1, 2, 4).reshape(b, s, h * d)
+    return out.view(-1, kv_heads, g, s, d).permute(0, 3, 1, 2, 4).reshape(-1, s, h * d)
 
 
 class GemmaBlock(nn.Module):
@@ -252,11 +260,11 @@ class GemmaBlock(nn.Module):
 
     def kv(self, h: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
         """normed input [b, t, w] -> q (None when kv_only) [b, t, h, d], k, v [b, t, k, d]; RoPE applied."""
-        b, t, _ = h.shape
+        t = int(h.shape[1])  # static (see static_dims)
         out = self.qkv(h)
-        q = None if self.kv_only else apply_rope(out[0].view(b, t, self.num_heads, self.head_dim), cos, sin)
-        k, v = out[-2].view(b, t, self.num_kv_heads, self.head_dim), out[-1].view(b, t, self.num_kv_heads,
-                                                                                  self.head_dim)
+        q = None if self.kv_only else apply_rope(out[0].view(-1, t, self.num_heads, self.head_dim), cos, sin)
+        k = out[-2].view(-1, t, self.num_kv_heads, self.head_dim)
+        v = out[-1].view(-1, t, self.num_kv_heads, self.head_dim)
         return q, apply_rope(k, cos, sin), v
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, past: tuple[Tensor, Tensor] | None = None,
@@ -332,14 +340,14 @@ class VisionBlock(nn.Module):
         self.fc2_w, self.fc2_b = _param(layer.mlp.fc2.weight, dtype), _param(layer.mlp.fc2.bias, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, p, w = x.shape
+        p, w = int(x.shape[1]), int(x.shape[2])  # static (see static_dims)
         # [b, p, w] -> [b, heads, p, d], as model.SiglipAttention
-        q, k, v = (y.view(b, p, self.num_heads, self.head_dim).transpose(1, 2) for y in self.qkv(self.ln1(x)))
+        q, k, v = (y.view(-1, p, self.num_heads, self.head_dim).transpose(1, 2) for y in self.qkv(self.ln1(x)))
         logits = torch.matmul(q.float(), k.float().transpose(-1, -2))
         if not self.scaled_q:
             logits = logits * self.head_dim**-0.5
         probs = logits.softmax(dim=-1).to(v.dtype)
-        x = x + F.linear(torch.matmul(probs, v).transpose(1, 2).reshape(b, p, w), self.out_w, self.out_b)
+        x = x + F.linear(torch.matmul(probs, v).transpose(1, 2).reshape(-1, p, w), self.out_w, self.out_b)
         return x + F.linear(gelu_tanh(F.linear(self.ln2(x), self.fc1_w, self.fc1_b)), self.fc2_w, self.fc2_b)
 
 
@@ -379,15 +387,15 @@ class OptimizedPrefixGraph(nn.Module):
                                     for i, layer in enumerate(model.vlm.layers))
 
     def forward(self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor):
-        b, n = images.shape[:2]
-        x = F.conv2d(images_to_pixels(images, self.dtype), self.patch_w, self.patch_b, stride=self.patch_size)
+        n = int(images.shape[1])
+        x = F.conv2d(pixels(images, self.dtype), self.patch_w, self.patch_b, stride=self.patch_size)
         x = x.flatten(2).transpose(1, 2) + self.pos_emb[None]  # [bn, p, w_vision]
         for block in self.vision_blocks:
             x = block(x)
         image_tokens = F.linear(self.post_ln(x), self.proj_w, self.proj_b)  # not scaled (MODEL.md, "Shapes")
-        p = image_tokens.shape[1]
-        image_tokens = image_tokens.reshape(b, n * p, -1)
-        image_pad = image_masks[:, :, None].expand(b, n, p).reshape(b, n * p)
+        p, w = int(image_tokens.shape[1]), int(image_tokens.shape[2])
+        image_tokens = image_tokens.reshape(-1, n * p, w)
+        image_pad = image_masks[:, :, None].expand(-1, -1, p).reshape(-1, n * p)
         text = F.embedding(tokens, self.embed_tokens)
         text = text * torch.tensor(math.sqrt(self.cfg.vlm.width), dtype=text.dtype)
         x = torch.cat([image_tokens, text], dim=1)
@@ -500,9 +508,10 @@ class OptimizedDenoiseStepGraph(nn.Module):
             step_index = None
         state = state[0] if state else None
         x, mods = self._suffix(x_t, t, step_index, state)
-        b, s = x.shape[:2]
-        mask = attention_mask(torch.cat([prefix_mask[:, None, :].expand(b, s, prefix_mask.shape[1]),
-                                         self.suffix_allowed[None].expand(b, s, s)], dim=2), self.opts.fast_attention)
+        s = int(x.shape[1])
+        mask = attention_mask(torch.cat([prefix_mask[:, None, :].expand(-1, s, -1),
+                                         self.suffix_allowed[None].expand(x.shape[0], s, s)], dim=2),
+                              self.opts.fast_attention)
         positions = prefix_mask.to(torch.int64).sum(-1, keepdim=True) + torch.arange(s)[None, :]
         cos, sin = rope_tables(positions, self.cfg.expert.head_dim, self.cfg.expert.rope_base)
         last = len(self.blocks) - 1
@@ -544,7 +553,7 @@ class OptimizedDenoiseStepGraph(nn.Module):
         else:
             actions = F.linear(x_t, self.action_in_w, self.action_in_b)
             emb = posemb_sincos(t, self.we, self.cfg.min_period, self.cfg.max_period).to(self.dtype)
-            hidden = F.linear(torch.cat([actions, emb[:, None, :].expand(-1, actions.shape[1], -1)], dim=-1),
+            hidden = F.linear(torch.cat([actions, emb[:, None, :].expand(-1, int(actions.shape[1]), -1)], dim=-1),
                               self.mlp_in_w, self.mlp_in_b)
         actions = F.linear(F.silu(hidden), self.mlp_out_w, self.mlp_out_b)
         state_token = F.linear(state.to(self.dtype), self.state_w, self.state_b)[:, None, :]
