@@ -40,13 +40,16 @@ def main() -> None:
     parser.add_argument("--precision", choices=("float32", "float16"), default="float16")
     parser.add_argument("--workdir", default="/tmp/pi0edge-full")
     parser.add_argument("--skip-infer", action="store_true")
+    parser.add_argument("--plain", action="store_true", help="export the plain graphs (no optimizations)")
     parser.add_argument("--compare-reference", action="store_true",
                         help="also run the eager float32 reference on the same inputs and noise (slow)")
     args = parser.parse_args()
     work = Path(args.workdir)
-    ckpt, bundle = work / f"{args.model}-checkpoint", work / f"{args.model}-{args.precision}-bundle"
+    variant = f"{args.precision}-plain" if args.plain else args.precision
+    ckpt, bundle = work / f"{args.model}-checkpoint", work / f"{args.model}-{variant}-bundle"
     work.mkdir(parents=True, exist_ok=True)
-    record = {"model": args.model, "precision": args.precision, "machine": platform.platform(),
+    record = {"model": args.model, "precision": args.precision, "optimized": not args.plain,
+              "machine": platform.platform(),
               "cpu_count": __import__("os").cpu_count()}
 
     if not (ckpt / "model.safetensors").is_file():
@@ -58,9 +61,10 @@ def main() -> None:
     record["checkpoint_weights_gb"] = round(weights / 1e9, 2)
 
     record["export"] = run_stage(
-        "from pi0edge.export.bundle import export_bundle; "
+        "from pi0edge.export.bundle import export_bundle; from pi0edge.export.optimize import DEFAULT_OPTIMIZE; "
         f"r = export_bundle({str(ckpt)!r}, {str(bundle)!r}, precision={args.precision!r}, overwrite=True, "
-        "check_finite=False); result = {'export_s': round(r.export_s, 1), 'bundle_gb': round(r.bundle_bytes / 1e9, 2)}")
+        f"check_finite=False, optimize={'None' if args.plain else 'DEFAULT_OPTIMIZE'}); "
+        "result = {'export_s': round(r.export_s, 1), 'bundle_gb': round(r.bundle_bytes / 1e9, 2)}")
     graph_bytes = sum(p.stat().st_size for p in bundle.iterdir() if ".onnx" in p.name)
     record["graph_weights_gb"] = round(graph_bytes / 1e9, 2)
     record["export"]["peak_rss_over_checkpoint"] = round(record["export"]["peak_rss_mb"] * 2**20 / weights, 2)
