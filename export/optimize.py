@@ -11,7 +11,8 @@ What each option does (MODEL.md sections in brackets):
   `W (n * (1 + w)) = (W diag(1 + w)) n`. Folded into q/k/v, gate/up, and (pi0) the expert's final norm
   into action_out_proj; SigLIP's LayerNorm affine `n * g + beta` likewise into q/k/v, fc1 and the
   projector (`W diag(g) n + (W beta + b)`). pi0.5's adaRMS norms have no learned weight: nothing to fold.
-  The statistics stay float32 (the island); only the multiply by (1 + w) moves into the weights.
+  The statistics stay float32 (the island); only the multiply by (1 + w) moves into the weights (a ones
+  scale stays in its place, which ONNX Runtime fuses away: see `rms_normed`).
 - fuse_qkv / fuse_gate_up: q, k, v (and gate, up) read the same normed input: one matmul on the
   concatenated weight, then a split. Also for SigLIP's q/k/v.
 - precompute_time: t takes only the `num_steps` values of the fixed schedule ("Sampling"), so every
@@ -33,7 +34,8 @@ What each option does (MODEL.md sections in brackets):
   token's query, attention output and MLP feed nothing (only the H action tokens reach action_out_proj;
   its K/V are still needed), so they are skipped, and the final norm runs on the H action tokens only.
   Likewise the prefix's last VLM layer: only its K/V are outputs, so its q, attention, o_proj and MLP
-  are not built. Choice documented: the pi0 state token's K/V depend on the state only (it sees the
+  are not built (the TorchScript exporter's dead-code pass drops them from the plain graph too; other
+  exporters need not). Choice documented: the pi0 state token's K/V depend on the state only (it sees the
   prefix and itself, "Mask rule"), so they could be computed once per chunk in the prefix graph; we keep
   them in the step graph (1 of 51 suffix tokens, ~2% of a step) so the prefix graph keeps the contract's
   inputs and the runtime needs no change.
