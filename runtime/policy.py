@@ -138,6 +138,13 @@ class Policy:
             if noise.size != np.prod(noise_shape):
                 raise ObservationError(f"noise has shape {noise.shape}, expected {noise_shape[1:]} per observation")
             noise = noise.reshape(noise_shape)
+        fixed = (m.raw.get("optimizations") or {}).get("fixed_num_steps")
+        if fixed is not None and num_steps not in (None, fixed):
+            # Optimized step graphs carry per-step time tables and dt folded in: another count would index
+            # past the table or silently integrate the wrong schedule.
+            raise ObservationError(f"{m.bundle_dir}: this bundle's step graph was exported for num_steps={fixed} "
+                                   f"(bundle.yaml optimizations.fixed_num_steps), got num_steps={num_steps}; "
+                                   "re-export with --num-steps N, or with --disable precompute_time --disable fold_dt")
         times, dt = euler_schedule(num_steps or m.num_steps)
         self.backend.prepare(batch, times, dt)
         t1 = time.perf_counter()

@@ -75,3 +75,14 @@ def test_export_without_a_tokenizer_says_how_to_pass_one(checkpoint, tmp_path, c
 def test_unknown_optimization_name_is_refused_with_the_choices(checkpoint, tmp_path, capsys):
     assert main(["export", str(checkpoint), "-o", str(tmp_path / "b"), "--disable", "fold_everything"]) == 1
     assert "fold_norms" in capsys.readouterr().err
+
+
+def test_optimized_bundle_refuses_a_step_count_it_was_not_exported_for(checkpoint, tmp_path):
+    from pi0edge.errors import ObservationError
+
+    out = tmp_path / "bundle"
+    assert main(["export", str(checkpoint), "-o", str(out), "--num-steps", "5"]) == 0
+    with Policy(out) as policy:
+        assert len(policy.infer(_observation(policy)).timings_ms["step_ms"]) == 5
+        with pytest.raises(ObservationError, match="exported for num_steps=5"):
+            policy.infer(_observation(policy), num_steps=10)
