@@ -4,56 +4,18 @@ graph in the 10-step Euler loop, with the same noise as `Pi0Model.sample_actions
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
+from onnx_loop import random_observation, run_onnx  # tests/export/onnx_loop.py
 
 from pi0edge import contract as c
 from pi0edge.manifest import load_manifest
-from pi0edge.schedule import euler_schedule
 
 ACTION_ATOL_FP32 = 1e-4
 KV_ATOL_FP32 = 1e-5
 # float16 graphs against the float32 reference, tiny random weights: measured max ~3e-3 (actions), bounded here.
 ACTION_ATOL_FP16 = 3e-2
 KV_ATOL_FP16 = 2e-2
-
-
-def random_observation(cfg, batch: int, seed: int, masked_camera: int | None, prompt_lengths: list[int]):
-    g = torch.Generator().manual_seed(seed)
-    s = cfg.vision.image_size
-    images = torch.randint(0, 256, (batch, cfg.num_cameras, s, s, 3), dtype=torch.uint8, generator=g)
-    image_masks = torch.ones(batch, cfg.num_cameras, dtype=torch.bool)
-    if masked_camera is not None:
-        images[:, masked_camera] = 0  # a missing camera: uint8 0 -> -1.0, as the runtime feeds it
-        image_masks[:, masked_camera] = False
-    tokens = torch.zeros(batch, cfg.max_token_len, dtype=torch.int64)
-    token_masks = torch.zeros(batch, cfg.max_token_len, dtype=torch.bool)
-    for i, n in enumerate(prompt_lengths):
-        tokens[i, :n] = torch.randint(4, cfg.vocab_size, (n,), generator=g)
-        token_masks[i, :n] = True
-    return {"images": images, "image_masks": image_masks, "tokens": tokens, "token_masks": token_masks,
-            "state": torch.randn(batch, cfg.state_dim, generator=g)}
-
-
-def run_onnx(bundle_dir, obs: dict, noise: np.ndarray, num_steps: int):
-    """Prefix once, then the step graph num_steps times: a plain loop over two ORT sessions."""
-    manifest = load_manifest(bundle_dir)
-    sessions = {g: ort.InferenceSession(str(manifest.path(manifest.graphs[g].file)), providers=["CPUExecutionProvider"])
-                for g in (c.PREFIX_GRAPH, c.DENOISE_STEP_GRAPH)}
-    past_keys, past_values, prefix_mask = sessions[c.PREFIX_GRAPH].run(
-        None, {name: obs[name].numpy() for name in (c.IMAGES, c.IMAGE_MASKS, c.TOKENS, c.TOKEN_MASKS)})
-    times, dt = euler_schedule(num_steps)
-    batch = noise.shape[0]
-    x = noise
-    step_inputs = {i.name for i in sessions[c.DENOISE_STEP_GRAPH].get_inputs()}
-    for t in times:
-        feeds = {c.X_T: x, c.TIME: np.full(batch, t, np.float32), c.DT: np.full(batch, dt, np.float32),
-                 c.PAST_KEYS: past_keys, c.PAST_VALUES: past_values, c.PREFIX_MASK: prefix_mask}
-        if c.STATE in step_inputs:
-            feeds[c.STATE] = obs["state"].numpy()
-        (x,) = sessions[c.DENOISE_STEP_GRAPH].run([c.X_NEXT], feeds)
-    return x, past_keys, past_values, prefix_mask
 
 
 CASES = [
