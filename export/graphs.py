@@ -193,8 +193,7 @@ def export_graphs(model: Pi0Model, out_dir: Path, precision: str = "float32", wi
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     cfg = model.cfg
     examples = example_inputs(cfg, batch=1, precision=precision)
-    # ---- optimize hook (export/optimize.py): optimized modules, the step graph maybe step-indexed ----
-    if optimize is not None:
+    if optimize is not None:  # export/optimize.py's modules; their step graph may take step_index
         from pi0edge.export.optimize import optimized_graphs
 
         modules = optimized_graphs(model.eval(), optimize, PRECISIONS[precision], with_velocity)
@@ -203,7 +202,6 @@ def export_graphs(model: Pi0Model, out_dir: Path, precision: str = "float32", wi
             c.DENOISE_STEP_GRAPH: (modules[c.DENOISE_STEP_GRAPH],
                                    denoise_step_spec(cfg, with_velocity, optimize.uses_step_index)),
         }
-    # ---- end optimize hook ----
     else:
         model = model.to(PRECISIONS[precision]).eval()
         graphs = {
