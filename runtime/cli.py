@@ -30,9 +30,7 @@ def _profile(args: argparse.Namespace) -> int:
         raise ConfigError(f"--iters must be >= 1 and --warmup >= 0 (got {args.iters}, {args.warmup})")
     options = {"intra_op_threads": args.threads} if args.threads else {}
     with Policy(args.bundle, backend=args.backend, **options) as policy:
-        if args.num_steps:
-            policy.manifest = _with_steps(policy.manifest, args.num_steps)
-        result = profile_policy(policy, iters=args.iters, warmup=args.warmup)
+        result = profile_policy(policy, iters=args.iters, warmup=args.warmup, num_steps=args.num_steps)
     print(f"{result.bundle} on {result.backend}: {result.iters} chunks after {result.warmup} warm-up")
     print(result.table())
     if args.json:
@@ -43,8 +41,3 @@ def _profile(args: argparse.Namespace) -> int:
         print(f"wrote {args.trace}")
     return 0
 
-
-def _with_steps(manifest, num_steps: int):
-    from dataclasses import replace
-
-    return replace(manifest, num_steps=num_steps)

@@ -106,17 +106,18 @@ class ProfileResult:
         return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
-def profile_policy(policy, iters: int = 20, warmup: int = 3, seed: int = 0) -> ProfileResult:
+def profile_policy(policy, iters: int = 20, warmup: int = 3, seed: int = 0, num_steps: int | None = None
+                   ) -> ProfileResult:
     if iters < 1 or warmup < 0:
         raise ValueError(f"iters must be >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
     obs = synthetic_observation(policy, seed)
     for _ in range(warmup):
-        policy.infer(obs)
+        policy.infer(obs, num_steps=num_steps)
     chunks = []
     origin = time.perf_counter()
     for _ in range(iters):
         start_us = (time.perf_counter() - origin) * 1e6
-        timings = dict(policy.infer(obs).timings_ms)
+        timings = dict(policy.infer(obs, num_steps=num_steps).timings_ms)
         timings["start_us"] = start_us
         chunks.append(timings)
     stages = {"preprocess": [c["preprocess_ms"] for c in chunks], "prefix": [c["prefix_ms"] for c in chunks]}
