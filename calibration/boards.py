@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pi0edge.calibration.errors import BoardSpecError
+from pi0edge.calibration.yaml_io import read_yaml_file
 
 # Marker count per predefined dictionary; a board needs one marker per white square.
 ARUCO_DICTIONARY_SIZES = {
@@ -231,14 +232,7 @@ def parse_board(text: str) -> BoardSpec:
 
 
 def load_board_file(path: Path) -> BoardSpec:
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise BoardSpecError(f"board file {path}: cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise BoardSpecError(f"board file {path}: not valid YAML: {exc}") from None
+    data = read_yaml_file(path, "board", BoardSpecError)
     if isinstance(data, dict) and isinstance(data.get("board"), dict):
         data = data["board"]  # a report or reference file holds the board under 'board'
     return board_from_dict(data, source=f"board file {path}")

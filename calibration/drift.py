@@ -20,6 +20,7 @@ from pi0edge.calibration.detect import BoardDetector, Detection
 from pi0edge.calibration.errors import BoardNotFoundError, CalibrationFileError, ImageError
 from pi0edge.calibration.outputs import write_files_atomically
 from pi0edge.calibration.transforms import Transform, invert, pose_difference
+from pi0edge.calibration.yaml_io import read_yaml_file
 
 REFERENCE_FORMAT = "pi0edge-camera-reference"
 REFERENCE_VERSION = 1
@@ -129,15 +130,8 @@ def save_reference(
 
 
 def load_reference(path: Path | str) -> Reference:
-    import yaml
-
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise CalibrationFileError(f"cannot read reference file {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise CalibrationFileError(f"reference file {path}: not valid YAML: {exc}") from None
+    data = read_yaml_file(path, "reference")
     if not isinstance(data, dict) or data.get("format") != REFERENCE_FORMAT:
         raise CalibrationFileError(f"reference file {path}: 'format' is not {REFERENCE_FORMAT!r}")
     if data.get("version") != REFERENCE_VERSION:

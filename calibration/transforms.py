@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from pi0edge.calibration.errors import CalibrationFileError
+from pi0edge.calibration.yaml_io import read_yaml_file
 
 
 def make_transform(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
@@ -148,13 +149,5 @@ def transform_yaml_text(transform: Transform, extra: dict[str, Any] | None = Non
 
 
 def read_transform_file(path: Path | str) -> Transform:
-    import yaml
-
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise CalibrationFileError(f"cannot read transform file {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise CalibrationFileError(f"transform file {path}: not valid YAML: {exc}") from None
+    data = read_yaml_file(path, "transform")
     return Transform.from_dict(data, source=f"transform file {path}")
