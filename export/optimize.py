@@ -39,6 +39,11 @@ What each option does (MODEL.md sections in brackets):
   prefix and itself, "Mask rule"), so they could be computed once per chunk in the prefix graph; we keep
   them in the step graph (1 of 51 suffix tokens, ~2% of a step) so the prefix graph keeps the contract's
   inputs and the runtime needs no change.
+- fast_gelu: gelu-tanh (SigLIP's MLP, Gemma's gated MLP) is written in the form ONNX Runtime's
+  FastGeluFusion recognises, `(x 0.5)(1 + tanh((x sqrt(2/pi))(1 + (x 0.044715) x)))` (its "first formula"; the
+  exporter's own decomposition with x*x*x is not matched, and the Pow form only at Pow opsets <= 13): on
+  ORT's CPU and CUDA providers ~9 elementwise passes become one FastGelu kernel (with SigLIP's fc1 bias
+  folded in). Same function; other runtimes see plain ONNX ops.
 Always on (same values, fewer ops): the RoPE cos/sin are computed once per graph, not per layer; the
 constant suffix block of the attention mask is a buffer; and static dims: every reshape names its dims as
 constants with -1 for the batch (shapes are static except B, DESIGN.md), since a traced `x.shape[i]`
@@ -86,6 +91,7 @@ class OptimizeOptions:
     fold_dt: bool = True
     fast_attention: bool = True
     step_only: bool = True
+    fast_gelu: bool = True
 
     def __post_init__(self):
         for f in fields(self):
@@ -198,6 +204,12 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (x.float() * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
 
 
+def gelu_tanh_fusable(x: Tensor) -> Tensor:
+    """model.gelu_tanh (F.gelu approximate="tanh") as ORT's FastGeluFusion matches it (see fast_gelu):
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), factored and ordered as the fusion expects."""
+    return (x * 0.5) * (1.0 + torch.tanh((x * math.sqrt(2.0 / math.pi)) * (1.0 + (x * 0.044715) * x)))
+
+
 def attention_mask(allowed: Tensor, fast: bool) -> Tensor:
     """allowed bool [b, s, t] -> what `attend`/`attend_fast` take: itself, or an additive float32 bias
     [b, 1, s, t], built once per graph (the masked value as openpi's, MODEL.md "Shapes")."""
@@ -232,6 +244,7 @@ class GemmaBlock(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = attn.num_heads, attn.num_kv_heads, attn.head_dim
         self.kv_only, self.ada = kv_only, isinstance(layer.input_layernorm, AdaRMSNorm)
         self.fast_attention = opts.fast_attention
+        self.gelu = gelu_tanh_fusable if opts.fast_gelu else gelu_tanh
         self.eps = layer.input_layernorm.eps
         if self.ada:
             self.register_buffer("unit", torch.ones(attn.o_proj.out_features))  # see rms_normed
@@ -290,7 +303,7 @@ class GemmaBlock(nn.Module):
         x = x + (out if mods is None else out * mods[:, None, 0, 2].to(out.dtype))
         h = self._norm(self.mlp_norm, x, None if mods is None else (mods[:, None, 1, 0], mods[:, None, 1, 1]))
         gate, up = self.gate_up(h)
-        out = F.linear(gelu_tanh(gate) * up, self.down)
+        out = F.linear(self.gelu(gate) * up, self.down)
         x = x + (out if mods is None else out * mods[:, None, 1, 2].to(out.dtype))
         return x, k, v
 
@@ -329,6 +342,7 @@ class VisionBlock(nn.Module):
         if fold:
             ws = [_fold_layer_norm(layer.layer_norm1, w, b) for w, b in ws]
         self.scaled_q = opts.fast_attention
+        self.gelu = gelu_tanh_fusable if opts.fast_gelu else gelu_tanh
         if self.scaled_q:  # the softmax scale into q's weight and bias
             ws[0] = tuple((t.detach().double() * self.head_dim**-0.5).float() for t in ws[0])
         self.ln1 = LayerNormStats(layer.layer_norm1, fold)
@@ -350,7 +364,7 @@ class VisionBlock(nn.Module):
             logits = logits * self.head_dim**-0.5
         probs = logits.softmax(dim=-1).to(v.dtype)
         x = x + F.linear(torch.matmul(probs, v).transpose(1, 2).reshape(-1, p, w), self.out_w, self.out_b)
-        return x + F.linear(gelu_tanh(F.linear(self.ln2(x), self.fc1_w, self.fc1_b)), self.fc2_w, self.fc2_b)
+        return x + F.linear(self.gelu(F.linear(self.ln2(x), self.fc1_w, self.fc1_b)), self.fc2_w, self.fc2_b)
 
 
 # --------------------------------------------------------------------------------------------------

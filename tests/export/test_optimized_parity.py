@@ -247,3 +247,29 @@ def test_optimized_step_velocity_output_equals_reference_velocity(model_type):
                                              keys, values, mask, *(state or [None]))
     np.testing.assert_allclose(v.numpy(), ref_v.numpy(), atol=ACTION_ATOL_FP32, rtol=0)
     np.testing.assert_allclose(x_next.numpy(), ref_next.numpy(), atol=ACTION_ATOL_FP32, rtol=0)
+
+
+def ort_optimized_op_counts(onnx_path, tmp_path) -> dict[str, int]:
+    """Op types of the graph as ONNX Runtime's CPU provider runs it (after its own fusions)."""
+    import collections
+
+    import onnx
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / f"ort-{onnx_path.stem}.onnx")
+    ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+@pytest.mark.parametrize("fast_gelu", [True, False])
+def test_fast_gelu_is_fused_by_onnx_runtime_into_one_fastgelu_kernel_per_mlp(option_graphs, tmp_path, fast_gelu):
+    options = OptimizeOptions.only("fast_gelu") if fast_gelu else OptimizeOptions.none()
+    graph_dir, model = option_graphs("pi0", options)
+    cfg = model.cfg
+    prefix = ort_optimized_op_counts(graph_dir / "prefix.onnx", tmp_path)
+    step = ort_optimized_op_counts(graph_dir / "denoise_step.onnx", tmp_path)
+    # every SigLIP layer and every VLM layer but the last (only its K/V are outputs: its MLP is dead code)
+    assert prefix["FastGelu"] == (cfg.vision.depth + cfg.vlm.depth - 1 if fast_gelu else 0)
+    assert step["FastGelu"] == (cfg.expert.depth if fast_gelu else 0)
+    assert (prefix["Tanh"] + step["Tanh"] == 0) == fast_gelu
+
