@@ -273,3 +273,12 @@ def test_fast_gelu_is_fused_by_onnx_runtime_into_one_fastgelu_kernel_per_mlp(opt
     assert step["FastGelu"] == (cfg.expert.depth if fast_gelu else 0)
     assert (prefix["Tanh"] + step["Tanh"] == 0) == fast_gelu
 
+
+def test_ort_backend_sessions_stop_spinning_after_each_run(optimized_bundle):
+    """An idle session's spinning pool steals a core from the other session (the prefix's from every step)."""
+    from pi0edge.runtime.backends.ort import OrtBackend
+
+    bundle_dir, _ = optimized_bundle("pi0")
+    backend = OrtBackend(load_manifest(bundle_dir), "ort-cpu")
+    for session in (backend.prefix_session, backend.step_session):
+        assert session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
