@@ -27,7 +27,8 @@ What each option does (MODEL.md sections in brackets):
 - fast_attention: the softmax scale head_dim^-0.5 is folded into W_q (into the query bias for SigLIP;
   a power of two for Gemma's head dims 16/64/256, so exact); the query heads that share one kv head
   (multi-query attention, "Shapes") are one GEMM of (heads * queries) x head_dim by head_dim x keys
-  instead of a broadcast batch of small ones; the mask is one additive float32 bias (0 or the masked
+  instead of a broadcast batch of small ones (with one kv head, rows in q's own token-major order: no
+  Transpose of q, k or the output); the mask is one additive float32 bias (0 or the masked
   value) computed once per graph instead of a `where` on the logits in every layer. Masked logits still
   end up at the masked value (|logit| is far below its ulp), so softmax gives the same probabilities.
 - step_only: the step graph computes only what a step needs: in the last expert layer the pi0 state
@@ -47,7 +48,8 @@ What each option does (MODEL.md sections in brackets):
 Always on (same values, fewer ops): the RoPE cos/sin are computed once per graph, not per layer; the
 constant suffix block of the attention mask is a buffer; and static dims: every reshape names its dims as
 constants with -1 for the batch (shapes are static except B, DESIGN.md), since a traced `x.shape[i]`
-exports as a Shape/Gather/Unsqueeze/Concat chain per reshape (~4 ops x ~9 reshapes per layer).
+exports as a Shape/Gather/Unsqueeze/Concat chain per reshape (~4 ops x ~9 reshapes per layer); likewise
+RoPE's rotate-half slices have constant bounds (`chunk` exports a Shape/Gather/Add/Div/Mul chain per use).
 
 Precision: the modules are built directly in the target dtype (do not `.to()` them afterwards: the
 tables must stay float32). Norm statistics, attention logits/softmax, RoPE and the Euler update are
@@ -200,8 +202,9 @@ def pixels(images: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return (x.float() * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
+    half = int(x.shape[-1]) // 2  # static: two Slices with constant bounds, not chunk's Shape/Gather/Div chain
+    xf = x.float()
+    return (xf * cos + torch.cat([-xf[..., half:], xf[..., :half]], dim=-1) * sin).to(x.dtype)
 
 
 def gelu_tanh_fusable(x: Tensor) -> Tensor:
@@ -222,9 +225,17 @@ def attend_fast(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
     """model.attend for multi-query attention with the scale already in q and the mask as a bias.
 
     q [b, s, h, d] (times d^-0.5); k, v [b, t, k, d]; bias float32 [b, 1, s, t] -> [b, s, h*d].
-    The g = h/k query heads under one kv head form one GEMM: [b, k, g*s, d] @ [b, k, d, t]."""
+    The g = h/k query heads under one kv head form one GEMM: [b, k, g*s, d] @ [b, k, d, t]. With one kv
+    head (Gemma's MQA) the rows stay in q's own (token, head) order, [b, s*h, d] @ [b, d, t]: q and the
+    output need no Transpose, the bias broadcasts over heads as [b, s, 1, t] (a free reshape), k^T is
+    folded into the GEMM by ONNX Runtime (FusedMatMul transB) and v is used as it is."""
     s, h, d = (int(n) for n in q.shape[1:])  # static; batch stays -1 (see static_dims)
     t, kv_heads = int(k.shape[1]), int(k.shape[2])
+    if kv_heads == 1:
+        logits = torch.matmul(q.reshape(-1, s * h, d).float(), k.reshape(-1, t, d).float().transpose(1, 2))
+        logits = logits.view(-1, s, h, t) + bias.reshape(-1, s, 1, t)  # [b, s, h, t], float32 island
+        probs = logits.softmax(dim=-1).to(v.dtype).view(-1, s * h, t)
+        return torch.matmul(probs, v.reshape(-1, t, d)).view(-1, s, h * d)
     g = h // kv_heads
     qg = q.reshape(-1, s, kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(-1, kv_heads, g * s, d)
     logits = torch.matmul(qg.float(), k.permute(0, 2, 3, 1).float())  # [b, k, g*s, t], float32 island

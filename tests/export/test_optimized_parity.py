@@ -282,3 +282,22 @@ def test_ort_backend_sessions_stop_spinning_after_each_run(optimized_bundle):
     backend = OrtBackend(load_manifest(bundle_dir), "ort-cpu")
     for session in (backend.prefix_session, backend.step_session):
         assert session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_attend_fast_equals_model_attend_for_one_and_several_kv_heads(kv_heads):
+    """attend_fast has a transpose-free layout for one kv head (every config here) and the general grouped
+    one: both against model.attend, with padded keys and a fully masked (padded) query row."""
+    from pi0edge.export.model import attend
+    from pi0edge.export.optimize import attend_fast, attention_mask
+
+    g = torch.Generator().manual_seed(kv_heads)
+    b, s, t, h, d = 2, 5, 9, 4, 16
+    q = torch.randn(b, s, h, d, generator=g)
+    k, v = torch.randn(b, t, kv_heads, d, generator=g), torch.randn(b, t, kv_heads, d, generator=g)
+    allowed = torch.rand(b, s, t, generator=g) > 0.3
+    allowed[:, :, 0] = True
+    allowed[1, 2] = False  # a padded query: uniform attention over every key, as the reference
+    expected = attend(q, k, v, allowed)
+    got = attend_fast(q * d**-0.5, k, v, attention_mask(allowed, fast=True))
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-6, rtol=0)
