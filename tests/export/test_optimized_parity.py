@@ -23,7 +23,7 @@ from pi0edge.export.bundle import write_bundle
 from pi0edge.export.config import GEMMA_DUMMY, SIGLIP_TINY, tiny
 from pi0edge.export.graphs import export_graphs
 from pi0edge.export.model import AdaRMSNorm, Pi0Model, RMSNorm
-from pi0edge.export.optimize import OptimizeOptions
+from pi0edge.export.optimize import DEFAULT_OPTIMIZE, OptimizeOptions
 from pi0edge.manifest import load_manifest
 from pi0edge.normalization import NormStats
 from pi0edge.schedule import euler_schedule
@@ -34,6 +34,7 @@ KV_ATOL_FP32 = 1e-5
 ACTION_ATOL_FP16 = 3e-2
 KV_ATOL_FP16 = 2e-2
 OPTION_NAMES = [f.name for f in fields(OptimizeOptions)]
+ALL_ON = OptimizeOptions(**{name: True for name in OPTION_NAMES})  # the default leaves fuse_gate_up off
 ROBOT_DIM = 6
 
 
@@ -85,7 +86,7 @@ def norm_stats(model_type: str) -> NormStats:
 
 @pytest.fixture(scope="module")
 def optimized_bundle(tmp_path_factory, tokenizer_path):
-    """(bundle dir, float32 reference) with every optimization on; one export per key for the module."""
+    """(bundle dir, float32 reference) with every optimization on (ALL_ON); one export per key for the module."""
     cache: dict = {}
 
     def get(model_type: str, precision: str = "float32", cameras: int = 3):
@@ -96,7 +97,7 @@ def optimized_bundle(tmp_path_factory, tokenizer_path):
             out = tmp_path_factory.mktemp(f"opt-{model_type}-{precision}-{cameras}") / "bundle"
             write_bundle(model, out, norm_stats=norm_stats(model_type), tokenizer_path=tokenizer_path,
                          robot_state_dim=ROBOT_DIM, robot_action_dim=ROBOT_DIM, precision=precision,
-                         optimize=OptimizeOptions())
+                         optimize=ALL_ON)
             after = model.state_dict()
             assert all(torch.equal(before[k], after[k]) and after[k].dtype == torch.float32 for k in before), \
                 "the optimized export changed the reference model"
@@ -150,9 +151,10 @@ def test_all_optimizations_float32_match_eager_reference_actions_1e4_and_kv_1e5(
 
 
 @pytest.mark.parametrize("model_type", ["pi0", "pi05"])
-@pytest.mark.parametrize("option", [*OPTION_NAMES, "none"])
+@pytest.mark.parametrize("option", [*OPTION_NAMES, "none", "default"])
 def test_each_optimization_alone_matches_eager_reference(option_graphs, model_type, option):
-    options = OptimizeOptions.none() if option == "none" else OptimizeOptions.only(option)
+    """Each option alone, none, and the default set (`pi0edge export`'s, DEFAULT_OPTIMIZE)."""
+    options = {"none": OptimizeOptions.none(), "default": DEFAULT_OPTIMIZE}.get(option) or OptimizeOptions.only(option)
     graph_dir, model = option_graphs(model_type, options)
     cfg = model.cfg
     obs = random_observation(cfg, 2, seed=5, masked_camera=1, prompt_lengths=[5, 30])
@@ -233,7 +235,7 @@ def test_optimized_step_velocity_output_equals_reference_velocity(model_type):
 
     model = reference_model(model_type, shallow=True)
     cfg = model.cfg
-    step = OptimizedDenoiseStepGraph(model, OptimizeOptions(), torch.float32, with_velocity=True)
+    step = OptimizedDenoiseStepGraph(model, ALL_ON, torch.float32, with_velocity=True)
     g = torch.Generator().manual_seed(4)
     kv_shape = (cfg.num_layers, 2, cfg.prefix_len, cfg.vlm.num_kv_heads, cfg.vlm.head_dim)
     keys, values = torch.randn(kv_shape, generator=g), torch.randn(kv_shape, generator=g)
