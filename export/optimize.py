@@ -22,8 +22,10 @@ What each option does (MODEL.md sections in brackets):
   pi0: `action_time_mlp_in(concat(a, posemb(t))) = W_a a + (W_t posemb(t) + b)`: the bracket is a table
   [num_steps, width]; what remains, `W_a (action_in_proj x)`, is two linears in a row and is merged
   into one (`W_a W_in`, bias into the table). pi0.5: every adaRMS modulation (1 + scale, shift, gate of
-  the 2 norms per layer and the final norm; "Suffix") is a table [num_steps, norms, 3, width]: the time
-  MLP and the norms' dense layers leave the step graph.
+  the 2 norms per layer and the final norm; "Suffix") is a table [num_steps, width] per norm and kind: the
+  time MLP and the norms' dense layers leave the step graph, and each modulation is one Gather by
+  step_index (already [b, 1, width]; one [steps, norms, 3, width] table would cost a Split/Squeeze chain
+  per use, ~100 nodes a step).
 - fold_dt: dt is one constant per schedule: `x + dt (W h + b) = x + (dt W) h + dt b`, folded into
   action_out_proj.
 - fast_attention: the softmax scale head_dim^-0.5 is folded into W_q (into the query bias for SigLIP;
@@ -297,12 +299,13 @@ class GemmaBlock(nn.Module):
         return q, apply_rope(k, cos, sin), v
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, past: tuple[Tensor, Tensor] | None = None,
-                mods: Tensor | None = None, queries: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                mods: list[tuple[Tensor, Tensor, Tensor]] | None = None, queries: int | None = None
+                ) -> tuple[Tensor, Tensor, Tensor]:
         """x [b, t, w] -> (x after the layer, k, v). mask: from `attention_mask`. past: cached prefix K/V the
         queries also attend.
-        mods [b, 2, 3, w] float32 (1 + scale, shift, gate) for the two adaRMS norms. queries: only the
+        mods: for the two adaRMS norms, (1 + scale, shift, gate) each float32 [b, 1, w]. queries: only the
         last `queries` tokens go on past attention (step_only); k/v cover all tokens."""
-        h = self._norm(self.attn_norm, x, None if mods is None else (mods[:, None, 0, 0], mods[:, None, 0, 1]))
+        h = self._norm(self.attn_norm, x, None if mods is None else mods[0][:2])
         q, k, v = self.kv(h, cos, sin)
         if self.kv_only:
             return x, k, v
@@ -314,11 +317,11 @@ class GemmaBlock(nn.Module):
             q, x, mask = q[:, -queries:], x[:, -queries:], mask[..., -queries:, :]
         attn = attend_fast(q, k_all, v_all, mask) if self.fast_attention else attend(q, k_all, v_all, mask)
         out = F.linear(attn, self.o_proj)
-        x = x + (out if mods is None else out * mods[:, None, 0, 2].to(out.dtype))
-        h = self._norm(self.mlp_norm, x, None if mods is None else (mods[:, None, 1, 0], mods[:, None, 1, 1]))
+        x = x + (out if mods is None else out * mods[0][2].to(out.dtype))
+        h = self._norm(self.mlp_norm, x, None if mods is None else mods[1][:2])
         gate, up = self.gate_up(h)
         out = F.linear(self.gelu(gate) * up, self.down)
-        x = x + (out if mods is None else out * mods[:, None, 1, 2].to(out.dtype))
+        x = x + (out if mods is None else out * mods[1][2].to(out.dtype))
         return x, k, v
 
 
@@ -485,7 +488,8 @@ class OptimizedDenoiseStepGraph(nn.Module):
                     cond = model.time_condition(torch.from_numpy(times.copy()))  # [k, w] float32 reference
                     mods = F.linear(cond, dense_w, dense_b).view(len(times), len(norms), 3, we)
                     mods = torch.cat([1.0 + mods[:, :, :1], mods[:, :, 1:]], dim=2)  # (1 + scale, shift, gate)
-                self.register_buffer("mod_table", mods.float().contiguous())  # [k, n, 3, w] float32
+                # [n, 3, k, 1, w] float32: mod_table[j, c] is the [k, 1, w] table of norm j, kind c
+                self.register_buffer("mod_table", mods.float().permute(1, 2, 0, 3)[:, :, :, None].contiguous())
             else:
                 self.time_in_w, self.time_in_b = _param(model.time_mlp_in.weight, dtype), _param(
                     model.time_mlp_in.bias, dtype)
@@ -548,12 +552,12 @@ class OptimizedDenoiseStepGraph(nn.Module):
         for i, block in enumerate(self.blocks):
             queries = self.horizon if self.opts.step_only and i == last and s > self.horizon else None
             x, _, _ = block(x, cos, sin, mask, past=(past_keys[i], past_values[i]),
-                            mods=None if mods is None else mods[:, 2 * i:2 * i + 2], queries=queries)
+                            mods=None if mods is None else mods[2 * i:2 * i + 2], queries=queries)
         x = x[:, -self.horizon:]  # only the H action tokens reach the output (a no-op after step_only)
         if mods is None:
             h = self.final_norm(x)
         else:
-            h = (rms_normed(x, self.final_eps, self.unit) * mods[:, None, -1, 0] + mods[:, None, -1, 1]).to(x.dtype)
+            h = (rms_normed(x, self.final_eps, self.unit) * mods[-1][0] + mods[-1][1]).to(x.dtype)
         delta = F.linear(h, self.out_w, self.out_b).to(torch.float32)
         if self.opts.fold_dt:
             x_next = x_t + delta
@@ -565,18 +569,20 @@ class OptimizedDenoiseStepGraph(nn.Module):
         return x_next, F.linear(h, self.vel_w, self.vel_b).to(torch.float32)
 
     def _suffix(self, x_t: Tensor, t: Tensor | None, step_index: Tensor | None, state: Tensor | None
-                ) -> tuple[Tensor, Tensor | None]:
-        """-> suffix tokens [b, s, w], and for pi0.5 the adaRMS modulations [b, n, 3, w] float32."""
+                ) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]] | None]:
+        """-> suffix tokens [b, s, w], and for pi0.5 the adaRMS modulations: per norm, (1 + scale, shift,
+        gate) each float32 [b, 1, w]."""
         x_t = x_t.to(self.dtype)
         if self.cfg.is_pi05:
-            if self.opts.precompute_time:
-                mods = self.mod_table[step_index]
+            if self.opts.precompute_time:  # one Gather per modulation (the table slices are constants)
+                mods = [tuple(self.mod_table[j, c][step_index] for c in range(3)) for j in range(self.num_norms)]
             else:
                 emb = posemb_sincos(t, self.we, self.cfg.min_period, self.cfg.max_period).to(self.dtype)
                 cond = F.silu(F.linear(F.silu(F.linear(emb, self.time_in_w, self.time_in_b)), self.time_out_w,
                                        self.time_out_b))
                 mods = F.linear(cond, self.mod_w, self.mod_b).view(-1, self.num_norms, 3, self.we).float()
                 mods = torch.cat([1.0 + mods[:, :, :1], mods[:, :, 1:]], dim=2)
+                mods = [tuple(mods[:, None, j, c] for c in range(3)) for j in range(self.num_norms)]
             return F.linear(x_t, self.action_in_w, self.action_in_b), mods
         if self.opts.precompute_time:
             hidden = F.linear(x_t, self.action_w) + self.time_table[step_index][:, None, :].to(self.dtype)
