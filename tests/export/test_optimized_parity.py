@@ -291,7 +291,7 @@ def test_attend_fast_equals_model_attend_for_one_and_several_kv_heads(kv_heads):
     """attend_fast has a transpose-free layout for one kv head (every config here) and the general grouped
     one: both against model.attend, with padded keys and a fully masked (padded) query row."""
     from pi0edge.export.model import attend
-    from pi0edge.export.optimize import attend_fast, attention_mask
+    from pi0edge.export.optimize_blocks import attend_fast, attention_mask
 
     g = torch.Generator().manual_seed(kv_heads)
     b, s, t, h, d = 2, 5, 9, 4, 16
