@@ -1,0 +1,169 @@
+"""`pi0edge quantize`: float32 bundle -> INT8 / FP8 Q/DQ bundle with its action error measured and recorded.
+
+The refusal tests run everywhere; the quantization tests need NVIDIA ModelOpt (the [quant] extra), which CI
+does not install, and skip with the pip line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from pi0edge import contract as c
+from pi0edge.export.quantize import QUANT_PIP, QuantizeOptions, has_qdq, register_quantize, run_chunk_recording
+from pi0edge.manifest import load_manifest
+from pi0edge.runtime import Policy
+from pi0edge.runtime.profile import synthetic_observation
+
+# Measured on the tiny pi0 bundle (2 calibration chunks, 2 held-out chunks, seed 0, normalized actions whose
+# own RMS is ~1.08): int8 max abs ~0.08, fp8 ~0.12 (docs/quantization.md). The bound leaves room for another
+# ModelOpt version's Q/DQ placement, and is far below what a broken calibration gives (errors of order 1).
+ACTION_ERROR_MAX_ABS = {"int8": 0.3, "fp8": 0.3}
+CALIB_CHUNKS = 2
+EVAL_CHUNKS = 2
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    """pi0edge.cli.main with `quantize` registered (a no-op once export/cli.py registers it itself)."""
+    from pi0edge import cli as pi0edge_cli
+
+    build = pi0edge_cli.build_parser
+
+    def build_with_quantize() -> argparse.ArgumentParser:
+        parser = build()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        if "quantize" not in sub.choices:
+            register_quantize(sub)
+        return parser
+
+    monkeypatch.setattr(pi0edge_cli, "build_parser", build_with_quantize)
+    return pi0edge_cli.main
+
+
+# ---- without ModelOpt ----------------------------------------------------------------------------------
+
+
+def test_quantize_without_modelopt_exits_1_naming_the_extra(cli, tiny_bundle_factory, tmp_path, capsys,
+                                                            monkeypatch):
+    bundle, _ = tiny_bundle_factory("pi0")
+    for name in ("modelopt", "modelopt.onnx", "modelopt.onnx.quantization"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
+    assert cli(["quantize", str(bundle), "-o", str(tmp_path / "q"), "--mode", "int8"]) == 1
+    err = capsys.readouterr().err
+    assert "pip install 'pi0edge[quant]'" in err and "modelopt" in err and "Traceback" not in err
+    assert not (tmp_path / "q").exists()
+
+
+def test_quantize_refuses_a_float16_bundle(cli, tiny_bundle_factory, tmp_path, capsys):
+    bundle, _ = tiny_bundle_factory("pi0", "float16")
+    assert cli(["quantize", str(bundle), "-o", str(tmp_path / "q"), "--mode", "fp8"]) == 1
+    err = capsys.readouterr().err
+    assert "needs a float32 bundle" in err and "'float16'" in err and "Traceback" not in err
+
+
+def test_quantize_refuses_an_already_quantized_bundle(cli, tiny_bundle_factory, tmp_path, capsys):
+    bundle, _ = tiny_bundle_factory("pi0")
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    raw = yaml.safe_load((copy / "bundle.yaml").read_text())
+    raw["quantization"] = {"mode": "int8"}  # bundle.yaml is not in its own checksum list
+    (copy / "bundle.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert cli(["quantize", str(copy), "-o", str(tmp_path / "q"), "--mode", "fp8"]) == 1
+    assert "already quantized (int8)" in capsys.readouterr().err
+
+
+def test_quantize_options_reject_a_bad_mode_and_chunk_count():
+    from pi0edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--mode"):
+        QuantizeOptions("int4")
+    with pytest.raises(ConfigError, match="calib-chunks"):
+        QuantizeOptions("int8", calib_chunks=0)
+
+
+@pytest.mark.parametrize("model_type", ["pi0", "pi05"])
+def test_calibration_loop_reproduces_policy_infer(tiny_bundle_factory, model_type):
+    """The recorded step inputs are the ones Policy.infer feeds: same final x, one sample per Euler step."""
+    bundle, _ = tiny_bundle_factory(model_type)
+    with Policy(bundle) as policy:
+        obs = synthetic_observation(policy, seed=3)
+        noise = np.random.default_rng(3).standard_normal((1, policy.action_horizon, policy.manifest.action_dim),
+                                                         dtype=np.float32)
+        prefix, steps, x = run_chunk_recording(policy, obs, noise)
+        policy.infer(obs, noise=noise)
+        expected = policy.backend.read_actions()
+    np.testing.assert_allclose(x, expected, atol=1e-6)
+    assert set(prefix) == set(policy.manifest.graphs[c.PREFIX_GRAPH].input_names)
+    assert len(steps) == policy.manifest.num_steps
+    assert all(set(s) == set(policy.manifest.graphs[c.DENOISE_STEP_GRAPH].input_names) for s in steps)
+    np.testing.assert_array_equal(steps[0][c.X_T], noise)
+
+
+# ---- with ModelOpt -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory, tiny_bundle_factory):
+    """mode -> (float32 bundle, quantized bundle), each written once through the command."""
+    pytest.importorskip("modelopt.onnx.quantization", reason=f"needs the [quant] extra: {QUANT_PIP}")
+    from pi0edge.export.quantize import quantize_bundle
+
+    bundle, _ = tiny_bundle_factory("pi0")
+    out = {}
+    for mode in ("int8", "fp8"):
+        target = tmp_path_factory.mktemp(f"quant-{mode}") / "bundle"
+        quantize_bundle(bundle, target, QuantizeOptions(mode, calib_chunks=CALIB_CHUNKS, eval_chunks=EVAL_CHUNKS))
+        out[mode] = (bundle, target)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["int8", "fp8"])
+def test_quantized_bundle_has_qdq_graphs_and_its_measured_error(quantized, mode):
+    source, bundle = quantized[mode]
+    manifest = load_manifest(bundle)  # every file's sha256 matches the new manifest
+    for graph in (c.PREFIX_GRAPH, c.DENOISE_STEP_GRAPH):
+        assert has_qdq(bundle / manifest.graphs[graph].file)
+    assert manifest.precision == "float32"  # the graphs' I/O and KV dtype: what runtime and `build` read
+    q = manifest.raw["quantization"]
+    assert q["mode"] == mode and q["calib_chunks"] == CALIB_CHUNKS
+    assert q["calibration_samples"] == {c.PREFIX_GRAPH: CALIB_CHUNKS, c.DENOISE_STEP_GRAPH: CALIB_CHUNKS * 10}
+    measured = q["measured"]
+    assert measured["eval_chunks"] == EVAL_CHUNKS and measured["backend"] == "ort-cpu"
+    assert 0 < measured["action_error_max_abs"] < ACTION_ERROR_MAX_ABS[mode]
+    assert 0 < measured["action_error_rms"] <= measured["action_error_max_abs"]
+    assert load_manifest(source).raw.get("quantization") is None  # the source bundle is untouched
+
+
+@pytest.mark.parametrize("mode", ["int8", "fp8"])
+def test_quantized_bundle_runs_on_ort_cpu_close_to_float32(quantized, mode):
+    source, bundle = quantized[mode]
+    actions = {}
+    for name, path in (("float32", source), (mode, bundle)):
+        with Policy(path) as policy:
+            obs = synthetic_observation(policy, seed=7)
+            noise = np.random.default_rng(7).standard_normal((policy.action_horizon, policy.manifest.action_dim),
+                                                             dtype=np.float32)
+            policy.infer(obs, noise=noise)
+            actions[name] = policy.backend.read_actions()[0, :, : policy.robot_action_dim]
+    assert np.isfinite(actions[mode]).all()
+    err = np.abs(actions[mode] - actions["float32"]).max()
+    assert 0 < err < ACTION_ERROR_MAX_ABS[mode]
+
+
+def test_quantize_command_prints_the_error_and_refuses_to_overwrite(cli, quantized, tmp_path, capsys):
+    source, _ = quantized["int8"]
+    out = tmp_path / "q"
+    args = ["quantize", str(source), "-o", str(out), "--mode", "int8", "--calib-chunks", "1", "--eval-chunks", "1"]
+    assert cli(args) == 0
+    printed = capsys.readouterr().out
+    assert "action error vs float32" in printed and "max abs" in printed
+    before = (out / "bundle.yaml").read_bytes()
+    assert cli(args) == 1
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert (out / "bundle.yaml").read_bytes() == before
