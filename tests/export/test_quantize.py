@@ -15,14 +15,22 @@ import pytest
 import yaml
 
 from pi0edge import contract as c
-from pi0edge.export.quantize import QUANT_PIP, QuantizeOptions, has_qdq, register_quantize, run_chunk_recording
+from pi0edge.export.quantize import (
+    QUANT_PIP,
+    QuantizeOptions,
+    boundary_gemms,
+    has_qdq,
+    register_quantize,
+    run_chunk_recording,
+)
 from pi0edge.manifest import load_manifest
 from pi0edge.runtime import Policy
 from pi0edge.runtime.profile import synthetic_observation
 
 # Measured on the tiny pi0 bundle (2 calibration chunks, 2 held-out chunks, seed 0, normalized actions whose
-# own RMS is ~1.08): int8 max abs ~0.08, fp8 ~0.12 (docs/quantization.md). The bound leaves room for another
-# ModelOpt version's Q/DQ placement, and is far below what a broken calibration gives (errors of order 1).
+# own RMS is ~1.02): int8 max abs 0.048 (RMS 0.015), fp8 0.119 (RMS 0.044); docs/quantization.md. The bound
+# leaves room for another ModelOpt version's Q/DQ placement, and is far below what a broken calibration gives
+# (errors of order 1).
 ACTION_ERROR_MAX_ABS = {"int8": 0.3, "fp8": 0.3}
 CALIB_CHUNKS = 2
 EVAL_CHUNKS = 2
@@ -105,6 +113,15 @@ def test_calibration_loop_reproduces_policy_infer(tiny_bundle_factory, model_typ
     np.testing.assert_array_equal(steps[0][c.X_T], noise)
 
 
+@pytest.mark.parametrize("model_type", ["pi0", "pi05"])
+def test_boundary_gemms_are_action_in_and_out_proj(tiny_bundle_factory, model_type):
+    onnx = pytest.importorskip("onnx")
+    bundle, _ = tiny_bundle_factory(model_type)
+    step = onnx.load(str(bundle / "denoise_step.onnx"))
+    assert boundary_gemms(step) == ["/action_in_proj/MatMul", "/action_out_proj/MatMul"]
+    assert boundary_gemms(onnx.load(str(bundle / "prefix.onnx"))) == []  # no x_t there
+
+
 # ---- with ModelOpt -------------------------------------------------------------------------------------
 
 
@@ -130,6 +147,8 @@ def test_quantized_bundle_has_qdq_graphs_and_its_measured_error(quantized, mode)
     for graph in (c.PREFIX_GRAPH, c.DENOISE_STEP_GRAPH):
         assert has_qdq(bundle / manifest.graphs[graph].file)
     assert manifest.precision == "float32"  # the graphs' I/O and KV dtype: what runtime and `build` read
+    assert _dequantized_gemm_inputs(bundle / "denoise_step.onnx", ["/action_in_proj/MatMul",
+                                                                   "/action_out_proj/MatMul"]) == 0
     q = manifest.raw["quantization"]
     assert q["mode"] == mode and q["calib_chunks"] == CALIB_CHUNKS
     assert q["calibration_samples"] == {c.PREFIX_GRAPH: CALIB_CHUNKS, c.DENOISE_STEP_GRAPH: CALIB_CHUNKS * 10}
@@ -138,6 +157,17 @@ def test_quantized_bundle_has_qdq_graphs_and_its_measured_error(quantized, mode)
     assert 0 < measured["action_error_max_abs"] < ACTION_ERROR_MAX_ABS[mode]
     assert 0 < measured["action_error_rms"] <= measured["action_error_max_abs"]
     assert load_manifest(source).raw.get("quantization") is None  # the source bundle is untouched
+
+
+def _dequantized_gemm_inputs(path, names: list[str]) -> int:
+    """How many inputs of the named nodes come straight from a DequantizeLinear."""
+    import onnx
+
+    model = onnx.load(str(path))
+    dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    nodes = [n for n in model.graph.node if n.name in names]
+    assert len(nodes) == len(names)
+    return sum(i in dq_outputs for n in nodes for i in n.input)
 
 
 @pytest.mark.parametrize("mode", ["int8", "fp8"])
