@@ -25,11 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="switch on one that is off by default (repeatable), e.g. fuse_gate_up (faster on GPUs)")
     p.add_argument("--no-finite-check", action="store_true", help="skip the NaN/Inf scan of the weights (faster)")
     p.set_defaults(func=_export)
-    try:
-        from pi0edge.export.engine_build import register_build
-    except ImportError:
-        return
+    from pi0edge.export.engine_build import register_build
+    from pi0edge.export.quantize import register_quantize
+
     register_build(sub)
+    register_quantize(sub)
 
 
 def _export(args: argparse.Namespace) -> int:
