@@ -33,7 +33,7 @@ import pi0edge
 from pi0edge import contract as c
 from pi0edge.atomic import make_staging_dir, swap_dir_into_place, write_bytes_atomic, write_text_atomic
 from pi0edge.errors import BundleError, ConfigError, MissingExtraError, Pi0EdgeError
-from pi0edge.manifest import GraphEntry, Manifest, load_manifest
+from pi0edge.manifest import GraphEntry, Manifest, load_manifest, read_yaml_mapping
 
 log = logging.getLogger(__name__)
 
@@ -210,11 +210,8 @@ def read_engine_yaml(engine_dir: Path) -> tuple[EngineFingerprint, dict]:
     path = engine_dir / FINGERPRINT_NAME
     if not path.is_file():
         raise BundleError(f"{engine_dir}: no {FINGERPRINT_NAME}; the engine folder is incomplete")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not valid YAML ({exc})") from exc
-    version = raw.get("format_version") if isinstance(raw, dict) else None
+    raw = read_yaml_mapping(path)
+    version = raw.get("format_version")
     if version != ENGINE_FORMAT_VERSION:
         raise BundleError(f"{path}: engine format version {version!r} is not the one this pi0edge reads "
                           f"({ENGINE_FORMAT_VERSION}); rebuild the engines")

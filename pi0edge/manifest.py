@@ -89,6 +89,17 @@ def _field(d: dict, dotted: str, where: Path):
     return cur
 
 
+def read_yaml_mapping(path: Path) -> dict:
+    """A bundle-side YAML file (bundle.yaml, engine.yaml) as a dict, or BundleError naming the file."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise BundleError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
 def load_manifest(bundle_dir: str | Path, verify_checksums: bool = True) -> Manifest:
     """Read and check a bundle's manifest; with verify_checksums, hash every listed file."""
     bundle_dir = Path(bundle_dir)
@@ -97,12 +108,7 @@ def load_manifest(bundle_dir: str | Path, verify_checksums: bool = True) -> Mani
         raise BundleError(f"{bundle_dir}: not a bundle directory (it does not exist or is not a folder)")
     if not path.is_file():
         raise BundleError(f"{bundle_dir}: no {MANIFEST_NAME}; is this a bundle written by `pi0edge export`?")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise BundleError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(path)
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(f"{path}: bundle format version {version!r} is not supported by this runtime "

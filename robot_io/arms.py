@@ -19,6 +19,7 @@ import numpy as np
 from pi0edge.errors import ConfigError
 
 from .errors import ArmError
+from .specs import checked_kind
 
 
 @dataclass(frozen=True)
@@ -162,14 +163,7 @@ def _number(spec: Mapping, key: str, where: str, default: float, minimum: float 
 
 def validate_arm_spec(spec: Mapping, where: str = "arm") -> Mapping:
     """Check an arm spec; errors name `where.<field>` and the value. Returns a read-only copy."""
-    if not isinstance(spec, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {type(spec).__name__} {spec!r}")
-    kind = spec.get("kind")
-    if kind not in _ARM_KEYS:
-        raise ConfigError(f"{where}.kind: must be one of {sorted(_ARM_KEYS)}, got {kind!r}")
-    unknown = set(spec) - {"kind"} - _ARM_KEYS[kind]
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)} for kind {kind!r}")
+    kind = checked_kind(spec, where, _ARM_KEYS, {"kind"})
     if kind == "sim":
         dof = spec.get("dof", 6)
         if not isinstance(dof, int) or isinstance(dof, bool) or dof <= 0:

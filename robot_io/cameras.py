@@ -23,6 +23,7 @@ import numpy as np
 from pi0edge.errors import ConfigError, require
 
 from .errors import CameraError
+from .specs import checked_kind
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 SYNTHETIC_PATTERNS = ("gradient", "checker", "noise", "solid")
@@ -293,14 +294,7 @@ _KIND_KEYS = {
 
 def validate_camera_spec(spec: Mapping, where: str = "camera") -> Mapping:
     """Check a camera spec; errors name `where.<field>` and the value. Returns a read-only copy."""
-    if not isinstance(spec, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {type(spec).__name__} {spec!r}")
-    kind = spec.get("kind")
-    if kind not in _KIND_KEYS:
-        raise ConfigError(f"{where}.kind: must be one of {sorted(_KIND_KEYS)}, got {kind!r}")
-    unknown = set(spec) - _COMMON_KEYS - _KIND_KEYS[kind]
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)} for kind {kind!r}")
+    kind = checked_kind(spec, where, _KIND_KEYS, _COMMON_KEYS)
     for key in ("width", "height"):
         value = spec.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):

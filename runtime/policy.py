@@ -79,6 +79,8 @@ class Policy:
         self.prepare_state = PrepareState(m.norm_stats, m.state_dim)
         self.finish_actions = FinishActions(m.norm_stats, m.robot_action_dim)
         self.rng = np.random.default_rng(seed)
+        # Optimized step graphs carry the schedule (time tables, folded dt): only this step count is valid.
+        self.fixed_num_steps = (m.raw.get("optimizations") or {}).get("fixed_num_steps")
         log.info("policy %s (%s, %s) on %s", m.bundle_dir, m.model_type, m.precision, self.backend.name)
 
     # what robot_io needs to know about a policy
@@ -138,7 +140,7 @@ class Policy:
             if noise.size != np.prod(noise_shape):
                 raise ObservationError(f"noise has shape {noise.shape}, expected {noise_shape[1:]} per observation")
             noise = noise.reshape(noise_shape)
-        fixed = (m.raw.get("optimizations") or {}).get("fixed_num_steps")
+        fixed = self.fixed_num_steps
         if fixed is not None and num_steps not in (None, fixed):
             # Optimized step graphs carry per-step time tables and dt folded in: another count would index
             # past the table or silently integrate the wrong schedule.
