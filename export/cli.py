@@ -11,10 +11,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "into a bundle the runtime loads. Needs the [export] extra (torch, onnx).")
     p.add_argument("checkpoint", help="checkpoint directory (config.json + model.safetensors, or openpi layout)")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write (atomically)")
-    # bfloat16 graphs export (export_bundle(precision="bfloat16")) but no backend here can measure their error,
-    # and a precision without a measured error is not offered (docs/benchmarks.md).
-    p.add_argument("--precision", choices=("float32", "float16"), default="float32",
-                   help="graph precision: float32 for CPU and parity, float16 for GPUs (default float32)")
+    p.add_argument("--precision", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="graph precision: float32 for CPU and parity, float16 for GPUs, bfloat16 for GPUs with bf16 "
+                        "(Ampere and later); measured errors in docs/benchmarks.md (default float32)")
     p.add_argument("--tokenizer", help="PaliGemma SentencePiece tokenizer.model, when the checkpoint has none")
     p.add_argument("--num-steps", type=int, help="default number of Euler steps recorded in the bundle (default 10)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (once the new one is complete)")
