@@ -1,12 +1,14 @@
-"""CPU, same run: eager torch reference vs the plain ort-cpu graphs vs the optimized ones (export/optimize.py).
+"""CPU, same run: eager torch reference vs the plain ort-cpu graphs vs the optimized ones (export/optimize.py),
+step by step and as the one-call loop graph (export/loop_graph.py).
 
     python benchmarks/cpu_optimized.py --model pi0 --repeats 15
 
 One chunk = the prefix once + num_steps Euler steps (3 cameras, batch 1, float32, random `mid()` weights),
-preprocessing excluded on every side (it is the same numpy code for both bundles). The three variants run
+preprocessing excluded on every side (it is the same numpy code for both bundles). The variants run
 round-robin after a warm-up, so load from other processes falls on all of them alike; the median of the
-repeats is reported, with the prefix and per-step medians for the two ORT variants (the runtime's own
-buffers and IOBindings: OrtBackend.prepare/run_prefix/run_step). Prints a markdown table with ratios vs eager
+repeats is reported, with the prefix and per-step medians for the ORT variants (the runtime's own buffers
+and IOBindings: OrtBackend.prepare/run_prefix/run_step or run_loop; for the loop graph, its time / steps).
+Prints a markdown table with ratios vs eager
 (time vs eager: the runtime issue's target is <= 0.5x for the optimized graphs), the load average before and
 after the timed rounds (the machines are shared: compare only runs at similar load), and a JSON record.
 """
@@ -88,7 +90,9 @@ def main() -> None:
     noise = rng.standard_normal((1, cfg.action_horizon, cfg.action_dim)).astype(np.float32)
     times, dt = euler_schedule(cfg.num_steps)
     obs_t = {k: torch.from_numpy(v) for k, v in feeds.items()}
-    backends = {name: OrtBackend(load_manifest(path), "ort-cpu") for name, path in bundles.items()}
+    backends = {"plain": OrtBackend(load_manifest(bundles["plain"]), "ort-cpu"),
+                "optimized": OrtBackend(load_manifest(bundles["optimized"]), "ort-cpu", whole_loop=False),
+                "loop": OrtBackend(load_manifest(bundles["optimized"]), "ort-cpu", whole_loop=True)}
     for backend in backends.values():
         backend.prepare(1, times, dt)
 
@@ -102,14 +106,18 @@ def main() -> None:
         backend.run_prefix(feeds["images"], feeds["image_masks"], feeds["tokens"], feeds["token_masks"])
         backend.set_noise(noise, None if cfg.is_pi05 else feeds["state"])
         prefix_done = time.perf_counter()
-        for k in range(len(times)):
-            backend.run_step(k)
+        if backend.whole_loop:
+            backend.run_loop()
+        else:
+            for k in range(len(times)):
+                backend.run_step(k)
         end = time.perf_counter()
         return {"chunk_ms": (end - start) * 1e3, "prefix_ms": (prefix_done - start) * 1e3,
                 "step_ms": (end - prefix_done) * 1e3 / len(times)}
 
     variants = {"eager torch (sample_actions)": run_eager, "ort-cpu plain": lambda: run_ort(backends["plain"]),
-                "ort-cpu optimized": lambda: run_ort(backends["optimized"])}
+                "ort-cpu optimized": lambda: run_ort(backends["optimized"]),
+                "ort-cpu optimized, loop graph": lambda: run_ort(backends["loop"])}
     samples: dict[str, list[dict]] = {name: [] for name in variants}
     load_before = os.getloadavg()
     for i in range(args.warmup + args.repeats):
@@ -121,6 +129,7 @@ def main() -> None:
     # the two bundles compute the same chunk
     outs = {name: backend.read_actions() for name, backend in backends.items()}
     max_diff = float(np.abs(outs["plain"] - outs["optimized"]).max())
+    loop_diff = float(np.abs(outs["loop"] - outs["optimized"]).max())
 
     def med(name: str, key: str) -> float | None:
         values = [r[key] for r in samples[name] if key in r]
@@ -136,6 +145,7 @@ def main() -> None:
     print("| variant | chunk ms | prefix ms | step ms | time vs eager | speed-up vs eager |\n|---|---|---|---|---|---|")
     record = {"command": command, "cpu": cpu_model(), "cores": os.cpu_count(), "model": args.model,
               "config": "mid", "export_s": round(export_s, 1), "plain_vs_optimized_max_abs_diff": max_diff,
+              "steps_vs_loop_max_abs_diff": loop_diff,
               "load_average_before": [round(x, 2) for x in load_before],
               "load_average_after": [round(x, 2) for x in load_after], "results": {}}
     def fmt(value: float | None) -> str:
@@ -147,7 +157,7 @@ def main() -> None:
         record["results"][name] = {"chunk_ms": round(chunk, 2), "prefix_ms": prefix and round(prefix, 2),
                                    "step_ms": step and round(step, 2), "time_vs_eager": round(chunk / eager, 3),
                                    "speedup_vs_eager": round(eager / chunk, 3)}
-    print(f"\nplain vs optimized actions: max |diff| {max_diff:.1e}")
+    print(f"\nplain vs optimized actions: max |diff| {max_diff:.1e}; step by step vs loop graph: {loop_diff:.1e}")
     print(json.dumps(record))
 
 

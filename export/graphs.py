@@ -79,6 +79,10 @@ def denoise_step_spec(cfg: Pi0Config, with_velocity: bool = False, time_as_step_
                      c.denoise_step_outputs(with_velocity))
 
 
+def denoise_loop_spec(cfg: Pi0Config) -> GraphSpec:
+    return GraphSpec(c.denoise_loop_inputs(has_state_input=not cfg.is_pi05), c.DENOISE_LOOP_OUTPUTS)
+
+
 def example_inputs(cfg: Pi0Config, batch: int, precision: str, seed: int = 0) -> dict[str, dict[str, Tensor]]:
     """Random inputs of the right dtypes and shapes for tracing (and for tests)."""
     g = torch.Generator().manual_seed(seed)
@@ -188,6 +192,8 @@ def export_graphs(model: Pi0Model, out_dir: Path, precision: str = "float32", wi
 
     The model is cast to the precision in place (float16/bfloat16 keep MODEL.md's float32 islands).
     With `optimize`, the graphs are export/optimize.py's, derived from the float32 model (left as is).
+    With optimize.unroll_loop and a step graph that carries its schedule (precompute_time), also
+    denoise_loop.onnx: the step graph unrolled over cfg.num_steps (export/loop_graph.py).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -215,4 +221,19 @@ def export_graphs(model: Pi0Model, out_dir: Path, precision: str = "float32", wi
         with torch.no_grad():
             _export_one(module, examples[name], spec, path)
         entries[name] = {"file": path.name, **spec.manifest_io(cfg, precision)}
+    if optimize is not None and optimize.unroll_loop:
+        if optimize.precompute_time:
+            entries[c.DENOISE_LOOP_GRAPH] = write_loop_entry(out_dir, cfg, precision)
+        else:
+            log.info("no %s graph: unrolling needs precompute_time", c.DENOISE_LOOP_GRAPH)
     return entries
+
+
+def write_loop_entry(out_dir: Path, cfg: Pi0Config, precision: str) -> dict:
+    """Unroll out_dir's step graph into denoise_loop.onnx; -> its manifest entry (num_steps recorded)."""
+    from pi0edge.export.loop_graph import write_loop_graph
+
+    path = out_dir / f"{c.DENOISE_LOOP_GRAPH}.onnx"
+    log.info("unrolling %s over %d steps -> %s", c.DENOISE_STEP_GRAPH, cfg.num_steps, path)
+    write_loop_graph(out_dir / f"{c.DENOISE_STEP_GRAPH}.onnx", path, cfg.num_steps)
+    return {"file": path.name, "num_steps": int(cfg.num_steps), **denoise_loop_spec(cfg).manifest_io(cfg, precision)}

@@ -49,6 +49,10 @@ What each option does (MODEL.md sections in brackets):
   exporter's own decomposition with x*x*x is not matched, and the Pow form only at Pow opsets <= 13): on
   ORT's CPU and CUDA providers ~9 elementwise passes become one FastGelu kernel (with SigLIP's fc1 bias
   folded in). Same function; other runtimes see plain ONNX ops.
+- unroll_loop: also write `denoise_loop.onnx`, the step graph unrolled over the schedule (export/loop_graph.py):
+  a chunk's steps are one session call, and on ORT CUDA one captured CUDA graph. Needs precompute_time
+  (the per-step table rows, constant per copy, fold away); the step graph is still written (calibration,
+  TensorRT engines, per-step profiles).
 Always on (same values, fewer ops): the RoPE cos/sin are computed once per graph, not per layer; the
 constant suffix block of the attention mask is a buffer; and static dims: every reshape names its dims as
 constants with -1 for the batch (shapes are static except B, DESIGN.md), since a traced `x.shape[i]`
@@ -106,6 +110,7 @@ class OptimizeOptions:
     fast_attention: bool = True
     step_only: bool = True
     fast_gelu: bool = True
+    unroll_loop: bool = True
 
     def __post_init__(self):
         for f in fields(self):
@@ -298,7 +303,7 @@ class OptimizedDenoiseStepGraph(nn.Module):
         x, mods = self._suffix(x_t, t, step_index, state)
         s = int(x.shape[1])
         mask = attention_mask(torch.cat([prefix_mask[:, None, :].expand(-1, s, -1),
-                                         self.suffix_allowed[None].expand(x.shape[0], s, s)], dim=2),
+                                         self.suffix_allowed[None].expand(prefix_mask.shape[0], s, s)], dim=2),
                               self.opts.fast_attention)
         positions = prefix_mask.to(torch.int64).sum(-1, keepdim=True) + torch.arange(s)[None, :]
         cos, sin = rope_tables(positions, self.cfg.expert.head_dim, self.cfg.expert.rope_base)

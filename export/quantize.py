@@ -36,6 +36,7 @@ import yaml
 from pi0edge import contract as c
 from pi0edge.atomic import make_staging_dir, swap_dir_into_place, write_text_atomic
 from pi0edge.errors import BundleError, ConfigError, require
+from pi0edge.export.loop_graph import write_loop_graph
 from pi0edge.manifest import MANIFEST_NAME, Manifest, load_manifest, sha256_file
 from pi0edge.schedule import euler_schedule
 
@@ -186,7 +187,7 @@ def run_chunk_recording(policy, observation, noise: np.ndarray) -> tuple[dict, l
         if c.STATE in step_names:
             step[c.STATE] = feeds["state"]
         steps.append({name: step[name] for name in step_names})
-        (x,) = backend.step_session.run([c.X_NEXT], steps[-1])
+        (x,) = backend.denoise_session.run([c.X_NEXT], steps[-1])
     return prefix_feeds, steps, x
 
 
@@ -364,7 +365,8 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, options: Quanti
         raise BundleError(f"{out_dir} already exists; pass --overwrite to replace it (the old bundle stays intact "
                           "until the new one is complete)")
 
-    with Policy(bundle_dir, "ort-cpu", verify_checksums=False) as policy:
+    # step by step: calibration records every step's inputs (the loop graph would hide them)
+    with Policy(bundle_dir, "ort-cpu", verify_checksums=False, whole_loop=False) as policy:
         samples = collect_calibration(policy, options.calib_chunks, options.seed)
     log.info("calibration: %d prefix and %d step samples", *(len(samples[g]) for g in GRAPHS))
     reference, float_ms = evaluate_actions(bundle_dir, options.eval_chunks, options.seed, verify_checksums=False)
@@ -372,7 +374,7 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, options: Quanti
     counts = {graph: len(samples[graph]) for graph in GRAPHS}
     staging = make_staging_dir(out_dir)
     try:
-        graph_files = {manifest.graphs[g].file for g in GRAPHS}
+        graph_files = {entry.file for entry in manifest.graphs.values()}  # the loop graph is rebuilt below
         graph_files |= {f + ".data" for f in graph_files}
         for name in manifest.raw["files"]:
             if name not in graph_files:
@@ -384,6 +386,9 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, options: Quanti
                                             staging / f".work-{graph}")
             shutil.rmtree(staging / f".work-{graph}")
             samples[graph] = []  # free the calibration tensors before the next graph
+        loop = manifest.graphs.get(c.DENOISE_LOOP_GRAPH)
+        if loop is not None:  # unrolled again from the quantized step graph (export/loop_graph.py)
+            write_loop_graph(staging / manifest.graphs[c.DENOISE_STEP_GRAPH].file, staging / loop.file, loop.num_steps)
         raw = copy.deepcopy(manifest.raw)
         raw["files"] = {p.name: sha256_file(p) for p in sorted(staging.iterdir())
                         if p.is_file() and p.name != MANIFEST_NAME}

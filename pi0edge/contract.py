@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 PREFIX_GRAPH = "prefix"
 DENOISE_STEP_GRAPH = "denoise_step"
+DENOISE_LOOP_GRAPH = "denoise_loop"  # optional: the step graph unrolled over the fixed schedule
 
 # prefix graph (images + prompt -> KV cache); MODEL.md, "Prefix".
 IMAGES = "images"
@@ -32,6 +33,7 @@ STATE = "state"  # pi0 only: pi0.5 carries the state in the prompt
 STEP_INDEX = "step_index"  # optimized step graphs: time branch precomputed per step
 X_NEXT = "x_next"
 VELOCITY = "velocity"  # optional, for tests
+ACTIONS = "actions"  # denoise_loop graph: x after the last step (normalized actions, model dims)
 
 KV_DTYPE = "kv"  # placeholder resolved to the graph precision's float type
 
@@ -84,6 +86,21 @@ def denoise_step_inputs(has_state_input: bool, time_as_step_index: bool) -> tupl
 def denoise_step_outputs(with_velocity: bool = False) -> tuple[TensorSpec, ...]:
     out = (TensorSpec(X_NEXT, "float32", ("B", "H", "A")),)
     return out + ((TensorSpec(VELOCITY, "float32", ("B", "H", "A")),) if with_velocity else ())
+
+
+def denoise_loop_inputs(has_state_input: bool) -> tuple[TensorSpec, ...]:
+    """The loop graph reads the noise x_0 and the cache; the schedule is inside it (export/loop_graph.py)."""
+    state = (TensorSpec(STATE, "float32", ("B", "S")),) if has_state_input else ()
+    return (
+        TensorSpec(X_T, "float32", ("B", "H", "A")),
+        TensorSpec(PAST_KEYS, KV_DTYPE, KV_DIMS),
+        TensorSpec(PAST_VALUES, KV_DTYPE, KV_DIMS),
+        TensorSpec(PREFIX_MASK, "bool", ("B", "T")),
+        *state,
+    )
+
+
+DENOISE_LOOP_OUTPUTS = (TensorSpec(ACTIONS, "float32", ("B", "H", "A")),)
 
 
 # The camera order the checkpoints were trained with (MODEL.md, "Prefix").

@@ -35,6 +35,7 @@ class GraphEntry:
     file: str
     inputs: tuple[dict, ...]
     outputs: tuple[dict, ...]
+    num_steps: int | None = None  # denoise_loop only: the Euler steps unrolled in it
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -122,9 +123,13 @@ def load_manifest(bundle_dir: str | Path, verify_checksums: bool = True) -> Mani
             raise BundleError(f"{file_path}: sha256 differs from {MANIFEST_NAME}: the file is corrupted or was "
                               "modified after export; re-export the bundle")
     graphs = {}
-    for graph in (c.PREFIX_GRAPH, c.DENOISE_STEP_GRAPH):
+    optional = (c.DENOISE_LOOP_GRAPH,) if c.DENOISE_LOOP_GRAPH in (raw.get("graphs") or {}) else ()
+    for graph in (c.PREFIX_GRAPH, c.DENOISE_STEP_GRAPH, *optional):
         g = _field(raw, f"graphs.{graph}", path)
-        graphs[graph] = GraphEntry(g["file"], tuple(g["inputs"]), tuple(g["outputs"]))
+        steps = g.get("num_steps") if graph == c.DENOISE_LOOP_GRAPH else None
+        if graph == c.DENOISE_LOOP_GRAPH and not (isinstance(steps, int) and steps >= 1):
+            raise BundleError(f"{path}: field 'graphs.{graph}.num_steps' must be a positive integer, got {steps!r}")
+        graphs[graph] = GraphEntry(g["file"], tuple(g["inputs"]), tuple(g["outputs"]), steps)
         if g["file"] not in files:
             raise BundleError(f"{path}: graph file {g['file']} has no checksum in 'files'")
     model = _field(raw, "model", path)

@@ -16,6 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=3, help="chunks run before measuring (default 3)")
     p.add_argument("--num-steps", type=int, help="Euler steps per chunk (default: the bundle's)")
     p.add_argument("--threads", type=int, help="CPU threads for ort-cpu (default: ONNX Runtime's choice)")
+    p.add_argument("--per-step", action="store_true",
+                   help="time each denoise step (ORT: the step graph instead of the bundle's one-call loop graph)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="ort-cuda: capture the loop (or each step) as a CUDA graph (enable_cuda_graph)")
     p.add_argument("--json", metavar="F", help="write the summary as JSON to F")
     p.add_argument("--trace", metavar="F", help="write a Chrome-trace file (chrome://tracing, Perfetto) to F")
     p.set_defaults(func=_profile)
@@ -29,6 +33,10 @@ def _profile(args: argparse.Namespace) -> int:
     if args.iters < 1 or args.warmup < 0:
         raise ConfigError(f"--iters must be >= 1 and --warmup >= 0 (got {args.iters}, {args.warmup})")
     options = {"intra_op_threads": args.threads} if args.threads else {}
+    if args.backend.startswith("ort") or args.backend == "auto":
+        options |= {"whole_loop": False if args.per_step else None, "enable_cuda_graph": args.cuda_graph}
+    elif args.per_step or args.cuda_graph:  # tensorrt: its loop is one CUDA graph unless told otherwise
+        options["use_cuda_graph"] = not args.per_step
     with Policy(args.bundle, backend=args.backend, **options) as policy:
         result = profile_policy(policy, iters=args.iters, warmup=args.warmup, num_steps=args.num_steps)
     print(f"{result.bundle} on {result.backend}: {result.iters} chunks after {result.warmup} warm-up")

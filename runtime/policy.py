@@ -156,8 +156,8 @@ class Policy:
         self.backend.synchronize()
         t2 = time.perf_counter()
         step_ms = []
-        if getattr(self.backend, "run_loop", None) is not None:
-            # The whole loop as one CUDA graph: per-step times do not exist, only the loop's.
+        if getattr(self.backend, "whole_loop", False):
+            # The whole loop in one call (one CUDA graph on a GPU): per-step times do not exist, only the loop's.
             self.backend.run_loop()
             self.backend.synchronize()
         else:

@@ -97,7 +97,8 @@ class ProfileResult:
                            "dur": chunk["total_ms"] * 1e3, "cat": "chunk"})
             cursor = ts
             stages = [("preprocess", chunk["preprocess_ms"]), ("prefix", chunk["prefix_ms"])]
-            stages += [(f"step {k}", ms) for k, ms in enumerate(chunk["step_ms"])]
+            stages += [(f"step {k}", ms) for k, ms in enumerate(chunk["step_ms"])] or [("denoise loop",
+                                                                                      chunk["denoise_ms"])]
             stages += [("postprocess", chunk["postprocess_ms"])]
             for name, ms in stages:
                 events.append({"name": name, "ph": "X", "pid": 1, "tid": 1, "ts": cursor, "dur": ms * 1e3,

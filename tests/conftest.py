@@ -54,7 +54,7 @@ ROBOT_ACTION_DIM = 6
 
 
 def make_tiny_bundle(out_dir: Path, tokenizer: Path, model_type: str = "pi0", precision: str = "float32",
-                     seed: int = 0, with_velocity: bool = False, **cfg_overrides):
+                     seed: int = 0, with_velocity: bool = False, optimize=None, **cfg_overrides):
     """-> (bundle dir, the float32 eager reference model with the bundle's weights)."""
     import torch
 
@@ -68,7 +68,7 @@ def make_tiny_bundle(out_dir: Path, tokenizer: Path, model_type: str = "pi0", pr
     stats = random_norm_stats(model_type, ROBOT_STATE_DIM, ROBOT_ACTION_DIM, seed)
     write_bundle(copy.deepcopy(model), out_dir, norm_stats=stats, tokenizer_path=tokenizer,
                  robot_state_dim=ROBOT_STATE_DIM, robot_action_dim=ROBOT_ACTION_DIM, precision=precision,
-                 with_velocity=with_velocity)
+                 with_velocity=with_velocity, optimize=optimize)
     return out_dir, model
 
 
@@ -77,11 +77,13 @@ def tiny_bundle_factory(tmp_path_factory, tokenizer_path):
     """Cached tiny bundles keyed by their arguments: export once per session."""
     cache: dict = {}
 
-    def get(model_type: str = "pi0", precision: str = "float32", **cfg_overrides):
-        key = (model_type, precision, tuple(sorted(cfg_overrides.items())))
+    def get(model_type: str = "pi0", precision: str = "float32", optimize=None, **cfg_overrides):
+        """optimize: export/optimize.py's OptimizeOptions (None: the plain reference graphs)."""
+        key = (model_type, precision, optimize, tuple(sorted(cfg_overrides.items())))
         if key not in cache:
             out = tmp_path_factory.mktemp(f"bundle-{model_type}-{precision}") / "bundle"
-            cache[key] = make_tiny_bundle(out, tokenizer_path, model_type, precision, **cfg_overrides)
+            cache[key] = make_tiny_bundle(out, tokenizer_path, model_type, precision, optimize=optimize,
+                                          **cfg_overrides)
         return cache[key]
 
     return get

@@ -4,6 +4,11 @@ Zero-copy loop (DESIGN.md, "Runtime"): every tensor lives in an OrtValue allocat
 size on the backend's device. The prefix writes the KV cache straight into the OrtValues the step graph
 reads; x_t ping-pongs between two OrtValues; one IOBinding per Euler step is built in `prepare`, so a
 step is a single `run_with_iobinding` call with no allocation, no binding and no copy.
+
+Whole loop: a bundle with a `denoise_loop` graph (export/loop_graph.py) runs all steps as ONE session
+call (`run_loop`) from the noise buffer into the actions buffer; the step graph is then not loaded. With
+`enable_cuda_graph` on ort-cuda that call is one captured CUDA graph (ORT captures per run). whole_loop
+None (default) uses it when the bundle has it; False runs step by step (per-step timings in `profile`).
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ class OrtBackend:
     """One ORT session per graph, sharing device buffers through IOBinding."""
 
     def __init__(self, manifest: Manifest, name: str = "ort-cpu", *, device_id: int = 0,
-                 intra_op_threads: int | None = None, enable_cuda_graph: bool = False):
+                 intra_op_threads: int | None = None, enable_cuda_graph: bool = False,
+                 whole_loop: bool | None = None):
         import onnxruntime as ort
 
         if name not in PROVIDERS:
@@ -66,11 +72,18 @@ class OrtBackend:
         # step with this off), and both pools from the rest of the process between chunks. Spinning within
         # a Run is kept.
         options.add_session_config_entry("session.force_spinning_stop", "1")
+        has_loop = c.DENOISE_LOOP_GRAPH in manifest.graphs
+        if whole_loop and not has_loop:
+            raise BackendUnavailableError(f"{manifest.bundle_dir}: no {c.DENOISE_LOOP_GRAPH} graph in this bundle; "
+                                          "re-export it with this pi0edge (precompute_time on), or run step by step")
+        self.whole_loop = has_loop if whole_loop is None else whole_loop
+        # Only the graphs that run are loaded: the loop graph holds its own copy of the step's weights.
+        self._loop_graph = c.DENOISE_LOOP_GRAPH if self.whole_loop else c.DENOISE_STEP_GRAPH
         self._ort = ort
         self.prefix_session = ort.InferenceSession(
             str(manifest.path(manifest.graphs[c.PREFIX_GRAPH].file)), options, providers=self._providers(False))
-        self.step_session = ort.InferenceSession(
-            str(manifest.path(manifest.graphs[c.DENOISE_STEP_GRAPH].file)), options,
+        self.denoise_session = ort.InferenceSession(
+            str(manifest.path(manifest.graphs[self._loop_graph].file)), options,
             providers=self._providers(self.enable_cuda_graph))
         self._check_io()
         self._batch = None
@@ -94,7 +107,7 @@ class OrtBackend:
 
     def _check_io(self) -> None:
         """The sessions' I/O must be what bundle.yaml promises (DESIGN.md: checked at load)."""
-        for graph, session in ((c.PREFIX_GRAPH, self.prefix_session), (c.DENOISE_STEP_GRAPH, self.step_session)):
+        for graph, session in ((c.PREFIX_GRAPH, self.prefix_session), (self._loop_graph, self.denoise_session)):
             entry = self.manifest.graphs[graph]
             got_in = tuple(i.name for i in session.get_inputs())
             got_out = tuple(o.name for o in session.get_outputs())
@@ -118,15 +131,56 @@ class OrtBackend:
         key = (batch, tuple(times.tolist()), float(dt))
         if self._batch == key:
             return
-        pg, sg = c.PREFIX_GRAPH, c.DENOISE_STEP_GRAPH
+        pg, sg = c.PREFIX_GRAPH, self._loop_graph
         self._host, self._dev = {}, {}
+        for name in (*self.manifest.graphs[pg].input_names, *self.manifest.graphs[pg].output_names):
+            self._host[name], self._dev[name] = self._alloc(pg, name, batch)
+        if c.STATE in self.manifest.graphs[sg].input_names:
+            self._host[c.STATE], self._dev[c.STATE] = self._alloc(sg, c.STATE, batch)
+        self._x = [self._alloc(sg, c.X_T, batch) for _ in range(2)]  # the ping-pong pair (loop: noise, actions)
+
+        self._prefix_binding = self.prefix_session.io_binding()
         for name in self.manifest.graphs[pg].input_names:
-            self._host[name], self._dev[name] = self._alloc(pg, name, batch)
+            self._prefix_binding.bind_ortvalue_input(name, self._dev[name])
         for name in self.manifest.graphs[pg].output_names:
-            self._host[name], self._dev[name] = self._alloc(pg, name, batch)
-        for name in (c.STATE,) if c.STATE in self.manifest.graphs[sg].input_names else ():
-            self._host[name], self._dev[name] = self._alloc(sg, name, batch)
-        self._x = [self._alloc(sg, c.X_T, batch) for _ in range(2)]  # the ping-pong pair
+            self._prefix_binding.bind_ortvalue_output(name, self._dev[name])
+
+        self._graph_generation = getattr(self, "_graph_generation", 0) + 1  # new buffers: never replay old graphs
+        if self.whole_loop:
+            self._bind_loop(len(times))
+        else:
+            self._bind_steps(batch, times, dt)
+        self._run_options = self._ort.RunOptions()
+        self._batch = key
+
+    def _cached_inputs(self, binding) -> None:
+        """The step/loop inputs that live in the prefix's buffers (KV cache, mask) and the state."""
+        for name in (c.PAST_KEYS, c.PAST_VALUES, c.PREFIX_MASK, c.STATE):
+            if name in self.manifest.graphs[self._loop_graph].input_names:
+                binding.bind_ortvalue_input(name, self._dev[name])
+
+    def _graph_run_options(self, graph_id: int):
+        """ORT CUDA graphs: one captured graph per binding, told apart by gpu_graph_id (captured on the first
+        run of each id, replayed after); every input and output already sits at a fixed device address."""
+        options = self._ort.RunOptions()
+        if self.enable_cuda_graph:
+            options.add_run_config_entry("gpu_graph_id", str(self._graph_generation * 1000 + graph_id))
+        return options
+
+    def _bind_loop(self, num_steps: int) -> None:
+        unrolled = self.manifest.graphs[c.DENOISE_LOOP_GRAPH].num_steps
+        if num_steps != unrolled:
+            raise BackendUnavailableError(f"{self.manifest.bundle_dir}: the {c.DENOISE_LOOP_GRAPH} graph unrolls "
+                                          f"{unrolled} steps, {num_steps} were asked for; run with whole_loop=False")
+        io = self.denoise_session.io_binding()
+        io.bind_ortvalue_input(c.X_T, self._x[0][1])
+        io.bind_ortvalue_output(c.ACTIONS, self._x[1][1])
+        self._cached_inputs(io)
+        self._loop_binding, self._loop_run_options = io, self._graph_run_options(1)
+        self._actions_slot = self._x[1]
+
+    def _bind_steps(self, batch: int, times: np.ndarray, dt: float) -> None:
+        sg = c.DENOISE_STEP_GRAPH
         uses_index = c.STEP_INDEX in self.manifest.graphs[sg].input_names
         per_step = []
         for k, t_value in enumerate(times):
@@ -136,42 +190,22 @@ class OrtBackend:
                 per_step.append({c.TIME: self._const(np.full(batch, t_value, np.float32)),
                                  c.DT: self._const(np.full(batch, dt, np.float32))})
         self._per_step_values = per_step  # keep the constants alive while bound
-
-        self._prefix_binding = self.prefix_session.io_binding()
-        for name in self.manifest.graphs[pg].input_names:
-            self._prefix_binding.bind_ortvalue_input(name, self._dev[name])
-        for name in self.manifest.graphs[pg].output_names:
-            self._prefix_binding.bind_ortvalue_output(name, self._dev[name])
-
-        self._step_bindings = []
         velocity = c.VELOCITY in self.manifest.graphs[sg].output_names
         if velocity:
             self._host[c.VELOCITY], self._dev[c.VELOCITY] = self._alloc(sg, c.VELOCITY, batch)
+        self._step_bindings = []
         for k in range(len(times)):
-            io = self.step_session.io_binding()
-            src, dst = self._x[k % 2][1], self._x[(k + 1) % 2][1]
-            io.bind_ortvalue_input(c.X_T, src)
-            io.bind_ortvalue_output(c.X_NEXT, dst)
+            io = self.denoise_session.io_binding()
+            io.bind_ortvalue_input(c.X_T, self._x[k % 2][1])
+            io.bind_ortvalue_output(c.X_NEXT, self._x[(k + 1) % 2][1])
             for name, value in per_step[k].items():
                 io.bind_ortvalue_input(name, value)
-            for name in (c.PAST_KEYS, c.PAST_VALUES, c.PREFIX_MASK, c.STATE):
-                if name in self.manifest.graphs[sg].input_names:
-                    io.bind_ortvalue_input(name, self._dev[name])
+            self._cached_inputs(io)
             if velocity:
                 io.bind_ortvalue_output(c.VELOCITY, self._dev[c.VELOCITY])
             self._step_bindings.append(io)
-        self._num_steps = len(times)
-        self._run_options = self._ort.RunOptions()
-        # ORT CUDA graphs: one captured graph per binding, told apart by gpu_graph_id (captured on the first
-        # run of each id, replayed after); all inputs/outputs already sit at fixed device addresses.
-        self._step_run_options = []
-        self._graph_generation = getattr(self, "_graph_generation", 0) + 1  # new buffers: never replay old graphs
-        for k in range(len(times)):
-            options = self._ort.RunOptions()
-            if self.enable_cuda_graph:
-                options.add_run_config_entry("gpu_graph_id", str(self._graph_generation * 1000 + k + 1))
-            self._step_run_options.append(options)
-        self._batch = key
+        self._step_run_options = [self._graph_run_options(k + 1) for k in range(len(times))]
+        self._actions_slot = self._x[len(times) % 2]
 
     def _const(self, array: np.ndarray):
         if self.device == "cpu":
@@ -199,10 +233,17 @@ class OrtBackend:
             self._write(c.STATE, state)
 
     def run_step(self, step: int) -> None:
-        self.step_session.run_with_iobinding(self._step_bindings[step], self._step_run_options[step])
+        if self.whole_loop:
+            raise BackendUnavailableError("this backend runs the whole loop (run_loop); open it with "
+                                          "whole_loop=False to run single steps")
+        self.denoise_session.run_with_iobinding(self._step_bindings[step], self._step_run_options[step])
+
+    def run_loop(self) -> None:
+        """All Euler steps in one session call: noise buffer in, actions buffer out."""
+        self.denoise_session.run_with_iobinding(self._loop_binding, self._loop_run_options)
 
     def read_actions(self) -> np.ndarray:
-        host, dev = self._x[self._num_steps % 2]
+        host, dev = self._actions_slot
         return host.copy() if host is not None else dev.numpy()
 
     def read_kv(self) -> tuple[np.ndarray, np.ndarray]:
@@ -220,7 +261,7 @@ class OrtBackend:
         pass  # run_with_iobinding returns after the outputs are written
 
     def close(self) -> None:
-        self.prefix_session = self.step_session = None
+        self.prefix_session = self.denoise_session = None
         self._batch = None
 
 

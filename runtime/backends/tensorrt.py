@@ -86,6 +86,7 @@ class TensorRTBackend:
         self._rt = load_cudart()
         self.gpu = device_info(self._rt, device_id)  # also selects the device for everything below
         self.manifest, self.device_id, self.use_cuda_graph = manifest, device_id, use_cuda_graph
+        self.whole_loop = use_cuda_graph  # Policy calls run_loop (one graph launch) instead of run_step(k)
         self.engine_dir = Path(engine_dir) if engine_dir else default_engine_dir(
             manifest.bundle_dir, self.gpu.name, trt.__version__)
         self.fingerprint: EngineFingerprint | None = None

@@ -82,7 +82,8 @@ def test_optimized_bundle_refuses_a_step_count_it_was_not_exported_for(checkpoin
 
     out = tmp_path / "bundle"
     assert main(["export", str(checkpoint), "-o", str(out), "--num-steps", "5"]) == 0
-    with Policy(out) as policy:
+    assert load_manifest(out).graphs["denoise_loop"].num_steps == 5
+    with Policy(out, whole_loop=False) as policy:
         assert len(policy.infer(_observation(policy)).timings_ms["step_ms"]) == 5
         with pytest.raises(ObservationError, match="exported for num_steps=5"):
             policy.infer(_observation(policy), num_steps=10)

@@ -206,11 +206,13 @@ def test_options_without_time_tables_keep_t_and_dt_and_record_no_fixed_num_steps
 
 
 @pytest.mark.parametrize("model_type", ["pi0", "pi05"])
-def test_policy_on_ort_cpu_runs_an_optimized_bundle_and_equals_eager_reference(optimized_bundle, model_type):
+@pytest.mark.parametrize("whole_loop", [True, False])
+def test_policy_on_ort_cpu_runs_an_optimized_bundle_and_equals_eager_reference(optimized_bundle, model_type,
+                                                                                whole_loop):
     from pi0edge.runtime import Observation, Policy
 
     bundle_dir, model = optimized_bundle(model_type)
-    policy = Policy(bundle_dir, backend="ort-cpu")
+    policy = Policy(bundle_dir, backend="ort-cpu", whole_loop=whole_loop)  # the loop graph, or step by step
     cfg = model.cfg
     rng = np.random.default_rng(1)
     images = {name: rng.integers(0, 256, (48 + 8 * i, 64, 3), dtype=np.uint8)
@@ -225,7 +227,7 @@ def test_policy_on_ort_cpu_runs_an_optimized_bundle_and_equals_eager_reference(o
     expected = model.sample_actions(ref_obs, torch.from_numpy(noise)).numpy()
     np.testing.assert_allclose(policy.backend.read_actions(), expected, atol=ACTION_ATOL_FP32, rtol=0)
     assert chunk.actions.shape == (cfg.action_horizon, ROBOT_DIM)
-    assert len(chunk.timings_ms["step_ms"]) == NUM_STEPS
+    assert len(chunk.timings_ms["step_ms"]) == (0 if whole_loop else NUM_STEPS)
 
 
 @pytest.mark.parametrize("model_type", ["pi0", "pi05"])
@@ -282,7 +284,7 @@ def test_ort_backend_sessions_stop_spinning_after_each_run(optimized_bundle):
 
     bundle_dir, _ = optimized_bundle("pi0")
     backend = OrtBackend(load_manifest(bundle_dir), "ort-cpu")
-    for session in (backend.prefix_session, backend.step_session):
+    for session in (backend.prefix_session, backend.denoise_session):
         assert session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
 
 

@@ -74,9 +74,14 @@ def test_seeded_policies_give_identical_chunks_and_noise_changes_them(tiny_bundl
     assert not np.allclose(first, a.infer(obs).actions)  # the generator moved on
 
 
-def test_step_loop_allocates_no_buffer_and_binds_nothing_after_the_first_chunk(tiny_bundle_factory, monkeypatch):
-    bundle_dir, _ = tiny_bundle_factory("pi0")
+@pytest.mark.parametrize("optimize", [None, "default"], ids=["step-by-step", "loop-graph"])
+def test_step_loop_allocates_no_buffer_and_binds_nothing_after_the_first_chunk(tiny_bundle_factory, monkeypatch,
+                                                                              optimize):
+    from pi0edge.export.optimize import DEFAULT_OPTIMIZE
+
+    bundle_dir, _ = tiny_bundle_factory("pi0", optimize=DEFAULT_OPTIMIZE if optimize else None)
     policy = Policy(bundle_dir)
+    assert policy.backend.whole_loop == bool(optimize)
     obs = raw_observation(policy, 0)
     policy.infer(obs)  # first chunk: buffers allocated and bound once
     addresses = policy.backend.buffer_addresses()
@@ -92,7 +97,7 @@ def test_step_loop_allocates_no_buffer_and_binds_nothing_after_the_first_chunk(t
                         staticmethod(counting("ortvalue", ort.OrtValue.ortvalue_from_numpy)))
     monkeypatch.setattr(ort.OrtValue, "ortvalue_from_shape_and_type",
                         staticmethod(counting("ortvalue", ort.OrtValue.ortvalue_from_shape_and_type)))
-    for session in (policy.backend.prefix_session, policy.backend.step_session):
+    for session in (policy.backend.prefix_session, policy.backend.denoise_session):
         monkeypatch.setattr(session, "io_binding", counting("binding", session.io_binding))
     monkeypatch.setattr(ort.IOBinding, "bind_ortvalue_input", counting("bind", ort.IOBinding.bind_ortvalue_input))
     monkeypatch.setattr(ort.IOBinding, "bind_ortvalue_output", counting("bind", ort.IOBinding.bind_ortvalue_output))

@@ -1,0 +1,137 @@
+"""The denoise loop as one graph: the step graph unrolled over the fixed schedule (issue 7, whole-loop capture).
+
+Why a third graph: ONNX Runtime captures one CUDA graph per session run (`enable_cuda_graph`). With the
+loop in one graph, a chunk's num_steps steps replay as ONE CUDA graph, the noise read in once and the
+chunk written out once; on a CPU the chunk is one session call instead of num_steps.
+
+Built by ONNX surgery on the exported step graph, not by tracing again, so the same function serves the
+plain export, a quantized (Q/DQ) step graph and any later rewrite of it:
+- the step's nodes are copied num_steps times (node outputs renamed `step<k>/...`); the weights stay
+  shared initializers, so the loop graph holds one copy of the action expert, not num_steps;
+- copy k reads copy k-1's `x_next` as its `x_t`; the last copy's `x_next` is the output `actions`;
+- copy k's `step_index` is the constant [k] of shape [1]. This needs `precompute_time` (the step graph's
+  only use of step_index is the per-step tables, whose rows broadcast over the batch): ONNX Runtime then
+  folds every table lookup into a constant, so the loop runs no Gather at all (pi0.5: 111 per step).
+- nodes whose inputs are the same at every step (the attention bias and RoPE tables, computed from
+  prefix_mask; constants) are hoisted out and computed once per chunk;
+- nodes that feed no output (the `velocity` head of test bundles) are dropped.
+MODEL.md, "Sampling": x_{k+1} = x_k + dt v(x_k, t_k), t_0 = 1, dt = -1/num_steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pi0edge import contract as c
+from pi0edge.errors import BundleError
+
+_PROTO_LIMIT_BYTES = 1_800_000_000  # protobuf's 2 GiB limit, with headroom for the nodes
+
+
+class LoopGraphError(BundleError):
+    """The step graph cannot be unrolled into a loop graph (the message says why)."""
+
+
+def unroll_step_graph(step, num_steps: int):
+    """The loop ModelProto from the step ModelProto (loaded with or without its external data)."""
+    import onnx
+    from onnx import numpy_helper
+
+    if num_steps < 1:
+        raise LoopGraphError(f"num_steps must be >= 1, got {num_steps}")
+    graph = step.graph
+    inputs = {i.name: i for i in graph.input}
+    if c.STEP_INDEX not in inputs or c.TIME in inputs:
+        raise LoopGraphError(f"the step graph takes {sorted(inputs)}: only a step-indexed graph (precompute_time) "
+                             "has its schedule inside and can be unrolled")
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        raise LoopGraphError("the step graph has control flow (If/Loop/Scan): not unrolled")
+    nodes = _live_nodes(graph, c.X_NEXT)
+    shared = {t.name for t in graph.initializer} | (set(inputs) - {c.X_T, c.STEP_INDEX})
+    invariant, per_step = _hoist_invariants(nodes, shared)
+    shared |= {v for n in invariant for v in n.output}
+
+    loop_nodes, index_constants, x_name = list(invariant), [], c.X_T
+    for k in range(num_steps):
+        index_name = f"step{k}/{c.STEP_INDEX}"
+        index_constants.append(numpy_helper.from_array(np.array([k], np.int64), index_name))
+        last = k == num_steps - 1
+        rename = {c.X_T: x_name, c.STEP_INDEX: index_name, c.X_NEXT: c.ACTIONS if last else f"step{k}/{c.X_NEXT}"}
+
+        def name(value: str, k=k, rename=rename) -> str:
+            if not value or value in shared:
+                return value  # "" is an omitted optional input
+            return rename.get(value, f"step{k}/{value}")
+
+        for node in per_step:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.input[:] = [name(v) for v in node.input]
+            copy.output[:] = [name(v) for v in node.output]
+            copy.name = f"step{k}/{node.name}" if node.name else ""
+            loop_nodes.append(copy)
+        x_name = rename[c.X_NEXT]
+
+    x_next = next(o for o in graph.output if o.name == c.X_NEXT)
+    actions = onnx.ValueInfoProto()
+    actions.CopyFrom(x_next)
+    actions.name = c.ACTIONS
+    loop_inputs = [inputs[s.name] for s in c.denoise_loop_inputs(c.STATE in inputs) if s.name in inputs]
+    used = {v for n in nodes for v in n.input}
+    loop_graph = onnx.helper.make_graph(
+        loop_nodes, f"{graph.name or 'denoise_step'}_x{num_steps}", loop_inputs, [actions],
+        initializer=[t for t in graph.initializer if t.name in used] + index_constants)
+    loop = onnx.helper.make_model(loop_graph, opset_imports=step.opset_import, producer_name="pi0edge",
+                                  doc_string=f"denoise_step unrolled over {num_steps} Euler steps")
+    loop.ir_version = step.ir_version
+    return loop
+
+
+def _hoist_invariants(nodes: list, shared: set[str]) -> tuple[list, list]:
+    """Split the step's nodes into those whose inputs are all the same at every step (the attention bias
+    and RoPE tables from prefix_mask, constants): computed once, before the first step, and the rest."""
+    known, invariant, per_step = set(shared), [], []
+    for node in nodes:
+        if all(not v or v in known for v in node.input):
+            invariant.append(node)
+            known.update(node.output)
+        else:
+            per_step.append(node)
+    return invariant, per_step
+
+
+def _live_nodes(graph, output: str) -> list:
+    """The nodes `output` depends on, in their original (topological) order."""
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    keep, todo = set(), [output]
+    while todo:
+        i = producer.get(todo.pop())
+        if i is None or i in keep:
+            continue
+        keep.add(i)
+        todo.extend(v for v in graph.node[i].input if v)
+    return [n for i, n in enumerate(graph.node) if i in keep]
+
+
+def write_loop_graph(step_path: Path, loop_path: Path, num_steps: int) -> None:
+    """Unroll the step graph file into loop_path (same folder: a step graph's external data stays shared by
+    reference when it has any; otherwise a loop graph too big for one protobuf gets its own .data file)."""
+    import onnx
+
+    step_path, loop_path = Path(step_path), Path(loop_path)
+    try:
+        step = onnx.load(str(step_path), load_external_data=False)
+    except Exception as exc:  # OSError, protobuf's DecodeError: name the file either way
+        raise LoopGraphError(f"{step_path}: cannot read the step graph ({exc})") from exc
+    loop = unroll_step_graph(step, num_steps)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in loop.graph.initializer)
+    if external and step_path.parent.resolve() != loop_path.parent.resolve():
+        raise LoopGraphError(f"{loop_path}: must sit beside {step_path}, whose weights it reads by reference")
+    if not external and loop.ByteSize() > _PROTO_LIMIT_BYTES:
+        onnx.save_model(loop, str(loop_path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=loop_path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(loop, str(loop_path))
+    onnx.checker.check_model(str(loop_path))
