@@ -67,6 +67,9 @@ def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path:
         raise CheckpointError(f"normalization statistics cover state {norm_stats.state.dim} / action "
                               f"{norm_stats.action.dim} dims but the robot has {robot_state_dim} / {robot_action_dim}")
     cfg: Pi0Config = model.cfg
+    if robot_state_dim > cfg.state_dim or robot_action_dim > cfg.action_dim:
+        raise CheckpointError(f"the robot has state {robot_state_dim} / action {robot_action_dim} dims but the model "
+                              f"only {cfg.state_dim} / {cfg.action_dim} (robot vectors are zero-padded, never cut)")
     start = time.perf_counter()
     staging = make_staging_dir(out_dir)
     try:

@@ -229,7 +229,7 @@ def rope(x: Tensor, positions: Tensor, base: float) -> Tensor:
     x [b, t, heads, d]; positions int [b, t].
     """
     d = x.shape[-1]
-    inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.int64).to(torch.float32) / d))
+    inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.int64, device=x.device).to(torch.float32) / d))
     freqs = positions.to(torch.float32)[..., None] * inv_freq  # [b, t, d/2]
     emb = torch.cat([freqs, freqs], dim=-1)[:, :, None, :]
     cos, sin = emb.cos(), emb.sin()
@@ -265,7 +265,7 @@ def mask_2d(pad_mask: Tensor, ar_mask: Tensor) -> Tensor:
 def posemb_sincos(t: Tensor, width: int, min_period: float, max_period: float) -> Tensor:
     """Time embedding (MODEL.md, "Suffix"), t [b] -> [b, width]: computed in float64 like openpi's PyTorch
     port and LeRobot (openpi JAX uses float32: ~6e-5 apart), returned float32."""
-    fraction = torch.linspace(0.0, 1.0, width // 2, dtype=torch.float64)
+    fraction = torch.linspace(0.0, 1.0, width // 2, dtype=torch.float64, device=t.device)
     period = min_period * (max_period / min_period) ** fraction
     angle = t.to(torch.float64)[:, None] * (1.0 / period * 2 * math.pi)[None, :]
     return torch.cat([angle.sin(), angle.cos()], dim=-1).to(torch.float32)
@@ -363,10 +363,10 @@ class Pi0Model(nn.Module):
         """v_t [b, H, A] float32. The expert's queries attend [cached prefix ; suffix]."""
         x = self.embed_suffix(x_t, time_cond, state)
         b, s = x.shape[:2]
-        ar = torch.tensor(self.suffix_ar_mask(), dtype=torch.int64)[None].expand(b, s)
-        suffix_allowed = mask_2d(torch.ones(b, s, dtype=torch.bool), ar)
+        ar = torch.tensor(self.suffix_ar_mask(), dtype=torch.int64, device=x.device)[None].expand(b, s)
+        suffix_allowed = mask_2d(torch.ones(b, s, dtype=torch.bool, device=x.device), ar)
         allowed = torch.cat([prefix_mask[:, None, :].expand(b, s, prefix_mask.shape[1]), suffix_allowed], dim=2)
-        positions = prefix_mask.to(torch.int64).sum(-1, keepdim=True) + torch.arange(s)[None, :]
+        positions = prefix_mask.to(torch.int64).sum(-1, keepdim=True) + torch.arange(s, device=x.device)[None, :]
         cond = time_cond if self.cfg.is_pi05 else None
         for layer_idx, layer in enumerate(self.expert.layers):
             h, gate = layer.input_layernorm(x, cond)
@@ -402,9 +402,9 @@ class Pi0Model(nn.Module):
             observation["images"], observation["image_masks"], observation["tokens"], observation["token_masks"])
         state = None if self.cfg.is_pi05 else observation["state"]
         b = noise.shape[0]
-        dt = torch.full((b,), float(dt_value), dtype=torch.float32)
+        dt = torch.full((b,), float(dt_value), dtype=torch.float32, device=noise.device)
         x = noise.to(torch.float32)
         for t_value in times:
-            t = torch.full((b,), float(t_value), dtype=torch.float32)
+            t = torch.full((b,), float(t_value), dtype=torch.float32, device=noise.device)
             x, _ = self.denoise_step(x, t, dt, past_keys, past_values, prefix_mask, state)
         return x

@@ -57,6 +57,13 @@ class OrtBackend:
             raise BackendUnavailableError(f"backend {name} needs ONNX Runtime's {PROVIDERS[name]}, which this "
                                           f"onnxruntime build does not offer{extra}; available: "
                                           f"{ort.get_available_providers()}")
+        if name != "ort-cpu" and hasattr(ort, "preload_dlls"):
+            # CUDA/cuDNN from the nvidia-* pip packages (not on the loader path; torch is not imported here to
+            # load them for us). Best effort: a system CUDA install is found by the loader anyway.
+            try:
+                ort.preload_dlls()
+            except Exception as exc:  # noqa: BLE001
+                log.debug("onnxruntime.preload_dlls() failed: %s", exc)
         if manifest.precision == "bfloat16" and name == "ort-cpu":
             raise BackendUnavailableError("bfloat16 bundles need a GPU backend; export float32 for ort-cpu")
         self.name, self.manifest = name, manifest

@@ -87,3 +87,21 @@ def test_optimized_bundle_refuses_a_step_count_it_was_not_exported_for(checkpoin
         assert len(policy.infer(_observation(policy)).timings_ms["step_ms"]) == 5
         with pytest.raises(ObservationError, match="exported for num_steps=5"):
             policy.infer(_observation(policy), num_steps=10)
+
+
+def test_bundle_for_a_robot_wider_than_the_model_is_refused_before_export(tmp_path):
+    from pi0edge.errors import CheckpointError
+    from pi0edge.export.bundle import write_bundle
+    from pi0edge.export.model import Pi0Model
+    from pi0edge.normalization import NormStats
+
+    cfg = tiny("pi0")
+    wide = cfg.state_dim + 1
+    stats = {"mean": np.zeros(wide), "std": np.ones(wide)}
+    tokenizer = tmp_path / "tokenizer.model"
+    tokenizer.write_bytes(b"checked after the dims")
+    norm_stats = NormStats.from_arrays("mean_std", "openpi", stats, stats)
+    with pytest.raises(CheckpointError, match=f"state {wide} / action {wide} dims but the model only"):
+        write_bundle(Pi0Model(cfg), tmp_path / "b", norm_stats=norm_stats, tokenizer_path=tokenizer,
+                     robot_state_dim=wide, robot_action_dim=wide)
+    assert not (tmp_path / "b").exists()

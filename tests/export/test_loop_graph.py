@@ -129,3 +129,4 @@ def test_profile_of_a_loop_bundle_reports_the_loop_and_per_step_when_asked(loop_
     with Policy(bundle_dir, whole_loop=False) as policy:
         result = profile_policy(policy, iters=2, warmup=1)
     assert "step 9" in result.stages_ms
+
