@@ -89,12 +89,19 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(variants: dict, warmup: int, iters: int) -> dict[str, list[dict]]:
-    """Round-robin: warm-up rounds, then `iters` timed rounds of every variant."""
+def measure(variants: dict, warmup: int, iters: int, errors: dict[str, str]) -> dict[str, list[dict]]:
+    """Round-robin: warm-up rounds, then `iters` timed rounds of every variant. A variant that fails (a CUDA
+    graph that cannot be captured, say) is dropped with its error recorded: one device call is precious."""
     samples = {name: [] for name in variants}
     for i in range(warmup + iters):
-        for name, run in variants.items():
-            result = run()
+        for name, run in list(variants.items()):
+            try:
+                result = run()
+            except Exception as exc:  # noqa: BLE001
+                errors[name] = f"{type(exc).__name__}: {exc}"
+                log(f"{name} failed: {errors[name]}")
+                del variants[name], samples[name]
+                continue
             if i >= warmup:
                 samples[name].append(result)
     return samples
@@ -114,10 +121,15 @@ def bench_cameras(model: Pi0Model, cameras: int, args: argparse.Namespace, token
     export_s = export(model, bundle, args.precision, tokenizer)
     log(f"{cameras} camera(s): exported {bundle} in {export_s:.0f} s")
 
-    policies = {}
+    policies, errors = {}, {}
     for name, backend, options in RUNTIME_VARIANTS[args.backend]:
-        policies[name] = Policy(bundle, backend, verify_checksums=False, **options)
-        log(f"loaded {name}")
+        try:
+            policies[name] = Policy(bundle, backend, verify_checksums=False, **options)
+        except Exception as exc:  # noqa: BLE001  (recorded: the other variants still run)
+            errors[name] = f"{type(exc).__name__}: {exc}"
+        log(f"loaded {name}" if name in policies else f"{name} could not start: {errors[name]}")
+    if not policies:
+        raise SystemExit(f"no runtime variant could start: {errors}")
     first = next(iter(policies.values()))
     obs = synthetic_observation(first, seed=0)
     noise = np.random.default_rng(1).standard_normal((1, cfg.action_horizon, cfg.action_dim), dtype=np.float32)
@@ -146,7 +158,8 @@ def bench_cameras(model: Pi0Model, cameras: int, args: argparse.Namespace, token
 
     variants = {f"eager torch {d}": (lambda m=m: run_eager(m)) for d, m in eager_models.items()}
     variants |= {name: (lambda p=p: run_policy(p)) for name, p in policies.items()}
-    samples = measure(variants, args.warmup, args.iters)
+    samples = measure(variants, args.warmup, args.iters, errors)
+    policies = {name: p for name, p in policies.items() if name in samples}
 
     reference = None
     if "float32" in eager_models:
@@ -169,7 +182,7 @@ def bench_cameras(model: Pi0Model, cameras: int, args: argparse.Namespace, token
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     return {"cameras": cameras, "prefix_tokens": cfg.prefix_len, "export_s": round(export_s, 1),
-            "bundle": str(bundle), "variants": results}
+            "bundle": str(bundle), "variants": results, "errors": errors}
 
 
 def machine(device: str) -> dict:
@@ -189,6 +202,7 @@ def table(record: dict) -> str:
             lines.append(f"| {run['cameras']} | {name} | {r['model_ms']['p50']} | {infer} | "
                          f"{r.get('speedup_vs_fastest_eager', '-')} | "
                          f"{r.get('max_abs_action_error_vs_eager_float32', '-')} |")
+        lines += [f"| {run['cameras']} | {name} | failed: {error} | | | |" for name, error in run["errors"].items()]
     return "\n".join(lines)
 
 

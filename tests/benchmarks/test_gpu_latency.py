@@ -22,8 +22,21 @@ def test_latency_benchmark_runs_every_variant_per_camera_count_and_records_error
     assert record["runs"][0]["prefix_tokens"] > record["runs"][1]["prefix_tokens"]  # one camera: fewer tokens
     for run in record["runs"]:
         variants = run["variants"]
+        assert run["errors"] == {}
         assert set(variants) == {"eager torch float32", "ort-cpu, loop graph", "ort-cpu, step by step"}
         for name in ("ort-cpu, loop graph", "ort-cpu, step by step"):
             assert variants[name]["max_abs_action_error_vs_eager_float32"] < 1e-4
             assert variants[name]["infer_ms"]["p50"] >= variants[name]["model_ms"]["p50"] > 0
             assert variants[name]["speedup_vs_fastest_eager"] > 0
+
+
+def test_a_variant_that_fails_is_recorded_and_the_others_still_run():
+    errors = {}
+
+    def broken():
+        raise RuntimeError("CUDA graph capture failed")
+
+    samples = gpu_latency.measure({"ok": lambda: {"model_ms": 1.0}, "broken": broken}, warmup=1, iters=2,
+                                  errors=errors)
+    assert samples == {"ok": [{"model_ms": 1.0}] * 2}
+    assert errors == {"broken": "RuntimeError: CUDA graph capture failed"}
