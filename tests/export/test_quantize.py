@@ -197,3 +197,23 @@ def test_quantize_command_prints_the_error_and_refuses_to_overwrite(cli, quantiz
     assert cli(args) == 1
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert (out / "bundle.yaml").read_bytes() == before
+
+
+def test_quantizing_a_loop_bundle_rebuilds_its_loop_graph_from_the_quantized_step_graph(tiny_bundle_factory,
+                                                                                          tmp_path):
+    pytest.importorskip("modelopt.onnx.quantization", reason=f"needs the [quant] extra: {QUANT_PIP}")
+    from pi0edge.export.optimize import DEFAULT_OPTIMIZE
+    from pi0edge.export.quantize import quantize_bundle
+
+    bundle, _ = tiny_bundle_factory("pi0", optimize=DEFAULT_OPTIMIZE)  # what `pi0edge export` writes
+    out = tmp_path / "q"
+    quantize_bundle(bundle, out, QuantizeOptions("int8", calib_chunks=1, eval_chunks=1))
+    manifest = load_manifest(out)
+    assert has_qdq(out / manifest.graphs[c.DENOISE_LOOP_GRAPH].file)  # not the float32 loop graph copied over
+    with Policy(out) as loop, Policy(out, whole_loop=False) as steps:
+        assert loop.backend.whole_loop
+        obs = synthetic_observation(loop, seed=3)
+        noise = np.random.default_rng(3).standard_normal((loop.action_horizon, loop.manifest.action_dim),
+                                                         dtype=np.float32)
+        np.testing.assert_allclose(loop.infer(obs, noise=noise).actions, steps.infer(obs, noise=noise).actions,
+                                   atol=1e-6)
