@@ -5,25 +5,19 @@ emulated tiny pi0 / pi0.5 bundle runs on ort-cpu through `Policy` with a measure
 
 from __future__ import annotations
 
-import copy
-
 import ml_dtypes
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
-from conftest import ROBOT_ACTION_DIM, ROBOT_STATE_DIM, random_norm_stats
 from onnx import TensorProto, helper, numpy_helper
 
 from pi0edge import contract as c
 from pi0edge.cli import main
 from pi0edge.errors import BundleError
 from pi0edge.export.bf16_emulation import _bf16_to_f32, emulate_graph, write_emulated_bundle
-from pi0edge.export.bundle import write_bundle
 from pi0edge.export.config import tiny
 from pi0edge.export.graphs import example_inputs
-from pi0edge.export.model import Pi0Model
 from pi0edge.export.optimize import DEFAULT_OPTIMIZE
 from pi0edge.export.random_checkpoint import write_random_checkpoint
 from pi0edge.manifest import load_manifest
@@ -35,6 +29,7 @@ BF16, F32 = TensorProto.BFLOAT16, TensorProto.FLOAT
 # (pi0) and 6.3e-3 (pi0.5), against float16's 1.2e-3 / 4.0e-4 (11 significand bits to bf16's 8). Bound with ~5x
 # margin, as float16's own (tests/export/test_onnx_parity.py).
 ACTION_ATOL_BF16 = 3e-2
+ROBOT_DIM = 6
 
 
 def bf16(x: np.ndarray) -> np.ndarray:
@@ -104,30 +99,19 @@ def test_emulated_graph_rounds_every_bf16_result_like_ml_dtypes_under_ort_enable
     assert emulation.rounded_tensors == 6  # x's Cast, MatMul, Add, Mul, Mul and the input y (not Transpose)
 
 
-def export_precisions(tmp_path_factory, tokenizer_path, model_type: str) -> dict:
-    """The tiny model as optimized float32, float16 and bfloat16 bundles (what `pi0edge export` writes)."""
-    cfg = tiny(model_type)
-    torch.manual_seed(0)
-    model = Pi0Model(cfg).eval()
-    stats = random_norm_stats(model_type, ROBOT_STATE_DIM, ROBOT_ACTION_DIM)
-    out = {}
-    for precision in ("float32", "float16", "bfloat16"):
-        out[precision] = tmp_path_factory.mktemp(f"{model_type}-{precision}") / "bundle"
-        write_bundle(copy.deepcopy(model), out[precision], norm_stats=stats, tokenizer_path=tokenizer_path,
-                     robot_state_dim=ROBOT_STATE_DIM, robot_action_dim=ROBOT_ACTION_DIM, precision=precision,
-                     optimize=DEFAULT_OPTIMIZE)
-    out["emulated"] = tmp_path_factory.mktemp(f"{model_type}-emulated") / "bundle"
-    write_emulated_bundle(out["bfloat16"], out["emulated"])
-    return out
-
-
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory, tokenizer_path):
+def bundles(tmp_path_factory, tiny_bundle_factory):
+    """model type -> the tiny model as optimized float32, float16 and bfloat16 bundles (what `pi0edge export`
+    writes; same weights: the factory seeds each export alike) and the bfloat16 one's emulation."""
     cache = {}
 
     def get(model_type: str) -> dict:
         if model_type not in cache:
-            cache[model_type] = export_precisions(tmp_path_factory, tokenizer_path, model_type)
+            out = {precision: tiny_bundle_factory(model_type, precision, optimize=DEFAULT_OPTIMIZE)[0]
+                   for precision in ("float32", "float16", "bfloat16")}
+            out["emulated"] = tmp_path_factory.mktemp(f"{model_type}-emulated") / "bundle"
+            write_emulated_bundle(out["bfloat16"], out["emulated"])
+            cache[model_type] = out
         return cache[model_type]
 
     return get
@@ -201,13 +185,12 @@ def test_emulated_bf16_bundle_runs_on_ort_cpu_with_bounded_error_larger_than_flo
 
 def test_export_command_offers_bfloat16_and_its_bundle_runs_emulated_on_ort_cpu(tmp_path, capsys):
     checkpoint, out = tmp_path / "ckpt", tmp_path / "bundle"
-    write_random_checkpoint(checkpoint, tiny("pi0"), robot_state_dim=ROBOT_STATE_DIM,
-                            robot_action_dim=ROBOT_ACTION_DIM)
+    write_random_checkpoint(checkpoint, tiny("pi0"), robot_state_dim=ROBOT_DIM, robot_action_dim=ROBOT_DIM)
     assert main(["export", str(checkpoint), "-o", str(out), "--precision", "bfloat16"]) == 0
     assert "(bfloat16," in capsys.readouterr().out
     assert load_manifest(out).raw["precision"] == "bfloat16"
     write_emulated_bundle(out, tmp_path / "emulated")
     with Policy(tmp_path / "emulated", backend="ort-cpu") as policy:
         chunk = policy.infer(synthetic_observation(policy))
-    assert chunk.actions.shape == (policy.manifest.action_horizon, ROBOT_ACTION_DIM)
+    assert chunk.actions.shape == (policy.manifest.action_horizon, ROBOT_DIM)
     assert np.isfinite(chunk.actions).all()
