@@ -47,7 +47,9 @@ from pi0edge.runtime.profile import synthetic_observation
 ROBOT_DIM = 14  # ALOHA-like: 14 joints, zero-padded to the model's 32 (fewer in small configs)
 # (variant name, backend, Policy options); a backend's variants in the order they are reported
 RUNTIME_VARIANTS = {
-    "ort-cuda": [("ort-cuda, loop graph, CUDA graph", "ort-cuda", {"enable_cuda_graph": True}),
+    "ort-cuda": [("ort-cuda, CUDA graphs (prefix + loop)", "ort-cuda", {"enable_cuda_graph": True}),
+                 ("ort-cuda, loop as one CUDA graph", "ort-cuda", {"enable_cuda_graph": True,
+                                                                   "cuda_graph_prefix": False}),
                  ("ort-cuda, loop graph", "ort-cuda", {}),
                  ("ort-cuda, step by step", "ort-cuda", {"whole_loop": False})],
     "ort-cpu": [("ort-cpu, loop graph", "ort-cpu", {}), ("ort-cpu, step by step", "ort-cpu", {"whole_loop": False})],

@@ -7,7 +7,8 @@ step is a single `run_with_iobinding` call with no allocation, no binding and no
 
 Whole loop: a bundle with a `denoise_loop` graph (export/loop_graph.py) runs all steps as ONE session
 call (`run_loop`) from the noise buffer into the actions buffer; the step graph is then not loaded. With
-`enable_cuda_graph` on ort-cuda that call is one captured CUDA graph (ORT captures per run). whole_loop
+`enable_cuda_graph` on ort-cuda that call is one captured CUDA graph (ORT captures per run), and so is the
+prefix unless `cuda_graph_prefix=False`: a chunk is then two graph launches. whole_loop
 None (default) uses it when the bundle has it; False runs step by step (per-step timings in `profile`).
 """
 
@@ -45,7 +46,7 @@ class OrtBackend:
     """One ORT session per graph, sharing device buffers through IOBinding."""
 
     def __init__(self, manifest: Manifest, name: str = "ort-cpu", *, device_id: int = 0,
-                 intra_op_threads: int | None = None, enable_cuda_graph: bool = False,
+                 intra_op_threads: int | None = None, enable_cuda_graph: bool = False, cuda_graph_prefix: bool = True,
                  whole_loop: bool | None = None):
         import onnxruntime as ort
 
@@ -70,6 +71,7 @@ class OrtBackend:
         self.device = "cpu" if name == "ort-cpu" else "cuda"
         self.device_id = device_id
         self.enable_cuda_graph = enable_cuda_graph and self.device == "cuda"
+        self._prefix_cuda_graph = self.enable_cuda_graph and cuda_graph_prefix
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads:
@@ -88,7 +90,8 @@ class OrtBackend:
         self._loop_graph = c.DENOISE_LOOP_GRAPH if self.whole_loop else c.DENOISE_STEP_GRAPH
         self._ort = ort
         self.prefix_session = ort.InferenceSession(
-            str(manifest.path(manifest.graphs[c.PREFIX_GRAPH].file)), options, providers=self._providers(False))
+            str(manifest.path(manifest.graphs[c.PREFIX_GRAPH].file)), options,
+            providers=self._providers(self._prefix_cuda_graph))
         self.denoise_session = ort.InferenceSession(
             str(manifest.path(manifest.graphs[self._loop_graph].file)), options,
             providers=self._providers(self.enable_cuda_graph))
@@ -157,7 +160,7 @@ class OrtBackend:
             self._bind_loop(len(times))
         else:
             self._bind_steps(batch, times, dt)
-        self._run_options = self._ort.RunOptions()
+        self._run_options = self._graph_run_options(0, self._prefix_cuda_graph)
         self._batch = key
 
     def _cached_inputs(self, binding) -> None:
@@ -166,11 +169,11 @@ class OrtBackend:
             if name in self.manifest.graphs[self._loop_graph].input_names:
                 binding.bind_ortvalue_input(name, self._dev[name])
 
-    def _graph_run_options(self, graph_id: int):
+    def _graph_run_options(self, graph_id: int, captured: bool | None = None):
         """ORT CUDA graphs: one captured graph per binding, told apart by gpu_graph_id (captured on the first
         run of each id, replayed after); every input and output already sits at a fixed device address."""
         options = self._ort.RunOptions()
-        if self.enable_cuda_graph:
+        if self.enable_cuda_graph if captured is None else captured:
             options.add_run_config_entry("gpu_graph_id", str(self._graph_generation * 1000 + graph_id))
         return options
 
