@@ -9,7 +9,8 @@
 #                   command: bash benchmarks/gpu_session.sh run --model pi0 --cameras 3 1 --json $OUT/pi0.json
 # `run` stages what it carries, joins and checks the wheel, installs it and pi0edge under /tmp/site (no
 # dependency is fetched), then runs benchmarks/gpu_latency.py with the remaining arguments. A later `run` on
-# the same warm machine reuses the install and the exported bundles (/tmp/pi0edge-gpu).
+# the same warm machine reuses the install and the exported bundles (/tmp/pi0edge-gpu). Dry run on a CPU machine:
+#   SKIP_ORT_GPU=1 bash benchmarks/gpu_session.sh run --size tiny --device cpu --backend ort-cpu --iters 2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEEL_VERSION=${WHEEL_VERSION:-1.31.1}
@@ -41,7 +42,8 @@ stage)
 run)
     shift
     stage
-    if ! PYTHONPATH=$SITE python3 -c "import onnxruntime as o, sys
+    # SKIP_ORT_GPU=1: a dry run of the rest on a machine without the wheel (here: --device cpu --backend ort-cpu)
+    if [ -z "${SKIP_ORT_GPU:-}" ] && ! PYTHONPATH=$SITE python3 -c "import onnxruntime as o, sys
 sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" 2>/dev/null; then
         name=$(cat "$PARTS/ort-name")
         cat "$PARTS"/ort-part-* >"/tmp/$name"
