@@ -6,10 +6,13 @@ staging folder, then renamed into place; an old folder is moved aside first and 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def default_mode(directory: bool = False) -> int:
@@ -39,11 +42,40 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def make_staging_dir(out_dir: Path) -> Path:
-    """A hidden sibling folder to build out_dir in (same filesystem, so the final rename is atomic)."""
+    """A hidden sibling folder to build out_dir in (same filesystem, so the final rename is atomic).
+
+    Its name carries the writer's pid: the leftovers of a writer that was killed (SIGKILL, the OOM killer,
+    a power cut: no cleanup ran) are removed here, since a full-size bundle's leftovers are ~13 GB. A folder
+    whose writer is still alive (another export to the same place) is left alone."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    remove_stale_staging(out_dir)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-{os.getpid()}-"))
     os.chmod(staging, default_mode(directory=True))
     return staging
+
+
+def remove_stale_staging(out_dir: Path) -> list[Path]:
+    """Remove out_dir's staging and moved-aside folders whose writing process is gone; -> what was removed."""
+    removed = []
+    for kind in ("partial", "old"):
+        for path in out_dir.parent.glob(f".{out_dir.name}.{kind}-*"):
+            pid = path.name[len(f".{out_dir.name}.{kind}-"):].split("-")[0]
+            if pid.isdigit() and not _process_alive(int(pid)) and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    if removed:
+        log.warning("removed the leftovers of an interrupted write: %s", ", ".join(str(p) for p in removed))
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 def swap_dir_into_place(staging: Path, out_dir: Path) -> None:
