@@ -34,6 +34,7 @@ import yaml
 
 from pi0edge.atomic import make_staging_dir, swap_dir_into_place, write_text_atomic
 from pi0edge.errors import BundleError
+from pi0edge.export.external_data import PAGE_BYTES, all_tensors
 from pi0edge.manifest import MANIFEST_NAME, load_manifest, sha256_file
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 EMULATED_PRECISION = "bfloat16"
 CHUNK_BYTES = 64 << 20  # bf16 bytes converted at a time
 EXTERNAL_MIN_BYTES = 4096  # converted tensors at least this big go to the external-data file
-PAGE_BYTES = 4096  # external tensors page-aligned, as export/graphs.py writes them (runtimes mmap them)
 # Ops whose output values are among their inputs' values (or the constant's): bf16 in, bf16-valued out.
 VALUE_PRESERVING_OPS = frozenset({
     "Constant", "ConstantOfShape", "Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten",
@@ -264,19 +264,6 @@ def _round_bf16_tensors(graph, types: dict[str, int], where: Path) -> int:
     return pairs
 
 
-def _walk_tensors(graph):
-    """Initializers and Constant-like attribute tensors (the only tensors a flat graph holds)."""
-    import onnx
-
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == onnx.AttributeProto.TENSORS:
-                yield from attr.tensors
-
-
 def emulate_graph(src: Path, dst: Path) -> GraphEmulation:
     """bf16 graph file src (with its external data beside it) -> float32 emulation dst (+ dst.data)."""
     import onnx
@@ -287,7 +274,7 @@ def emulate_graph(src: Path, dst: Path) -> GraphEmulation:
     types = _tensor_types(model)
     data = _DataWriter(dst.parent / f"{dst.name}.data")
     try:
-        converted = sum(_convert_tensor(t, src.parent, data) for t in _walk_tensors(model.graph))
+        converted = sum(_convert_tensor(t, src.parent, data) for t in all_tensors(model.graph))
     finally:
         data.close()
     pairs = _round_bf16_tensors(model.graph, types, src)
@@ -309,7 +296,7 @@ def _graph_files(bundle_dir: Path, graph_file: str) -> set[str]:
 
     model = onnx.load(str(bundle_dir / graph_file), load_external_data=False)
     files = {graph_file}
-    for tensor in _walk_tensors(model.graph):
+    for tensor in all_tensors(model.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             files.add(_external_info(tensor)["location"])
     return files

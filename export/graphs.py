@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from pi0edge import contract as c
 from pi0edge.export.config import Pi0Config
+from pi0edge.export.external_data import all_tensors, gather_external_data
 from pi0edge.export.model import Pi0Model
 
 if TYPE_CHECKING:
@@ -130,7 +131,7 @@ def _export_one(module: nn.Module, inputs: dict[str, Tensor], spec: GraphSpec, p
                               dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False,
                               do_constant_folding=True)
         proto = onnx.load(str(scratch_path), load_external_data=False)
-        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(proto.graph)):
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in all_tensors(proto.graph)):
             gather_external_data(proto, scratch, path.parent / (path.name + ".data"))
             onnx.save_model(proto, str(path))
         else:
@@ -138,52 +139,6 @@ def _export_one(module: nn.Module, inputs: dict[str, Tensor], spec: GraphSpec, p
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     onnx.checker.check_model(str(path))
-
-
-def _all_tensors(graph):
-    """Initializers and the tensors inside node attributes (Constant values): over 2 GiB the exporter
-    spills both kinds to files, and subgraphs' too."""
-    import onnx
-
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == onnx.AttributeProto.TENSORS:
-                yield from attr.tensors
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_tensors(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _all_tensors(sub)
-
-
-def gather_external_data(proto, source_dir: Path, data_path: Path) -> None:
-    """Rewrite per-tensor external files into one `<graph>.onnx.data`, streaming: no tensor is held in RAM
-    twice, so a full-size graph exports on a 24 GB machine."""
-    import onnx
-
-    offset = 0
-    with open(data_path, "wb") as out:
-        for tensor in _all_tensors(proto.graph):
-            if tensor.data_location != onnx.TensorProto.EXTERNAL:
-                continue
-            info = {e.key: e.value for e in tensor.external_data}
-            src = source_dir / info["location"]
-            start, length = int(info.get("offset", 0)), info.get("length")
-            with open(src, "rb") as f:
-                f.seek(start)
-                data = f.read(int(length)) if length is not None else f.read()
-            pad = (-offset) % 4096  # page-aligned tensors let runtimes mmap them
-            out.write(b"\0" * pad)
-            offset += pad
-            out.write(data)
-            del tensor.external_data[:]
-            for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(len(data)))):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = key, value
-            offset += len(data)
 
 
 def export_graphs(model: Pi0Model, out_dir: Path, precision: str = "float32", with_velocity: bool = False,

@@ -89,15 +89,9 @@ def denoise_step_outputs(with_velocity: bool = False) -> tuple[TensorSpec, ...]:
 
 
 def denoise_loop_inputs(has_state_input: bool) -> tuple[TensorSpec, ...]:
-    """The loop graph reads the noise x_0 and the cache; the schedule is inside it (export/loop_graph.py)."""
-    state = (TensorSpec(STATE, "float32", ("B", "S")),) if has_state_input else ()
-    return (
-        TensorSpec(X_T, "float32", ("B", "H", "A")),
-        TensorSpec(PAST_KEYS, KV_DTYPE, KV_DIMS),
-        TensorSpec(PAST_VALUES, KV_DTYPE, KV_DIMS),
-        TensorSpec(PREFIX_MASK, "bool", ("B", "T")),
-        *state,
-    )
+    """The loop graph reads what a step reads but the step index: the schedule is inside it
+    (export/loop_graph.py); x_t is the noise x_0."""
+    return tuple(s for s in denoise_step_inputs(has_state_input, time_as_step_index=True) if s.name != STEP_INDEX)
 
 
 DENOISE_LOOP_OUTPUTS = (TensorSpec(ACTIONS, "float32", ("B", "H", "A")),)

@@ -9,7 +9,8 @@ import onnxruntime as ort
 import torch
 
 from pi0edge.export.config import tiny
-from pi0edge.export.graphs import PrefixGraph, example_inputs, gather_external_data, prefix_spec
+from pi0edge.export.external_data import gather_external_data
+from pi0edge.export.graphs import PrefixGraph, example_inputs, prefix_spec
 from pi0edge.export.model import Pi0Model
 
 

@@ -23,15 +23,21 @@ ACTION_ATOL_FP16_FULL = 5e-2
 ACTION_ATOL_BF16_FULL = 1e-1
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("model_type", ["pi0", "pi05"])
-def test_full_size_random_checkpoint_exports_to_float16_and_runs_one_chunk(tmp_path, model_type):
+def run_full_size(workdir: Path, model_type: str, precision: str) -> dict:
+    """benchmarks/full_size.py --compare-reference in its own process; -> its JSON record (printed too)."""
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "full_size.py"), "--model", model_type,
-                          "--precision", "float16", "--workdir", str(tmp_path), "--compare-reference"],
+                          "--precision", precision, "--workdir", str(workdir), "--compare-reference"],
                          capture_output=True, text=True, timeout=4 * 3600)
     assert out.returncode == 0, out.stderr[-3000:]
     record = json.loads(out.stdout[out.stdout.index("{"):])
     print(json.dumps(record, indent=2))
+    return record
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["pi0", "pi05"])
+def test_full_size_random_checkpoint_exports_to_float16_and_runs_one_chunk(tmp_path, model_type):
+    record = run_full_size(tmp_path, model_type, "float16")
     assert record["export"]["bundle_gb"] > 5  # both graphs of a ~3.3 B-parameter model in float16
     assert record["infer"]["chunk_ms"] > 0
     assert record["reference"]["max_abs_action_error"] <= ACTION_ATOL_FP16_FULL
@@ -40,12 +46,7 @@ def test_full_size_random_checkpoint_exports_to_float16_and_runs_one_chunk(tmp_p
 @pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["pi0", "pi05"])
 def test_full_size_random_checkpoint_exports_to_bfloat16_and_its_emulation_runs_one_chunk(tmp_path, model_type):
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "full_size.py"), "--model", model_type,
-                          "--precision", "bfloat16", "--workdir", str(tmp_path), "--compare-reference"],
-                         capture_output=True, text=True, timeout=4 * 3600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    record = json.loads(out.stdout[out.stdout.index("{"):])
-    print(json.dumps(record, indent=2))
+    record = run_full_size(tmp_path, model_type, "bfloat16")
     assert record["export"]["bundle_gb"] > 5  # bf16 weights: 2 bytes each, as float16
     assert record["emulate"]["bundle_gb"] > 1.8 * record["export"]["bundle_gb"]  # float32 weights
     assert record["infer"]["chunk_ms"] > 0
