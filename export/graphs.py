@@ -159,8 +159,8 @@ def export_graphs(model: Pi0Model, out_dir: Path, precision: str = "float32", wi
 
         modules = optimized_graphs(model.eval(), optimize, PRECISIONS[precision], with_velocity)
         graphs = {
-            c.PREFIX_GRAPH: (modules[c.PREFIX_GRAPH], prefix_spec()),
-            c.DENOISE_STEP_GRAPH: (modules[c.DENOISE_STEP_GRAPH],
+            c.PREFIX_GRAPH: (modules.pop(c.PREFIX_GRAPH), prefix_spec()),
+            c.DENOISE_STEP_GRAPH: (modules.pop(c.DENOISE_STEP_GRAPH),
                                    denoise_step_spec(cfg, with_velocity, optimize.uses_step_index)),
         }
     else:
@@ -170,11 +170,13 @@ def export_graphs(model: Pi0Model, out_dir: Path, precision: str = "float32", wi
             c.DENOISE_STEP_GRAPH: (DenoiseStepGraph(model, with_velocity), denoise_step_spec(cfg, with_velocity)),
         }
     entries = {}
-    for name, (module, spec) in graphs.items():
+    for name in list(graphs):
+        module, spec = graphs.pop(name)  # dropped once exported: an optimized prefix holds ~5 GB of weights
         path = out_dir / f"{name}.onnx"
         log.info("exporting %s (%s) -> %s", name, precision, path)
         with torch.no_grad():
             _export_one(module, examples[name], spec, path)
+        del module
         entries[name] = {"file": path.name, **spec.manifest_io(cfg, precision)}
     if optimize is not None and optimize.unroll_loop:
         if optimize.precompute_time:

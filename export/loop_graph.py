@@ -35,7 +35,8 @@ class LoopGraphError(BundleError):
 
 
 def unroll_step_graph(step, num_steps: int):
-    """The loop ModelProto from the step ModelProto (loaded with or without its external data)."""
+    """The step ModelProto (loaded with or without its external data) rewritten IN PLACE into the loop graph,
+    and returned: the weights are not copied, which at full size keeps the export's peak memory down."""
     import onnx
     from onnx import numpy_helper
 
@@ -53,7 +54,7 @@ def unroll_step_graph(step, num_steps: int):
     invariant, per_step = _hoist_invariants(nodes, shared)
     shared |= {v for n in invariant for v in n.output}
 
-    loop_nodes, index_constants, x_name = list(invariant), [], c.X_T
+    loop_nodes, index_constants, x_name = [_copy(n) for n in invariant], [], c.X_T
     for k in range(num_steps):
         index_name = f"step{k}/{c.STEP_INDEX}"
         index_constants.append(numpy_helper.from_array(np.array([k], np.int64), index_name))
@@ -66,27 +67,34 @@ def unroll_step_graph(step, num_steps: int):
             return rename.get(value, f"step{k}/{value}")
 
         for node in per_step:
-            copy = onnx.NodeProto()
-            copy.CopyFrom(node)
+            copy = _copy(node)
             copy.input[:] = [name(v) for v in node.input]
             copy.output[:] = [name(v) for v in node.output]
             copy.name = f"step{k}/{node.name}" if node.name else ""
             loop_nodes.append(copy)
         x_name = rename[c.X_NEXT]
 
-    x_next = next(o for o in graph.output if o.name == c.X_NEXT)
-    actions = onnx.ValueInfoProto()
-    actions.CopyFrom(x_next)
+    actions = _copy(next(o for o in graph.output if o.name == c.X_NEXT))
     actions.name = c.ACTIONS
-    loop_inputs = [inputs[s.name] for s in c.denoise_loop_inputs(c.STATE in inputs) if s.name in inputs]
+    loop_inputs = [_copy(inputs[s.name]) for s in c.denoise_loop_inputs(c.STATE in inputs) if s.name in inputs]
     used = {v for n in nodes for v in n.input}
-    loop_graph = onnx.helper.make_graph(
-        loop_nodes, f"{graph.name or 'denoise_step'}_x{num_steps}", loop_inputs, [actions],
-        initializer=[t for t in graph.initializer if t.name in used] + index_constants)
-    loop = onnx.helper.make_model(loop_graph, opset_imports=step.opset_import, producer_name="pi0edge",
-                                  doc_string=f"denoise_step unrolled over {num_steps} Euler steps")
-    loop.ir_version = step.ir_version
-    return loop
+    for i in reversed(range(len(graph.initializer))):  # the velocity head's weights, if any, go
+        if graph.initializer[i].name not in used:
+            del graph.initializer[i]
+    graph.initializer.extend(index_constants)
+    for field, values in ((graph.node, loop_nodes), (graph.input, loop_inputs), (graph.output, [actions])):
+        del field[:]
+        field.extend(values)
+    del graph.value_info[:]  # the step's intermediate shapes; ONNX Runtime infers the copies' own
+    graph.name = f"{graph.name or 'denoise_step'}_x{num_steps}"
+    step.producer_name, step.doc_string = "pi0edge", f"denoise_step unrolled over {num_steps} Euler steps"
+    return step
+
+
+def _copy(message):
+    out = type(message)()
+    out.CopyFrom(message)
+    return out
 
 
 def _hoist_invariants(nodes: list, shared: set[str]) -> tuple[list, list]:
@@ -125,7 +133,7 @@ def write_loop_graph(step_path: Path, loop_path: Path, num_steps: int) -> None:
         step = onnx.load(str(step_path), load_external_data=False)
     except Exception as exc:  # OSError, protobuf's DecodeError: name the file either way
         raise LoopGraphError(f"{step_path}: cannot read the step graph ({exc})") from exc
-    loop = unroll_step_graph(step, num_steps)
+    loop = unroll_step_graph(step, num_steps)  # `step` itself, rewritten: one copy of the weights in memory
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in loop.graph.initializer)
     if external and step_path.parent.resolve() != loop_path.parent.resolve():
         raise LoopGraphError(f"{loop_path}: must sit beside {step_path}, whose weights it reads by reference")
@@ -134,4 +142,5 @@ def write_loop_graph(step_path: Path, loop_path: Path, num_steps: int) -> None:
                         location=loop_path.name + ".data", size_threshold=1024)
     else:
         onnx.save_model(loop, str(loop_path))
+    del loop, step  # before the checker reads the file back
     onnx.checker.check_model(str(loop_path))
