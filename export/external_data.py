@@ -56,3 +56,35 @@ def gather_external_data(proto, source_dir: Path, data_path: Path) -> None:
                 entry = tensor.external_data.add()
                 entry.key, entry.value = key, value
             offset += len(data)
+
+
+def move_to_external_data(proto, data_path: Path, min_bytes: int = 1024) -> int:
+    """Move the graph's inline initializers of at least min_bytes into data_path (page-aligned, appended to
+    nothing: the file is written anew), in place; -> how many moved. For a graph whose weights another graph
+    will reference (the loop graph reads the step graph's)."""
+    import onnx
+    from onnx import numpy_helper
+
+    offset, moved = 0, 0
+    with open(data_path, "wb") as out:
+        for tensor in proto.graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                raise ValueError(f"{data_path}: tensor {tensor.name} is already external")
+            data = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+            if len(data) < min_bytes:
+                continue
+            pad = (-offset) % PAGE_BYTES
+            out.write(b"\0" * pad)
+            offset += pad
+            out.write(data)
+            kept = {"name": tensor.name, "dims": list(tensor.dims), "data_type": tensor.data_type}
+            tensor.Clear()
+            tensor.name, tensor.data_type = kept["name"], kept["data_type"]
+            tensor.dims.extend(kept["dims"])
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(len(data)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            offset += len(data)
+            moved += 1
+    return moved

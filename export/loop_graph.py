@@ -7,7 +7,8 @@ chunk written out once; on a CPU the chunk is one session call instead of num_st
 Built by ONNX surgery on the exported step graph, not by tracing again, so the same function serves the
 plain export, a quantized (Q/DQ) step graph and any later rewrite of it:
 - the step's nodes are copied num_steps times (node outputs renamed `step<k>/...`); the weights stay
-  shared initializers, so the loop graph holds one copy of the action expert, not num_steps;
+  shared initializers, so the loop graph holds one copy of the action expert, not num_steps, and that
+  copy is the step graph's own `denoise_step.onnx.data` (referenced, not duplicated on disk);
 - copy k reads copy k-1's `x_next` as its `x_t`; the last copy's `x_next` is the output `actions`;
 - copy k's `step_index` is the constant [k] of shape [1]. This needs `precompute_time` (the step graph's
   only use of step_index is the per-step tables, whose rows broadcast over the batch): ONNX Runtime then
@@ -26,8 +27,6 @@ import numpy as np
 
 from pi0edge import contract as c
 from pi0edge.errors import BundleError
-
-_PROTO_LIMIT_BYTES = 1_800_000_000  # protobuf's 2 GiB limit, with headroom for the nodes
 
 
 class LoopGraphError(BundleError):
@@ -124,23 +123,25 @@ def _live_nodes(graph, output: str) -> list:
 
 
 def write_loop_graph(step_path: Path, loop_path: Path, num_steps: int) -> None:
-    """Unroll the step graph file into loop_path (same folder: a step graph's external data stays shared by
-    reference when it has any; otherwise a loop graph too big for one protobuf gets its own .data file)."""
+    """Unroll the step graph file into loop_path, beside it. The two graphs share one copy of the weights on
+    disk: a step graph whose weights are inline first gets them moved to `<step>.onnx.data` (page-aligned),
+    and the loop graph references that file (a runtime loads one graph or the other, never both)."""
     import onnx
 
+    from pi0edge.export.external_data import move_to_external_data
+
     step_path, loop_path = Path(step_path), Path(loop_path)
+    if step_path.parent.resolve() != loop_path.parent.resolve():
+        raise LoopGraphError(f"{loop_path}: must sit beside {step_path}, whose weights it reads by reference")
     try:
         step = onnx.load(str(step_path), load_external_data=False)
     except Exception as exc:  # OSError, protobuf's DecodeError: name the file either way
         raise LoopGraphError(f"{step_path}: cannot read the step graph ({exc})") from exc
-    loop = unroll_step_graph(step, num_steps)  # `step` itself, rewritten: one copy of the weights in memory
-    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in loop.graph.initializer)
-    if external and step_path.parent.resolve() != loop_path.parent.resolve():
-        raise LoopGraphError(f"{loop_path}: must sit beside {step_path}, whose weights it reads by reference")
-    if not external and loop.ByteSize() > _PROTO_LIMIT_BYTES:
-        onnx.save_model(loop, str(loop_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=loop_path.name + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(loop, str(loop_path))
-    del loop, step  # before the checker reads the file back
+    if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in step.graph.initializer):
+        move_to_external_data(step, step_path.with_name(step_path.name + ".data"))
+        onnx.save_model(step, str(step_path))
+        onnx.checker.check_model(str(step_path))
+    loop = unroll_step_graph(step, num_steps)  # `step` itself, rewritten; its weights stay on disk
+    onnx.save_model(loop, str(loop_path))
+    del loop, step
     onnx.checker.check_model(str(loop_path))
