@@ -187,6 +187,17 @@ def bench_cameras(model: Pi0Model, cameras: int, args: argparse.Namespace, token
             "bundle": str(bundle), "variants": results, "errors": errors}
 
 
+def build(args: argparse.Namespace, work: Path) -> tuple[Pi0Model, Path]:
+    """The random model of args.size and a tokenizer whose ids all fit its vocabulary."""
+    cfg = PRESETS[args.size](args.model)
+    vocab = min(MAX_TEST_VOCAB, cfg.vocab_size)  # every id the tokenizer emits must be a row of the embedding
+    tokenizer = work / f"tokenizer-{vocab}.model"
+    if not tokenizer.is_file():
+        train_test_tokenizer(tokenizer, vocab)
+    log(f"building a random {args.size} {args.model} model")
+    return random_model(cfg), tokenizer
+
+
 def machine(device: str) -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "onnxruntime": __import__("onnxruntime").__version__}
@@ -222,22 +233,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--workdir", default=None, help="bundles are kept here and reused (default: a temp dir)")
     parser.add_argument("--json", default=None, help="write the record here (after each camera count)")
+    parser.add_argument("--no-preflight", dest="preflight", action="store_false",
+                        help="skip the tiny-size run of every variant that comes first (a few seconds)")
     args = parser.parse_args(argv)
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="pi0edge-latency-"))
     work.mkdir(parents=True, exist_ok=True)
-    cfg = PRESETS[args.size](args.model)
-    vocab = min(MAX_TEST_VOCAB, cfg.vocab_size)  # every id the tokenizer emits must be a row of the embedding
-    tokenizer = work / f"tokenizer-{vocab}.model"
-    if not tokenizer.is_file():
-        train_test_tokenizer(tokenizer, vocab)
-    log(f"building a random {args.size} {args.model} model")
-    model = random_model(cfg)
     record = {"command": "python benchmarks/gpu_latency.py " + " ".join(argv if argv is not None else
                                                                         __import__("sys").argv[1:]),
               "model": args.model, "size": args.size, "precision": args.precision, "backend": args.backend,
               "device": args.device, "iters": args.iters, "warmup": args.warmup, "machine": machine(args.device),
               "runs": []}
+    if args.preflight and args.size != "tiny":
+        # seconds at tiny size: a variant that cannot run on this machine shows before minutes of full size
+        tiny_args = argparse.Namespace(**{**vars(args), "size": "tiny", "iters": 1, "warmup": 1})
+        record["preflight"] = [bench_cameras(model, 3, tiny_args, tokenizer, work)
+                               for model, tokenizer in [build(tiny_args, work)]]
+        log(f"preflight (tiny): errors {record['preflight'][0]['errors'] or 'none'}")
+    model, tokenizer = build(args, work)
     for cameras in args.cameras:
         record["runs"].append(bench_cameras(model, cameras, args, tokenizer, work))
         if args.json:
