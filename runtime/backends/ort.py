@@ -86,14 +86,14 @@ class OrtBackend:
             raise BackendUnavailableError(f"{manifest.bundle_dir}: no {c.DENOISE_LOOP_GRAPH} graph in this bundle; "
                                           "re-export it with this pi0edge (precompute_time on), or run step by step")
         self.whole_loop = has_loop if whole_loop is None else whole_loop
-        # Only the graphs that run are loaded: the loop graph holds its own copy of the step's weights.
-        self._loop_graph = c.DENOISE_LOOP_GRAPH if self.whole_loop else c.DENOISE_STEP_GRAPH
+        # Only the graphs that run are loaded: each session would hold its own copy of the expert's weights.
+        self._denoise_graph = c.DENOISE_LOOP_GRAPH if self.whole_loop else c.DENOISE_STEP_GRAPH
         self._ort = ort
         self.prefix_session = ort.InferenceSession(
             str(manifest.path(manifest.graphs[c.PREFIX_GRAPH].file)), options,
             providers=self._providers(self._prefix_cuda_graph))
         self.denoise_session = ort.InferenceSession(
-            str(manifest.path(manifest.graphs[self._loop_graph].file)), options,
+            str(manifest.path(manifest.graphs[self._denoise_graph].file)), options,
             providers=self._providers(self.enable_cuda_graph))
         self._check_io()
         self._batch = None
@@ -117,7 +117,7 @@ class OrtBackend:
 
     def _check_io(self) -> None:
         """The sessions' I/O must be what bundle.yaml promises (DESIGN.md: checked at load)."""
-        for graph, session in ((c.PREFIX_GRAPH, self.prefix_session), (self._loop_graph, self.denoise_session)):
+        for graph, session in ((c.PREFIX_GRAPH, self.prefix_session), (self._denoise_graph, self.denoise_session)):
             entry = self.manifest.graphs[graph]
             got_in = tuple(i.name for i in session.get_inputs())
             got_out = tuple(o.name for o in session.get_outputs())
@@ -141,7 +141,7 @@ class OrtBackend:
         key = (batch, tuple(times.tolist()), float(dt))
         if self._batch == key:
             return
-        pg, sg = c.PREFIX_GRAPH, self._loop_graph
+        pg, sg = c.PREFIX_GRAPH, self._denoise_graph
         self._host, self._dev = {}, {}
         for name in (*self.manifest.graphs[pg].input_names, *self.manifest.graphs[pg].output_names):
             self._host[name], self._dev[name] = self._alloc(pg, name, batch)
@@ -166,7 +166,7 @@ class OrtBackend:
     def _cached_inputs(self, binding) -> None:
         """The step/loop inputs that live in the prefix's buffers (KV cache, mask) and the state."""
         for name in (c.PAST_KEYS, c.PAST_VALUES, c.PREFIX_MASK, c.STATE):
-            if name in self.manifest.graphs[self._loop_graph].input_names:
+            if name in self.manifest.graphs[self._denoise_graph].input_names:
                 binding.bind_ortvalue_input(name, self._dev[name])
 
     def _graph_run_options(self, graph_id: int, captured: bool | None = None):
