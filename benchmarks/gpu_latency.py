@@ -26,7 +26,7 @@ import json
 import platform
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -115,12 +115,23 @@ def summarize(values: list[float]) -> dict[str, float]:
             "min": round(float(arr.min()), 3)}
 
 
-def bench_cameras(model: Pi0Model, cameras: int, args: argparse.Namespace, tokenizer: Path, work: Path) -> dict:
+@dataclass
+class Models:
+    """One random model, built once and shared by every camera count: the export source, its eager copies on
+    the device (one per --eager-dtypes; the weights do not depend on the camera count) and a tokenizer."""
+
+    source: Pi0Model
+    eager: dict[str, Pi0Model]
+    tokenizer: Path
+
+
+def bench_cameras(models: Models, cameras: int, args: argparse.Namespace, work: Path) -> dict:
+    model, eager_models = models.source, models.eager
     cfg = replace(model.cfg, cameras=model.cfg.cameras[:cameras] if cameras <= len(model.cfg.cameras)
                   else tuple(f"camera_{i}" for i in range(cameras)))
     model.cfg = cfg  # the weights do not depend on the camera count; the prefix length does
     bundle = work / f"{cfg.model_type}-{args.size}-{cameras}cam-{args.precision}"
-    export_s = export(model, bundle, args.precision, tokenizer)
+    export_s = export(model, bundle, args.precision, models.tokenizer)
     log(f"{cameras} camera(s): exported {bundle} in {export_s:.0f} s")
 
     policies, errors = {}, {}
@@ -140,10 +151,6 @@ def bench_cameras(model: Pi0Model, cameras: int, args: argparse.Namespace, token
     eager_obs = {k: torch.from_numpy(v).to(device) for k, v in feeds.items() if v is not None}
     eager_obs.setdefault("state", torch.zeros(1, cfg.state_dim, device=device))
     eager_noise = torch.from_numpy(noise).to(device)
-    eager_models = {}
-    for dtype_name in args.eager_dtypes:
-        eager_models[dtype_name] = copy.deepcopy(model).to(device=device, dtype=EAGER_DTYPES[dtype_name])
-    log(f"eager models on {device}: {list(eager_models)}")
 
     def run_eager(m: Pi0Model) -> dict:
         synchronize(device)
@@ -180,22 +187,23 @@ def bench_cameras(model: Pi0Model, cameras: int, args: argparse.Namespace, token
         results[name]["speedup_vs_fastest_eager"] = round(fastest_eager / results[name]["model_ms"]["p50"], 2)
     for policy in policies.values():
         policy.close()
-    del eager_models
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
     return {"cameras": cameras, "prefix_tokens": cfg.prefix_len, "export_s": round(export_s, 1),
             "bundle": str(bundle), "variants": results, "errors": errors}
 
 
-def build(args: argparse.Namespace, work: Path) -> tuple[Pi0Model, Path]:
-    """The random model of args.size and a tokenizer whose ids all fit its vocabulary."""
+def build(args: argparse.Namespace, work: Path) -> Models:
+    """The random model of args.size, its eager copies on args.device, and a tokenizer whose ids all fit
+    its vocabulary."""
     cfg = PRESETS[args.size](args.model)
     vocab = min(MAX_TEST_VOCAB, cfg.vocab_size)  # every id the tokenizer emits must be a row of the embedding
     tokenizer = work / f"tokenizer-{vocab}.model"
     if not tokenizer.is_file():
         train_test_tokenizer(tokenizer, vocab)
     log(f"building a random {args.size} {args.model} model")
-    return random_model(cfg), tokenizer
+    model = random_model(cfg)
+    eager = {d: copy.deepcopy(model).to(device=args.device, dtype=EAGER_DTYPES[d]) for d in args.eager_dtypes}
+    log(f"eager models on {args.device}: {list(eager)}")
+    return Models(model, eager, tokenizer)
 
 
 def machine(device: str) -> dict:
@@ -247,12 +255,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.preflight and args.size != "tiny":
         # seconds at tiny size: a variant that cannot run on this machine shows before minutes of full size
         tiny_args = argparse.Namespace(**{**vars(args), "size": "tiny", "iters": 1, "warmup": 1})
-        record["preflight"] = [bench_cameras(model, 3, tiny_args, tokenizer, work)
-                               for model, tokenizer in [build(tiny_args, work)]]
+        record["preflight"] = [bench_cameras(build(tiny_args, work), 3, tiny_args, work)]
         log(f"preflight (tiny): errors {record['preflight'][0]['errors'] or 'none'}")
-    model, tokenizer = build(args, work)
+    models = build(args, work)
     for cameras in args.cameras:
-        record["runs"].append(bench_cameras(model, cameras, args, tokenizer, work))
+        record["runs"].append(bench_cameras(models, cameras, args, work))
         if args.json:
             write_text_atomic(Path(args.json), json.dumps(record, indent=2) + "\n")
         log(f"{cameras} camera(s) done")
