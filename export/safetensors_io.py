@@ -46,22 +46,35 @@ class TensorInfo:
     end: int = 0
 
 
+def _looks_pickled(head: bytes) -> bool:
+    """A pickle (protocol 2+: 0x80, then the protocol) or a zip (torch.save's format since 1.6: "PK\\x03\\x04")."""
+    return head[:1] == b"\x80" or head[:2] == b"PK"
+
+
+def _header_bytes(path: Path, size: int) -> tuple[int, bytes]:
+    """The header length and the JSON header's bytes. The length is little-endian, so its low byte comes
+    first and may be 0x80 or spell "PK": a file is called a pickle only when its header is not valid safetensors."""
+    with path.open("rb") as f:
+        head = f.read(8)
+        header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+        plausible = header_len is not None and header_len <= min(size - 8, MAX_HEADER_BYTES)
+        raw = f.read(header_len) if plausible else b""
+    if not raw.startswith(b"{") and _looks_pickled(head):
+        raise CheckpointError(f"{path}: this is a pickled PyTorch file, not safetensors; pi0edge only loads "
+                              "safetensors (pickles can run code). Convert it with safetensors.torch.save_file")
+    if header_len is None:
+        raise CheckpointError(f"{path}: truncated or not a safetensors file ({size} bytes, shorter than the "
+                              "8-byte header length)")
+    if not plausible:
+        raise CheckpointError(f"{path}: truncated or not a safetensors file (header length {header_len} bytes, "
+                              f"file {size} bytes)")
+    return header_len, raw
+
+
 def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     """Parse and validate a safetensors header (8-byte little-endian length, JSON) without reading data."""
     size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(8)
-        if head[:2] == b"PK" or head[:1] == b"\x80":
-            raise CheckpointError(f"{path}: this is a pickled PyTorch file, not safetensors; pi0edge only loads "
-                                  "safetensors (pickles can run code). Convert it with safetensors.torch.save_file")
-        if len(head) < 8:
-            raise CheckpointError(f"{path}: truncated or not a safetensors file ({size} bytes, shorter than the "
-                                  "8-byte header length)")
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > min(size - 8, MAX_HEADER_BYTES):
-            raise CheckpointError(f"{path}: truncated or not a safetensors file (header length {header_len} bytes, "
-                                  f"file {size} bytes)")
-        raw = f.read(header_len)
+    header_len, raw = _header_bytes(path, size)
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

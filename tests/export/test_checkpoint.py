@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -268,6 +269,33 @@ def test_pickled_weights_are_refused_without_unpickling(lerobot_ckpt):
     _fails(lerobot_ckpt, "pytorch_model.bin", "only safetensors are supported")
     torch.save({"w": torch.zeros(2)}, lerobot_ckpt / "model.safetensors")  # a pickle under the safetensors name
     _fails(lerobot_ckpt, str(lerobot_ckpt / "model.safetensors"), "pickled PyTorch file")
+
+
+# The 8-byte header length is little-endian, so its low byte comes first: a length ending in 0x80 starts the
+# file like a pickle (a full-size float32 Pi0.5 LeRobot header is 140,672 = 0x22580 bytes), one ending in
+# 0x4B50 like a zip ("PK", what torch.save writes). Both are valid safetensors and must load.
+PICKLE_LIKE_HEADER_ENDINGS = {"pickle 0x80": (0x80, 0x100, b"\x80"), "zip 0x4B50": (0x4B50, 0x10000, b"PK")}
+
+
+def _pad_header_to(path: Path, ending: int, modulus: int) -> int:
+    """Pad the JSON header with spaces (as safetensors itself does) to the next length ≡ ending (mod modulus)."""
+    data = path.read_bytes()
+    (header_len,) = struct.unpack("<Q", data[:8])
+    padded_len = header_len + (ending - header_len) % modulus
+    header = data[8:8 + header_len] + b" " * (padded_len - header_len)
+    path.write_bytes(struct.pack("<Q", padded_len) + header + data[8 + header_len:])
+    return padded_len
+
+
+@pytest.mark.parametrize("ending,modulus,magic", PICKLE_LIKE_HEADER_ENDINGS.values(), ids=PICKLE_LIKE_HEADER_ENDINGS)
+def test_safetensors_whose_header_length_starts_like_a_pickle_or_zip_loads(lerobot_ckpt, ending, modulus, magic):
+    path = lerobot_ckpt / "model.safetensors"
+    written = {key: value.clone() for key, value in load_file(str(path)).items()}  # copies: the file is rewritten
+    assert _pad_header_to(path, ending, modulus) % modulus == ending
+    assert path.read_bytes().startswith(magic)
+    reread = load_file(str(path))  # safetensors' own reader: the padded file is valid
+    assert all(torch.equal(reread[k], v) for k, v in written.items())
+    _assert_weights_equal(load_checkpoint(lerobot_ckpt).model, random_state_dict(tiny()))
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
