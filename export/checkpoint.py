@@ -239,8 +239,8 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float
         root = root.parent
     if not root.is_dir():
         raise CheckpointError(f"{path}: checkpoint directory does not exist")
-    raw = _read_config(root)
     files, weight_map = _weight_files(root)
+    raw = _read_config(root)
     layout = detect_layout(root, raw)
     if layout == "lerobot" and raw.get("type") not in (None, "pi0", "pi05"):
         raise CheckpointError(f"{root / CONFIG_FILE}: policy type {raw.get('type')!r} is not supported "

@@ -37,7 +37,11 @@ SIGLIP_SO400M_WIDTH, SIGLIP_SO400M_HEADS = 1152, 16
 def _read_config(root: Path) -> dict:
     path = root / CONFIG_FILE
     if not path.is_file():
-        return {}
+        # Guessing would export a model with the wrong horizon or prompt length that runs without complaint.
+        raise CheckpointError(f"{path} is missing: the action horizon, prompt length, cameras and normalization "
+                              "mode are read from it (the weights do not hold them); put the config.json saved with "
+                              "this checkpoint (LeRobot save_pretrained, or openpi's PyTorch conversion) beside the "
+                              "weights")
     try:
         raw = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -154,8 +158,18 @@ class _ConfigReader:
             raise CheckpointError(f"{self.source}: sizes read from the weights do not form a valid model: "
                                   f"{exc}") from exc
 
-    def first(self, *candidates: tuple[Any, str], default: Any = None) -> Any:
-        return next((value for value, _ in candidates if value is not None), default)
+    def settle(self, setting: str, *candidates: tuple[Any, str], default: Any = None) -> Any:
+        """The one value that every field giving `setting` agrees on (fields left out do not count)."""
+        given = [(value, where) for value, where in candidates if value is not None]
+        for value, where in given[1:]:
+            if value != given[0][0]:
+                raise CheckpointError(f"{given[0][1]} = {given[0][0]!r} but {where} = {value!r}: both give the "
+                                      f"{setting}; correct the wrong one so they agree")
+        return given[0][0] if given else default
+
+    def raw_claim(self, field: str) -> tuple[Any, str]:
+        """A published config.json field -> (value or None, where it came from)."""
+        return self.raw.get(field), f"{self.source} {field}"
 
     def model_type(self) -> str:
         pi0, pi05 = "action_time_mlp_in.weight" in self.shapes, "time_mlp_in.weight" in self.shapes
@@ -193,33 +207,43 @@ class _ConfigReader:
         vocab, embed_width = self.shape(EMBED_NAME)
         self.agree("vlm width", embed_width, EMBED_NAME, vlm.width, "the VLM's q_proj input width")
         self.agree("vocab_size", vocab, EMBED_NAME, *self.claim("vocab_size"))
-        raw = self.raw
-        action_dim = self.shape("action_in_proj.weight")[1]
-        for claimed in (self.claim("action_dim"), (raw.get("max_action_dim"), f"{self.source} max_action_dim"),
-                        (raw.get("action_dim"), f"{self.source} action_dim")):
-            self.agree("action_dim", action_dim, "action_in_proj.weight", *claimed)
-        state_claims = (self.claim("state_dim"), (raw.get("max_state_dim"), f"{self.source} max_state_dim"))
-        if model_type == "pi0":
-            state_dim = self.shape("state_proj.weight")[1]
-            for claimed in state_claims:
-                self.agree("state_dim", state_dim, "state_proj.weight", *claimed)
-        else:  # pi0.5 has no state projection: the state is in the prompt, padded like openpi to action_dim
-            state_dim = self.first(*state_claims, default=action_dim)
-        horizon = self.first(self.claim("action_horizon"), (raw.get("chunk_size"), ""),
-                             (raw.get("action_horizon"), ""), default=50)
-        token_len = self.first(self.claim("max_token_len"), (raw.get("tokenizer_max_length"), ""),
-                               default=200 if model_type == "pi05" else 48)
-        more = {k: self.first(self.claim(k), (raw.get(k), "")) for k in ("min_period", "max_period")}
+        action_dim, state_dim = self.widths(model_type)
+        settings = self.settings(model_type)
         try:
             return Pi0Config(
                 model_type=model_type, vision=vision, vlm=vlm, expert=expert, vocab_size=vocab, action_dim=action_dim,
-                state_dim=int(state_dim), action_horizon=int(horizon), max_token_len=int(token_len),
-                num_steps=int(self.first(self.claim("num_steps"), (raw.get("num_inference_steps"), ""), default=10)),
-                cameras=self.cameras(), **{k: float(v) for k, v in more.items() if v is not None})
+                state_dim=int(state_dim), cameras=self.cameras(),
+                **{k: (float(v) if k.endswith("_period") else int(v)) for k, v in settings.items() if v is not None})
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{self.source}: the configuration read from it and the weights is invalid: "
                                   f"{exc}") from exc
 
+    def widths(self, model_type: str) -> tuple[int, Any]:
+        """(action_dim, state_dim): the projections' input widths, checked against every field that gives them."""
+        action_dim = self.shape("action_in_proj.weight")[1]
+        for claimed in (self.claim("action_dim"), self.raw_claim("max_action_dim"), self.raw_claim("action_dim")):
+            self.agree("action_dim", action_dim, "action_in_proj.weight", *claimed)
+        state_claims = (self.claim("state_dim"), self.raw_claim("max_state_dim"))
+        if model_type == "pi05":  # no state projection: the state is in the prompt, padded like openpi to action_dim
+            return action_dim, self.settle("state width", *state_claims, default=action_dim)
+        state_dim = self.shape("state_proj.weight")[1]
+        for claimed in state_claims:
+            self.agree("state_dim", state_dim, "state_proj.weight", *claimed)
+        return action_dim, state_dim
+
+    def settings(self, model_type: str) -> dict[str, Any]:
+        """What the weights cannot tell: the pi0edge block, LeRobot's and openpi's names of it must agree."""
+        return {
+            "action_horizon": self.settle("action horizon", self.claim("action_horizon"),
+                                          self.raw_claim("chunk_size"), self.raw_claim("action_horizon"), default=50),
+            "max_token_len": self.settle("prompt length in tokens", self.claim("max_token_len"),
+                                         self.raw_claim("tokenizer_max_length"),
+                                         default=200 if model_type == "pi05" else 48),
+            "num_steps": self.settle("number of denoising steps", self.claim("num_steps"),
+                                     self.raw_claim("num_inference_steps"), default=10),
+            **{k: self.settle(f"time embedding {k}", self.claim(k), self.raw_claim(k)) for k in ("min_period",
+                                                                                            "max_period")},
+        }
 
 def detect_config(raw: dict, infos: dict[str, TensorInfo], *, source: str = CONFIG_FILE,
                   weights: str = WEIGHTS_FILE) -> Pi0Config:

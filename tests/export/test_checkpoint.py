@@ -316,6 +316,7 @@ def test_unknown_layout_lists_files_and_what_was_expected(tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
     shutil.copy(tmp_path / "ck" / "model.safetensors", bare)
+    (bare / "config.json").write_text("{}")  # neither LeRobot's nor openpi's fields
     msg = _fails(bare, str(bare), "unknown checkpoint layout", "model.safetensors", "Expected LeRobot", "openpi")
     assert "norm_stats.json" in msg
     _fails(tmp_path / "empty_dir_that_is_absent", "does not exist")
@@ -374,6 +375,34 @@ def test_config_contradicting_the_weights_names_both(lerobot_ckpt):
     _fails(lerobot_ckpt, str(path), "MIN_MAX")
     path.write_text("{not json")
     _fails(lerobot_ckpt, str(path), "not valid JSON")
+
+
+@pytest.mark.parametrize("field,our_field", [("chunk_size", "action_horizon"), ("action_horizon", "action_horizon"),
+                                             ("tokenizer_max_length", "max_token_len"),
+                                             ("num_inference_steps", "num_steps")])
+def test_config_fields_giving_one_setting_differently_are_refused_naming_both(lerobot_ckpt, field, our_field):
+    path = lerobot_ckpt / "config.json"
+    raw = json.loads(path.read_text())
+    recorded = raw[SIZES_KEY][our_field]
+    path.write_text(json.dumps({**raw, field: recorded + 1}))
+    _fails(lerobot_ckpt, str(path), f"{field} = {recorded + 1}", f"{SIZES_KEY}.{our_field} = {recorded}")
+
+
+def test_lerobot_chunk_size_and_openpi_action_horizon_disagreeing_are_refused(tmp_path):
+    cfg = tiny(vision=replace(SIGLIP_SO400M, depth=1, mlp_dim=32), vlm=GEMMA_DUMMY, expert=GEMMA_DUMMY)
+    write_random_checkpoint(tmp_path, cfg, layout="openpi", tokenizer=False)
+    path = tmp_path / "config.json"
+    raw = json.loads(path.read_text())
+    assert SIZES_KEY not in raw  # only the published openpi fields
+    path.write_text(json.dumps({**raw, "chunk_size": raw["action_horizon"] + 2}))
+    _fails(tmp_path, str(path), f"chunk_size = {raw['action_horizon'] + 2}", f"action_horizon = {raw['action_horizon']}")
+
+
+@pytest.mark.parametrize("layout", ["lerobot", "openpi"])
+def test_missing_config_json_is_named_instead_of_guessing_sizes(tmp_path, layout):
+    write_random_checkpoint(tmp_path, tiny(), layout=layout, tokenizer=False)
+    (tmp_path / "config.json").unlink()
+    _fails(tmp_path, str(tmp_path / "config.json"), "is missing", "action horizon")
 
 
 def test_published_variant_name_contradicting_the_weights_is_an_error(tmp_path):
