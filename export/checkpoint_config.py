@@ -74,13 +74,29 @@ class _ConfigReader:
                                   "to tell the model's sizes")
         return self.shapes[name]
 
-    def agree(self, field: str, from_shape: int, name: str, claimed: Any, where: str) -> int:
+    def agree(self, field: str, from_shape: int, name: str, claimed: Any, where: str, *, evidence: str = "",
+              hint: str = "") -> int:
+        """from_shape, unless config.json claims otherwise. evidence: what the weights show (default: tensor
+        `name`'s shape); hint: how to fix the config, appended to the message."""
         if claimed is not None and claimed != from_shape:
-            info = self.keys[name]
-            raise CheckpointError(f"{where} gives {field} = {claimed!r}, but tensor '{info.key}' in {info.file} has "
-                                  f"shape {list(info.shape)}, which gives {from_shape}; the config does not match "
-                                  "these weights")
+            if not evidence:
+                info = self.keys[name]
+                evidence = f"tensor '{info.key}' in {info.file} has shape {list(info.shape)}, which gives {from_shape}"
+            raise CheckpointError(f"{where} gives {field} = {claimed!r}, but {evidence}; the config does not match "
+                                  f"these weights{hint}")
         return from_shape
+
+    def agree_depth(self, field: str, prefix: str, depth: int, claimed: Any, where: str, *, hint: str = "") -> int:
+        """A layer count: the evidence is the layers the weights hold under `prefix` (ours, e.g. "vlm.layers.")."""
+        first, last = (self._layer_key(prefix, i) for i in (0, depth - 1))
+        evidence = f"the weights in {last[0]} hold {depth} layers ('{first[1]}' to '{last[1]}')"
+        return self.agree(field, depth, "", claimed, where, evidence=evidence, hint=hint)
+
+    def _layer_key(self, prefix: str, index: int) -> tuple[Path, str]:
+        """(file, checkpoint key prefix) of layer `index`: a tensor's key minus what follows the layer number."""
+        ours = f"{prefix}{index}."
+        name, info = next((n, i) for n, i in self.keys.items() if n.startswith(ours))
+        return info.file, info.key[:len(info.key) - len(name) + len(ours)]
 
     def claim(self, *path: str) -> tuple[Any, str]:
         """A value from the pi0edge block, e.g. claim("vlm", "width") -> (value or None, where it came from)."""
@@ -106,10 +122,13 @@ class _ConfigReader:
                   "mlp_dim": self.shape("vision.encoder.layers.0.mlp.fc1.weight")[0], "patch_size": patch_size,
                   "image_size": image_size}
         patch_key, fc1_key = "vision.embeddings.patch_embedding.weight", "vision.encoder.layers.0.mlp.fc1.weight"
-        evidence = {"width": patch_key, "patch_size": patch_key, "depth": fc1_key, "mlp_dim": fc1_key,
+        evidence = {"width": patch_key, "patch_size": patch_key, "mlp_dim": fc1_key,
                     "image_size": "vision.embeddings.position_embedding.weight"}
         for field, value in values.items():
-            self.agree(f"vision {field}", value, evidence[field], *self.claim("vision", field))
+            if field == "depth":
+                self.agree_depth("vision depth", "vision.encoder.layers.", value, *self.claim("vision", field))
+            else:
+                self.agree(f"vision {field}", value, evidence[field], *self.claim("vision", field))
         heads, _ = self.claim("vision", "num_heads")
         if heads is None:
             if width != SIGLIP_SO400M_WIDTH:
@@ -127,26 +146,31 @@ class _ConfigReader:
                   "mlp_dim": self.shape(f"{stack}.layers.0.mlp.gate_proj.weight")[0]}
         variant_name = self.raw.get(variant_field)
         variant = GEMMA_VARIANTS.get(variant_name) if isinstance(variant_name, str) else None
+        hint = ""
         if self.claim(stack, "width")[0] is not None:
             claimed = {f.name: self.claim(stack, f.name) for f in fields(GemmaConfig)}
         elif variant is not None:
             where = f"{self.source} {variant_field}={variant_name!r}"
             claimed = {f.name: (getattr(variant, f.name), where) for f in fields(GemmaConfig)}
+            hint = (f"; if {variant_field} is wrong, give the real sizes in config.json as \"{SIZES_KEY}\": "
+                    f"{{\"{stack}\": {{\"width\": ..., \"depth\": ..., \"mlp_dim\": ..., \"num_heads\": ..., "
+                    "\"num_kv_heads\": ..., \"head_dim\": ...}}, which takes precedence over the variant name "
+                    "(docs/export.md, \"Checkpoints it reads\")")
         else:
             # No size record: every Pi0 Gemma is multi-query (one kv head), which pins the head layout.
             claimed = {"num_kv_heads": (1, "multi-query default"), "head_dim": (kv_out, "multi-query default"),
                        "num_heads": (q_out // kv_out, "multi-query default")}
-        for field in ("width", "depth", "mlp_dim"):
-            evidence = f"{stack}.layers.0.self_attn.q_proj.weight" if field == "width" else (
-                f"{stack}.layers.0.mlp.gate_proj.weight")
-            self.agree(f"{stack} {field}", values[field], evidence, *claimed.get(field, (None, "")))
+        q_key, gate_key = f"{stack}.layers.0.self_attn.q_proj.weight", f"{stack}.layers.0.mlp.gate_proj.weight"
+        self.agree(f"{stack} width", width, q_key, *claimed.get("width", (None, "")), hint=hint)
+        self.agree_depth(f"{stack} depth", f"{stack}.layers.", values["depth"], *claimed.get("depth", (None, "")),
+                         hint=hint)
+        self.agree(f"{stack} mlp_dim", values["mlp_dim"], gate_key, *claimed.get("mlp_dim", (None, "")), hint=hint)
         heads, kv_heads, head_dim = (claimed[f][0] for f in ("num_heads", "num_kv_heads", "head_dim"))
         if None in (heads, kv_heads, head_dim):
             raise CheckpointError(f"{self.source}: {SIZES_KEY}.{stack} lacks num_heads/num_kv_heads/head_dim")
-        self.agree(f"{stack} num_heads * head_dim", q_out, f"{stack}.layers.0.self_attn.q_proj.weight",
-                   heads * head_dim, claimed["num_heads"][1])
+        self.agree(f"{stack} num_heads * head_dim", q_out, q_key, heads * head_dim, claimed["num_heads"][1], hint=hint)
         self.agree(f"{stack} num_kv_heads * head_dim", kv_out, f"{stack}.layers.0.self_attn.k_proj.weight",
-                   kv_heads * head_dim, claimed["num_kv_heads"][1])
+                   kv_heads * head_dim, claimed["num_kv_heads"][1], hint=hint)
         extra = {f: claimed[f][0] for f in ("rms_norm_eps", "rope_base") if f in claimed}
         return self._build(GemmaConfig, values, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, **extra)
 

@@ -9,7 +9,7 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -368,7 +368,7 @@ def test_config_contradicting_the_weights_names_both(lerobot_ckpt):
     path.write_text(json.dumps({**raw, "type": "pi05"}))
     _fails(lerobot_ckpt, "type is 'pi05'", "model.action_time_mlp_in.weight")
     path.write_text(json.dumps({**raw, SIZES_KEY: {**raw[SIZES_KEY], "vlm": {**raw[SIZES_KEY]["vlm"], "depth": 6}}}))
-    _fails(lerobot_ckpt, "vlm depth", "6", "gate_proj")
+    _fails(lerobot_ckpt, "vlm depth = 6", "hold 4 layers", "paligemma.model.language_model.layers.3.")
     path.write_text(json.dumps({**raw, "type": "act"}))
     _fails(lerobot_ckpt, str(path), "'act' is not supported")
     path.write_text(json.dumps({**raw, "normalization_mapping": {"STATE": "MIN_MAX", "ACTION": "MIN_MAX"}}))
@@ -394,8 +394,9 @@ def test_lerobot_chunk_size_and_openpi_action_horizon_disagreeing_are_refused(tm
     path = tmp_path / "config.json"
     raw = json.loads(path.read_text())
     assert SIZES_KEY not in raw  # only the published openpi fields
-    path.write_text(json.dumps({**raw, "chunk_size": raw["action_horizon"] + 2}))
-    _fails(tmp_path, str(path), f"chunk_size = {raw['action_horizon'] + 2}", f"action_horizon = {raw['action_horizon']}")
+    horizon = raw["action_horizon"]
+    path.write_text(json.dumps({**raw, "chunk_size": horizon + 2}))
+    _fails(tmp_path, str(path), f"chunk_size = {horizon + 2}", f"action_horizon = {horizon}")
 
 
 @pytest.mark.parametrize("layout", ["lerobot", "openpi"])
@@ -411,6 +412,21 @@ def test_published_variant_name_contradicting_the_weights_is_an_error(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "paligemma_variant": "gemma_2b"}))
     _fails(tmp_path, "paligemma_variant='gemma_2b'", "vlm width = 2048", "q_proj.weight", "64")
+
+
+def test_variant_depth_contradicting_the_weights_gives_the_layer_count_and_the_override(tmp_path):
+    shallow = replace(GEMMA_DUMMY, depth=2)  # the "dummy" variant's sizes but 2 layers instead of 4
+    cfg = tiny(vision=replace(SIGLIP_SO400M, depth=1, mlp_dim=32), vlm=shallow, expert=shallow)
+    write_random_checkpoint(tmp_path, cfg, tokenizer=False)
+    path = tmp_path / "config.json"
+    raw = json.loads(path.read_text())
+    assert SIZES_KEY not in raw
+    path.write_text(json.dumps({**raw, "paligemma_variant": "dummy"}))
+    _fails(tmp_path, "paligemma_variant='dummy'", "vlm depth = 4", "hold 2 layers", "language_model.layers.1.",
+           f'"{SIZES_KEY}": {{"vlm": {{', "docs/export.md")
+    # The documented override: the pi0edge block's sizes take precedence over the wrong variant name.
+    path.write_text(json.dumps({**raw, "paligemma_variant": "dummy", SIZES_KEY: {"vlm": asdict(shallow)}}))
+    assert load_checkpoint(tmp_path).config == cfg
 
 
 def test_robot_dims_contradicting_the_stats_are_an_error(lerobot_ckpt):
