@@ -32,6 +32,7 @@ from pi0edge.export.bundle import write_bundle
 from pi0edge.export.config import mid
 from pi0edge.export.model import Pi0Model
 from pi0edge.export.optimize import OptimizeOptions
+from pi0edge.export.tokenizer import train_test_tokenizer
 from pi0edge.manifest import load_manifest
 from pi0edge.normalization import NormStats
 from pi0edge.runtime.backends.ort import OrtBackend
@@ -51,8 +52,8 @@ def export(model: Pi0Model, out: Path, optimize: OptimizeOptions | None) -> Path
     stats = NormStats.from_arrays("mean_std", "openpi", {"mean": np.zeros(dim), "std": np.ones(dim)},
                                   {"mean": np.zeros(dim), "std": np.ones(dim)})
     out.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer = out.parent / "tokenizer.model"  # the ORT loop never tokenizes: any file will do
-    tokenizer.write_bytes(b"unused")
+    # The ORT loop never tokenizes, but a bundle's tokenizer must load (export checks it).
+    tokenizer = train_test_tokenizer(out.parent / "tokenizer.model", model.cfg.vocab_size)
     write_bundle(model, out, norm_stats=stats, tokenizer_path=tokenizer, robot_state_dim=dim, robot_action_dim=dim,
                  optimize=optimize)
     return out

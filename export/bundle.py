@@ -23,6 +23,7 @@ from pi0edge.errors import BundleError, CheckpointError
 from pi0edge.export.config import Pi0Config
 from pi0edge.export.graphs import OPSET, export_graphs
 from pi0edge.export.optimize import DEFAULT_OPTIMIZE, OptimizeOptions
+from pi0edge.export.tokenizer import check_tokenizer
 from pi0edge.manifest import FORMAT_VERSION, MANIFEST_NAME, load_manifest, sha256_file
 from pi0edge.normalization import NormStats
 
@@ -60,9 +61,6 @@ def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path:
         raise BundleError(f"{out_dir} already exists; pass --overwrite to replace it (the old bundle stays intact "
                           "until the new one is complete)")
     tokenizer_path = Path(tokenizer_path)
-    if not tokenizer_path.is_file():
-        raise CheckpointError(f"tokenizer {tokenizer_path} does not exist; pass --tokenizer PATH to a PaliGemma "
-                              "SentencePiece tokenizer.model")
     if norm_stats.state.dim != robot_state_dim or norm_stats.action.dim != robot_action_dim:
         raise CheckpointError(f"normalization statistics cover state {norm_stats.state.dim} / action "
                               f"{norm_stats.action.dim} dims but the robot has {robot_state_dim} / {robot_action_dim}")
@@ -70,6 +68,7 @@ def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path:
     if robot_state_dim > cfg.state_dim or robot_action_dim > cfg.action_dim:
         raise CheckpointError(f"the robot has state {robot_state_dim} / action {robot_action_dim} dims but the model "
                               f"only {cfg.state_dim} / {cfg.action_dim} (robot vectors are zero-padded, never cut)")
+    check_tokenizer(tokenizer_path, cfg.vocab_size)
     start = time.perf_counter()
     staging = make_staging_dir(out_dir)
     try:
@@ -121,6 +120,8 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, *, precision:
     # Optimized graphs are derived from float32 weights (folding is done in float32, then cast per tensor);
     # the plain graphs load straight into their precision. A tensor already in that dtype stays a memory-mapped
     # view of the checkpoint, so no second copy is made.
+    if tokenizer:
+        check_tokenizer(tokenizer)  # before a checkpoint load that can take minutes
     load_dtype = torch.float32 if optimize is not None else PRECISIONS[precision]
     ckpt = load_checkpoint(checkpoint_dir, dtype=load_dtype, check_finite=check_finite)
     model = ckpt.model

@@ -1,4 +1,8 @@
-"""A small PaliGemma-like SentencePiece tokenizer, trained at write time for random checkpoints and tests.
+"""The prompt tokenizer at export: the check a bundle's tokenizer must pass, and a small test tokenizer.
+
+`check_tokenizer` loads a tokenizer.model the way the runtime will, so a file it cannot use stops the
+export, not the robot. The rest is a small PaliGemma-like SentencePiece tokenizer, trained at write time
+for random checkpoints and tests.
 
 No model hub is reachable, so PaliGemma's own `tokenizer.model` (vocab 257152) cannot be fetched. This
 trains a BPE model with the same special ids (pad 0, eos 1, bos 2, unk 3; MODEL.md, "Prefix") and the
@@ -13,6 +17,8 @@ import io
 import random
 from collections.abc import Iterator
 from pathlib import Path
+
+from pi0edge.errors import CheckpointError
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 MAX_TEST_VOCAB = 1000
@@ -74,3 +80,29 @@ def train_test_tokenizer(path: str | Path, vocab_size: int = MAX_TEST_VOCAB, *, 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.getvalue())
     return path
+
+
+def check_tokenizer(path: str | Path, vocab_size: int | None = None) -> int:
+    """Load `path` with SentencePiece as the runtime does (runtime/preprocess.py) and return its piece count.
+
+    vocab_size: the model's text embedding rows; a tokenizer with more pieces could emit ids outside it.
+    Raises CheckpointError naming the file when it is absent, not a SentencePiece model, or too large.
+    """
+    import sentencepiece as spm
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"tokenizer {path} does not exist; pass --tokenizer PATH to a PaliGemma "
+                              "SentencePiece tokenizer.model")
+    processor = spm.SentencePieceProcessor()
+    try:
+        processor.Load(str(path))
+    except (RuntimeError, OSError) as exc:  # sentencepiece reports a bad file as RuntimeError
+        raise CheckpointError(f"{path}: not a SentencePiece model ({exc}); pass --tokenizer PATH to PaliGemma's "
+                              "SentencePiece tokenizer.model") from exc
+    pieces = processor.GetPieceSize()
+    if vocab_size is not None and pieces > vocab_size:
+        raise CheckpointError(f"{path}: the tokenizer has {pieces} pieces but the model's text embedding has "
+                              f"{vocab_size} rows, so ids from {vocab_size} up have no embedding; pass the "
+                              "tokenizer this model was trained with (--tokenizer PATH)")
+    return pieces
