@@ -5,7 +5,7 @@ export, not the robot. The rest is a small PaliGemma-like SentencePiece tokenize
 for random checkpoints and tests.
 
 No model hub is reachable, so PaliGemma's own `tokenizer.model` (vocab 257152) cannot be fetched. This
-trains a BPE model with the same special ids (pad 0, eos 1, bos 2, unk 3; MODEL.md, "Prefix") and the
+trains a BPE model with the same special ids (pad 0, eos 1, bos 2, unk 3; docs/model.md, "Prefix") and the
 same Gemma habits that matter to the prompt code (no dummy prefix, whitespace kept, digits split, "\\n"
 as one piece), on a varied corpus of robot instructions and the pi0.5 prompt template. Its ids are all
 below the model's vocab size, so any prompt it encodes is a valid input to the random model.
@@ -46,7 +46,7 @@ def _corpus(seed: int = 0, sentences: int = 3000) -> Iterator[str]:
         elif kind == 1:
             yield task.capitalize() + "."
         elif kind == 2:
-            # The pi0.5 prompt (MODEL.md, "Prefix"); the "\n" is a user-defined piece, not training text.
+            # The pi0.5 prompt (docs/model.md, "Prefix"); the "\n" is a user-defined piece, not training text.
             state = " ".join(str(rng.randrange(256)) for _ in range(rng.randint(6, 16)))
             yield f"Task: {task}, State: {state};"
         else:

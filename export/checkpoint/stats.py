@@ -13,15 +13,11 @@ import numpy as np
 import torch
 
 from pi0edge.errors import CheckpointError
-from pi0edge.export.checkpoint_config import CONFIG_FILE
+from pi0edge.export.checkpoint.layouts import CONFIG_FILE, LEGACY_STATS_KEYS
+from pi0edge.export.checkpoint.safetensors_io import TensorInfo, read_safetensors_header
 from pi0edge.export.config import Pi0Config
-from pi0edge.export.safetensors_io import TensorInfo, read_safetensors_header
 from pi0edge.normalization import NormStats, NormStatsError
 
-# LeRobot < 0.4 kept its normalizer buffers beside the weights (read as statistics, not parameters).
-LEGACY_STATS_PREFIXES = ("normalize_inputs.", "normalize_targets.", "unnormalize_outputs.")
-LEGACY_STATS_KEYS = {"observation.state": ("normalize_inputs.buffer_observation_state.",),
-                     "action": ("unnormalize_outputs.buffer_action.", "normalize_targets.buffer_action.")}
 LEROBOT_NORM_KINDS = {"MEAN_STD": "mean_std", "QUANTILES": "quantile"}
 DEFAULT_NORM_KIND = {"pi0": "mean_std", "pi05": "quantile"}  # LeRobot defaults and openpi's rule alike
 
@@ -69,7 +65,7 @@ def _legacy_lerobot_stats(infos: dict[str, TensorInfo], first: str, second: str)
     return vectors
 
 
-def _lerobot_stats(root: Path, raw: dict, model_type: str, infos: dict[str, TensorInfo]
+def lerobot_stats(root: Path, raw: dict, model_type: str, infos: dict[str, TensorInfo]
                    ) -> tuple[NormStats | None, str]:
     pre = sorted(root.glob("policy_preprocessor_step_*_normalizer_processor.safetensors"))
     post = sorted(root.glob("policy_postprocessor_step_*_unnormalizer_processor.safetensors"))
@@ -105,7 +101,7 @@ def _lerobot_stats(root: Path, raw: dict, model_type: str, infos: dict[str, Tens
         raise CheckpointError(f"{where} are unusable: {exc}") from exc
 
 
-def _openpi_stats(root: Path, model_type: str, asset_id: str | None) -> tuple[NormStats | None, str]:
+def openpi_stats(root: Path, model_type: str, asset_id: str | None) -> tuple[NormStats | None, str]:
     looked = "assets/<asset_id>/norm_stats.json"
     if asset_id is not None:
         paths = [root / "assets" / asset_id / "norm_stats.json"]
@@ -141,7 +137,7 @@ def _openpi_stats(root: Path, model_type: str, asset_id: str | None) -> tuple[No
         raise CheckpointError(f"{path}: statistics are unusable: {exc}") from exc
 
 
-def _robot_dims(raw: dict, cfg: Pi0Config, stats: NormStats | None, source: Path) -> tuple[int, int]:
+def robot_dims(raw: dict, cfg: Pi0Config, stats: NormStats | None, source: Path) -> tuple[int, int]:
     """Robot vector lengths: the statistics' length, checked against config.json's feature shapes."""
     features = {**(raw.get("input_features") or {}), **(raw.get("output_features") or {})}
     dims = []

@@ -1,7 +1,7 @@
 """Safetensors files without trusting them: header parsing and the one sequential pass over the data.
 
 `read_safetensors_header` validates a header (length, JSON, dtypes, offsets inside the file, no overlaps)
-without reading tensor data. `_scan_files` makes one sequential pass of plain reads (page cache, not this
+without reading tensor data. `scan_files` makes one sequential pass of plain reads (page cache, not this
 process's memory) that hashes the files, scans every tensor for NaN/Inf and fills the tensors that must
 change dtype, which so cost only their new bytes.
 """
@@ -108,7 +108,7 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     return infos
 
 
-def _scan_files(files: list[Path], infos: list[TensorInfo], *, digest: Any | None, check_finite: bool,
+def scan_files(files: list[Path], infos: list[TensorInfo], *, digest: Any | None, check_finite: bool,
                 targets: dict[str, torch.Tensor]) -> None:
     """One sequential pass over the weight files with plain reads (page cache, not this process's RSS).
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from pi0edge.contract import DEFAULT_CAMERAS
 from pi0edge.errors import CheckpointError
+from pi0edge.export.checkpoint.layouts import CONFIG_FILE, EMBED_NAME, checkpoint_key
+from pi0edge.export.checkpoint.safetensors_io import WEIGHTS_FILE, TensorInfo
 from pi0edge.export.config import GemmaConfig, Pi0Config, VisionConfig
-from pi0edge.export.safetensors_io import WEIGHTS_FILE, TensorInfo
 
-CONFIG_FILE = "config.json"
 # config.json key under which pi0edge's writer records sizes that no published variant name describes.
 SIZES_KEY = "pi0edge_config"
 
@@ -34,7 +34,8 @@ for _name in ("gemma_2b", "gemma_300m"):
 SIGLIP_SO400M_WIDTH, SIGLIP_SO400M_HEADS = 1152, 16
 
 
-def _read_config(root: Path) -> dict:
+def read_config(root: Path) -> dict:
+    """config.json as a dict; CheckpointError when it is missing, not JSON, or not an object."""
     path = root / CONFIG_FILE
     if not path.is_file():
         # Guessing would export a model with the wrong horizon or prompt length that runs without complaint.
@@ -68,8 +69,6 @@ class _ConfigReader:
 
     def shape(self, name: str) -> tuple[int, ...]:
         if name not in self.shapes:
-            from pi0edge.export.checkpoint import checkpoint_key  # checkpoint.py imports this module
-
             raise CheckpointError(f"{self.weights}: missing tensor '{checkpoint_key(name)}' (our '{name}'), needed "
                                   "to tell the model's sizes")
         return self.shapes[name]
@@ -223,8 +222,6 @@ class _ConfigReader:
         return tuple(names) or DEFAULT_CAMERAS
 
     def config(self) -> Pi0Config:
-        from pi0edge.export.checkpoint import EMBED_NAME  # checkpoint.py imports this module
-
         model_type = self.model_type()
         vision, vlm, expert = self.vision(), self.gemma("vlm", "paligemma_variant"), self.gemma(
             "expert", "action_expert_variant")
