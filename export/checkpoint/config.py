@@ -87,6 +87,8 @@ class _ConfigReader:
 
     def agree_depth(self, field: str, prefix: str, depth: int, claimed: Any, where: str, *, hint: str = "") -> int:
         """A layer count: the evidence is the layers the weights hold under `prefix` (ours, e.g. "vlm.layers.")."""
+        if claimed is None or claimed == depth:
+            return depth
         first, last = (self._layer_key(prefix, i) for i in (0, depth - 1))
         evidence = f"the weights in {last[0]} hold {depth} layers ('{first[1]}' to '{last[1]}')"
         return self.agree(field, depth, "", claimed, where, evidence=evidence, hint=hint)
