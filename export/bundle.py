@@ -117,11 +117,11 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, *, precision:
 
     if precision not in PRECISIONS:
         raise BundleError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if tokenizer:
+        check_tokenizer(tokenizer)  # before a checkpoint load that can take minutes
     # Optimized graphs are derived from float32 weights (folding is done in float32, then cast per tensor);
     # the plain graphs load straight into their precision. A tensor already in that dtype stays a memory-mapped
     # view of the checkpoint, so no second copy is made.
-    if tokenizer:
-        check_tokenizer(tokenizer)  # before a checkpoint load that can take minutes
     load_dtype = torch.float32 if optimize is not None else PRECISIONS[precision]
     ckpt = load_checkpoint(checkpoint_dir, dtype=load_dtype, check_finite=check_finite)
     model = ckpt.model
