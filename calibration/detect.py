@@ -31,7 +31,8 @@ class Detection:
 
 
 def to_gray(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """uint8 HxW or HxWx3 (RGB from robot_io, BGR from cv2.imread: the weights differ slightly, the corners don't)."""
+    """uint8 HxW, or HxWx3 / HxWx4 in RGB(A) order: robot_io's frames, and files through sources.read_image.
+    A BGR image (cv2.imread) must be converted first: red and blue weigh differently in grey."""
     from pi0edge.errors import require
 
     cv2 = require("cv2", "calib", "camera calibration")

@@ -160,7 +160,8 @@ def measure_drift(reference: Reference, image: np.ndarray, name: str = "image") 
 def check_drift(
     image: np.ndarray, reference_path: Path | str, max_mm: float | None = None, max_deg: float | None = None
 ) -> DriftResult:
-    """Compare a fresh view (uint8 RGB/BGR/gray at the calibrated size) with the stored reference.
+    """Compare a fresh view (uint8 RGB or grey at the calibrated size; a cv2.imread image is BGR: read files with
+    sources.read_image) with the stored reference.
 
     Thresholds default to the reference file's (`thresholds:`), else DriftThresholds(). Raises a
     CalibrationError subclass when the check cannot be made (no board, wrong size, bad file)."""

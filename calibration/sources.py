@@ -35,7 +35,8 @@ def list_images(folder: Path | str) -> list[Path]:
 
 
 def read_image(path: Path | str) -> np.ndarray:
-    """BGR or gray uint8; a clear error for a missing, empty, truncated or undecodable file."""
+    """RGB or grey uint8, in the channel order of robot_io's frames (OpenCV decodes files as BGR); a clear error
+    for a missing, empty, truncated or undecodable file."""
     cv2 = _cv2()
     path = Path(path)
     try:
@@ -53,7 +54,9 @@ def read_image(path: Path | str) -> np.ndarray:
     if image.dtype != np.uint8:
         image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0))
     if image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image
 
 
