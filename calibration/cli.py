@@ -95,7 +95,7 @@ def _views_from_folder(folder: Path, detector):
     views, size = [], None
     for name, image in iter_folder(folder):
         size = (image.shape[1], image.shape[0])
-        views.append((name, detector.detect(image, str(folder / name))))
+        views.append((name, detector.find(image, str(folder / name))))
     return views, size
 
 
@@ -126,7 +126,7 @@ def _views_from_camera(args, detector):
 
         raise BoardNotFoundError(f"camera {args.camera}: no view of the board within {args.timeout_s:g} s")
     size = (captured[0][1].shape[1], captured[0][1].shape[0])
-    return [(name, detector.detect(image, name)) for name, image in captured], size
+    return [(name, detector.find(image, name)) for name, image in captured], size
 
 
 def cmd_intrinsics(args) -> int:
@@ -228,7 +228,7 @@ def cmd_realsense(args) -> int:
 def cmd_handeye(args) -> int:
     from pi0edge.calibration.boards import parse_board
     from pi0edge.calibration.camera import board_pose
-    from pi0edge.calibration.detect import BoardDetector
+    from pi0edge.calibration.detect import BoardDetector, NotFound
     from pi0edge.calibration.errors import CalibrationError, ImageError
     from pi0edge.calibration.formats import read_camera_file
     from pi0edge.calibration.handeye import frames_for, match_poses, read_robot_poses, solve_hand_eye
@@ -247,16 +247,17 @@ def cmd_handeye(args) -> int:
                 f"image {args.images / name} is {image.shape[1]}x{image.shape[0]} but {args.intrinsics} "
                 f"is for {camera.width}x{camera.height}"
             )
-        det = detector.detect(image, name)
-        if det is None or det.count < 6:
-            skipped.append({"image": name, "reason": "board not found"})
+        det = detector.find(image, name)
+        if isinstance(det, NotFound) or det.count < 6:
+            reason = det.reason if isinstance(det, NotFound) else f"only {det.count} corners (< 6)"
+            skipped.append({"image": name, "reason": reason})
             continue
         pose, rms_px = board_pose(camera, det.image_points_px, det.object_points_m)
         robot.append(poses[name])
         targets.append(pose)
         used.append({"image": name, "corners": det.count, "board_rms_px": rms_px})
     if not used:
-        raise CalibrationError(f"the board was not found in any image of {args.images}: {board.describe()}")
+        raise CalibrationError(f"the board was not found in any image of {args.images}: {skipped[0]['reason']}")
     result = solve_hand_eye(robot, targets, args.setup, args.method, [u["image"] for u in used])
     (parent, child), (t_parent, t_child) = frames_for(
         args.setup, args.base_frame, args.gripper_frame, args.camera_frame, args.target_frame
