@@ -28,6 +28,8 @@ MIN_TRUSTED_POSES = 10
 MAX_AGREEMENT_MM = 2.0  # methods disagreeing by more than this say the data is noisy or degenerate
 MAX_AGREEMENT_DEG = 0.5
 MIN_TRUSTED_ROTATION_DEG = 30.0  # largest rotation between two gripper poses; small rotations leave t unobservable
+# No arm's gripper is this far from its base; a pose further out is millimetres written as metres.
+MAX_GRIPPER_DISTANCE_M = 5.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,8 +100,20 @@ def read_robot_poses(path: Path | str) -> list[RobotPose]:
         if not isinstance(entry, dict):
             raise CalibrationFileError(f"{where}: expected a mapping, got {type(entry).__name__}")
         image = entry.get("image")
-        poses.append(RobotPose(pose_from_fields(entry, where), None if image is None else str(image)))
+        pose = _in_reach(pose_from_fields(entry, where), where, "translation_m / matrix")
+        poses.append(RobotPose(pose, None if image is None else str(image)))
     return poses
+
+
+def _in_reach(pose: np.ndarray, where: str, fields: str) -> np.ndarray:
+    distance_m = float(np.linalg.norm(pose[:3, 3]))
+    if distance_m > MAX_GRIPPER_DISTANCE_M:
+        raise CalibrationFileError(
+            f"{where}: the gripper would be {distance_m:.1f} m from the base ({fields} "
+            f"{[round(float(v), 4) for v in pose[:3, 3]]}), beyond any arm's reach ({MAX_GRIPPER_DISTANCE_M:g} m): "
+            "millimetres given as metres? Divide by 1000, or in YAML/JSON write translation_mm"
+        )
+    return pose
 
 
 def _read_csv(text: str, path: Path) -> list[RobotPose]:
@@ -118,6 +132,7 @@ def _read_csv(text: str, path: Path) -> list[RobotPose]:
         except (TypeError, ValueError):
             raise CalibrationFileError(f"{where}: x,y,z,qx,qy,qz,qw must be numbers, got {row}") from None
         pose = pose_from_fields({"translation_m": values[:3], "quaternion_xyzw": values[3:]}, where)
+        pose = _in_reach(pose, where, "x,y,z")
         poses.append(RobotPose(pose, (row.get("image") or "").strip() or None))
     return poses
 

@@ -192,3 +192,37 @@ def test_pose_file_with_a_non_unit_quaternion_names_the_pose(tmp_path):
     path.write_text(yaml.safe_dump([{"translation_m": [0, 0, 0], "quaternion_xyzw": [0, 0, 0, 2]}]))
     with pytest.raises(CalibrationFileError, match=r"pose 0: quaternion_xyzw .* not unit length"):
         read_robot_poses(path)
+
+
+MILLIMETRES_AS_METRES = [550.0, 100.0, 20.0]  # a gripper 0.55 m out, written in mm under a metres field
+
+
+@pytest.mark.parametrize(
+    "fmt, expected",
+    [
+        ("yaml", r"pose 0: the gripper would be 559\.4 m from the base \(translation_m / matrix \[550\.0, 100\.0"),
+        ("matrix", r"pose 0: the gripper would be 559\.4 m from the base"),
+        ("csv", r"line 2: the gripper would be 559\.4 m from the base \(x,y,z \[550\.0, 100\.0, 20\.0\]\)"),
+    ],
+)
+def test_pose_translation_in_millimetres_given_as_metres_is_refused(tmp_path, fmt, expected):
+    from pi0edge.calibration.errors import CalibrationFileError
+
+    pose = transform(np.eye(3), MILLIMETRES_AS_METRES)
+    if fmt == "csv":
+        path = tmp_path / "poses.csv"
+        _write_poses(path, [pose], ["view_000.png"], "csv")
+    else:
+        path = tmp_path / "poses.yaml"
+        entry = {"translation_m": MILLIMETRES_AS_METRES, "quaternion_xyzw": [0, 0, 0, 1]}
+        path.write_text(yaml.safe_dump([{"matrix": pose.tolist()} if fmt == "matrix" else entry]))
+    with pytest.raises(CalibrationFileError, match=expected) as error:
+        read_robot_poses(path)
+    assert "millimetres given as metres" in str(error.value)
+
+
+def test_pose_in_millimetres_under_translation_mm_is_read_as_metres(tmp_path):
+    path = tmp_path / "poses.yaml"
+    path.write_text(yaml.safe_dump([{"translation_mm": MILLIMETRES_AS_METRES, "quaternion_xyzw": [0, 0, 0, 1]}]))
+    [pose] = read_robot_poses(path)
+    np.testing.assert_allclose(pose.T_base_gripper[:3, 3], np.array(MILLIMETRES_AS_METRES) / 1000.0)
