@@ -173,12 +173,7 @@ def solve_hand_eye(
     method: str = "consensus",
     view_names: Sequence[str] | None = None,
 ) -> HandEyeResult:
-    """Run every OpenCV method on paired (robot pose, board pose) views and pick one.
-
-    method 'consensus' picks the medoid: the method whose result is closest to all the others (translation
-    mm + 10 x rotation deg, i.e. 1 deg ~ 10 mm at a ~0.6 m lever arm), so one method failing on degenerate data
-    cannot be picked."""
-    cv2 = _cv2()
+    """Run every OpenCV method on paired (robot pose, board pose) views and pick one (see _choose)."""
     if setup not in SETUPS:
         raise CalibrationError(f"setup {setup!r} is not one of {', '.join(SETUPS)}")
     if method != "consensus" and method not in METHODS:
@@ -192,17 +187,30 @@ def solve_hand_eye(
     if setup == "eye-to-hand":
         robot = [invert(p) for p in robot]  # OpenCV's trick: base-to-gripper in place of gripper-to-base
     board = [np.asarray(p, float) for p in T_camera_target]
-    flags = {name: getattr(cv2, f"CALIB_HAND_EYE_{name.upper()}") for name in METHODS}
+    methods = _run_methods(robot, board)
+    pairwise = []
+    for a, b in combinations(methods, 2):
+        mm, deg = pose_difference(methods[a].transform, methods[b].transform)
+        pairwise.append({"a": a, "b": b, "translation_mm": mm, "rotation_deg": deg})
+    max_mm = max((p["translation_mm"] for p in pairwise), default=0.0)
+    max_deg = max((p["rotation_deg"] for p in pairwise), default=0.0)
+    chosen = _choose(methods, pairwise, method)
+    names = list(view_names) if view_names is not None else []
+    return HandEyeResult(setup, methods, chosen, max_mm, max_deg, pairwise, names, _warnings(robot, max_mm, max_deg))
 
+
+def _run_methods(robot: list[np.ndarray], board: list[np.ndarray]) -> dict[str, MethodResult]:
+    """Every OpenCV method on (gripper, board) pose pairs; a method returning NaN is left out."""
+    cv2 = _cv2()
     methods: dict[str, MethodResult] = {}
-    for name, flag in flags.items():
+    for name in METHODS:
         try:
             r, t = cv2.calibrateHandEye(
                 [p[:3, :3] for p in robot],
                 [p[:3, 3] for p in robot],
                 [p[:3, :3] for p in board],
                 [p[:3, 3] for p in board],
-                method=flag,
+                method=getattr(cv2, f"CALIB_HAND_EYE_{name.upper()}"),
             )
         except cv2.error as exc:
             raise CalibrationError(f"OpenCV hand-eye ({name}) failed: {exc.err}") from None
@@ -215,27 +223,28 @@ def solve_hand_eye(
         methods[name] = MethodResult(name, x, target, spread_mm, spread_deg)
     if not methods:
         raise CalibrationError("every hand-eye method failed (degenerate robot motion?)")
+    return methods
 
-    pairwise = []
-    for a, b in combinations(methods, 2):
-        mm, deg = pose_difference(methods[a].transform, methods[b].transform)
-        pairwise.append({"a": a, "b": b, "translation_mm": mm, "rotation_deg": deg})
-    max_mm = max((p["translation_mm"] for p in pairwise), default=0.0)
-    max_deg = max((p["rotation_deg"] for p in pairwise), default=0.0)
+
+def _choose(methods: dict[str, MethodResult], pairwise: list[dict], method: str) -> str:
+    """'consensus' picks the medoid: the method whose result is closest to all the others (translation mm +
+    10 x rotation deg, i.e. 1 deg ~ 10 mm at a ~0.6 m lever arm), so one method failing on degenerate data
+    cannot be picked."""
     if method == "consensus":
 
         def cost(name: str) -> float:
             return sum(p["translation_mm"] + 10.0 * p["rotation_deg"] for p in pairwise if name in (p["a"], p["b"]))
 
-        chosen = min(methods, key=cost)
-    elif method in methods:
-        chosen = method
-    else:
-        raise CalibrationError(f"method {method} returned no finite result on this data")
+        return min(methods, key=cost)
+    if method in methods:
+        return method
+    raise CalibrationError(f"method {method} returned no finite result on this data")
 
+
+def _warnings(robot: list[np.ndarray], max_mm: float, max_deg: float) -> list[str]:
     warnings = []
-    if n < MIN_TRUSTED_POSES:
-        warnings.append(f"only {n} views (want >= {MIN_TRUSTED_POSES})")
+    if len(robot) < MIN_TRUSTED_POSES:
+        warnings.append(f"only {len(robot)} views (want >= {MIN_TRUSTED_POSES})")
     if max_mm > MAX_AGREEMENT_MM or max_deg > MAX_AGREEMENT_DEG:
         warnings.append(
             f"methods disagree by up to {max_mm:.2f} mm / {max_deg:.3f} deg (want <= {MAX_AGREEMENT_MM} mm / "
@@ -247,15 +256,22 @@ def solve_hand_eye(
             f"the gripper rotated at most {max_rot:.1f} deg between views (want >= {MIN_TRUSTED_ROTATION_DEG:.0f}): "
             "rotate about different axes"
         )
-    return HandEyeResult(
-        setup, methods, chosen, max_mm, max_deg, pairwise, list(view_names) if view_names is not None else [], warnings
-    )
+    return warnings
 
 
-def frames_for(
-    setup: str, base: str, gripper: str, camera: str, target: str
-) -> tuple[tuple[str, str], tuple[str, str]]:
-    """(parent, child) of the result and of the by-product board pose."""
+@dataclass(frozen=True)
+class HandEyeFrames:
+    """Frame names of the result (parent -> child) and of the by-product board pose."""
+
+    parent: str
+    child: str
+    target_parent: str
+    target_child: str
+
+
+def frames_for(setup: str, base: str, gripper: str, camera: str, target: str) -> HandEyeFrames:
+    """eye-in-hand: T_gripper_camera and the board in the base; eye-to-hand: T_base_camera and the board in
+    the gripper."""
     if setup == "eye-in-hand":
-        return (gripper, camera), (base, target)
-    return (base, camera), (gripper, target)
+        return HandEyeFrames(gripper, camera, base, target)
+    return HandEyeFrames(base, camera, gripper, target)
