@@ -86,6 +86,14 @@ def _add_handeye(sub) -> None:
     p.add_argument("--target-frame", default="calibration_board")
     p.add_argument("--name", default="handeye", help="output file prefix")
     p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument(
+        "--min-views", type=int, default=10, help="fewer views with the board: a warning, with --strict an error"
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse fewer than --min-views good views (nothing written); exit 1 when the report has warnings",
+    )
     p.set_defaults(func=cmd_handeye)
 
 
@@ -274,7 +282,7 @@ def cmd_handeye(args) -> int:
     from pi0edge.calibration.detect import BoardDetector
     from pi0edge.calibration.errors import CalibrationError
     from pi0edge.calibration.formats import read_camera_file
-    from pi0edge.calibration.handeye import frames_for, solve_hand_eye
+    from pi0edge.calibration.handeye import MIN_POSES, frames_for, solve_hand_eye
     from pi0edge.calibration.handeye_report import (
         handeye_report,
         handeye_report_json,
@@ -283,12 +291,21 @@ def cmd_handeye(args) -> int:
     )
     from pi0edge.calibration.outputs import write_files_atomically
 
+    if args.min_views < MIN_POSES:
+        raise CalibrationError(f"--min-views {args.min_views}: hand-eye needs at least {MIN_POSES} views")
     board = parse_board(args.board)
     camera = read_camera_file(args.intrinsics)
     robot, targets, views = _handeye_views(args, camera, BoardDetector(board))
     if not views.used:
         raise CalibrationError(f"the board was not found in any image of {args.images}: {views.skipped[0]['reason']}")
-    result = solve_hand_eye(robot, targets, args.setup, args.method, [u["image"] for u in views.used])
+    if args.strict and len(views.used) < args.min_views:
+        skipped = "; ".join(f"{v['image']}: {v['reason']}" for v in views.skipped) or "none"
+        raise CalibrationError(
+            f"--strict: {len(views.used)} images of {args.images} show the board, need at least {args.min_views} "
+            f"(--min-views); skipped: {skipped}"
+        )
+    names = [u["image"] for u in views.used]
+    result = solve_hand_eye(robot, targets, args.setup, args.method, names, min_trusted_views=args.min_views)
     frames = frames_for(args.setup, args.base_frame, args.gripper_frame, args.camera_frame, args.target_frame)
     report = handeye_report(result, frames, views)
     text = handeye_report_text(report)
@@ -300,7 +317,7 @@ def cmd_handeye(args) -> int:
     write_files_atomically(files)
     print(text, end="")
     print("wrote " + ", ".join(str(p) for p in files))
-    return 0
+    return 1 if args.strict and result.warnings else 0
 
 
 def _check_image(args):

@@ -172,8 +172,10 @@ def solve_hand_eye(
     setup: str = "eye-in-hand",
     method: str = "consensus",
     view_names: Sequence[str] | None = None,
+    min_trusted_views: int = MIN_TRUSTED_POSES,
 ) -> HandEyeResult:
-    """Run every OpenCV method on paired (robot pose, board pose) views and pick one (see _choose)."""
+    """Run every OpenCV method on paired (robot pose, board pose) views and pick one (see _choose); fewer than
+    min_trusted_views views is a warning."""
     if setup not in SETUPS:
         raise CalibrationError(f"setup {setup!r} is not one of {', '.join(SETUPS)}")
     if method != "consensus" and method not in METHODS:
@@ -196,7 +198,8 @@ def solve_hand_eye(
     max_deg = max((p["rotation_deg"] for p in pairwise), default=0.0)
     chosen = _choose(methods, pairwise, method)
     names = list(view_names) if view_names is not None else []
-    return HandEyeResult(setup, methods, chosen, max_mm, max_deg, pairwise, names, _warnings(robot, max_mm, max_deg))
+    warnings = _warnings(robot, max_mm, max_deg, min_trusted_views)
+    return HandEyeResult(setup, methods, chosen, max_mm, max_deg, pairwise, names, warnings)
 
 
 def _run_methods(robot: list[np.ndarray], board: list[np.ndarray]) -> dict[str, MethodResult]:
@@ -241,10 +244,10 @@ def _choose(methods: dict[str, MethodResult], pairwise: list[dict], method: str)
     raise CalibrationError(f"method {method} returned no finite result on this data")
 
 
-def _warnings(robot: list[np.ndarray], max_mm: float, max_deg: float) -> list[str]:
+def _warnings(robot: list[np.ndarray], max_mm: float, max_deg: float, min_trusted_views: int) -> list[str]:
     warnings = []
-    if len(robot) < MIN_TRUSTED_POSES:
-        warnings.append(f"only {len(robot)} views (want >= {MIN_TRUSTED_POSES})")
+    if len(robot) < min_trusted_views:
+        warnings.append(f"only {len(robot)} views (want >= {min_trusted_views})")
     if max_mm > MAX_AGREEMENT_MM or max_deg > MAX_AGREEMENT_DEG:
         warnings.append(
             f"methods disagree by up to {max_mm:.2f} mm / {max_deg:.3f} deg (want <= {MAX_AGREEMENT_MM} mm / "

@@ -76,5 +76,6 @@ def handeye_report_text(report: dict[str, Any]) -> str:
     lines.append(
         f"methods agree within {agreement['max_translation_mm']:.3f} mm / {agreement['max_rotation_deg']:.4f} deg"
     )
+    lines += [f"skipped {view['image']}: {view['reason']}" for view in skipped]
     lines += [f"WARNING: {w}" for w in report["warnings"]]
     return "\n".join(lines) + "\n"
