@@ -112,6 +112,21 @@ def _add_check(sub) -> None:
     p.set_defaults(func=cmd_check)
 
 
+def _robot_io_camera_opener():
+    """robot_io's open_camera, for --camera. Wired here, in the application layer: robot_io imports calibration
+    (the start-up drift check), so calibration's library modules must not import robot_io."""
+    from pi0edge.calibration.errors import CalibrationError
+
+    try:
+        from pi0edge.robot_io.cameras import open_camera
+    except ImportError as exc:
+        raise CalibrationError(
+            f"live cameras need pi0edge.robot_io.cameras, which cannot be imported here ({exc}); "
+            "save images to a folder and pass --images instead"
+        ) from None
+    return open_camera
+
+
 def _views_from_folder(folder: Path, detector):
     from pi0edge.calibration.sources import iter_folder
 
@@ -143,7 +158,8 @@ def _views_from_camera(args, detector):
         accepted.append(signature)
         return True
 
-    captured = capture_views(parse_camera_spec(args.camera), accept, args.views, args.timeout_s, args.save_images)
+    spec = parse_camera_spec(args.camera)
+    captured = capture_views(spec, _robot_io_camera_opener(), accept, args.views, args.timeout_s, args.save_images)
     if not captured:
         from pi0edge.calibration.errors import BoardNotFoundError
 
@@ -325,7 +341,7 @@ def _check_image(args):
 
     if args.image is not None:
         return read_image(args.image), str(args.image)
-    return grab_frame(parse_camera_spec(args.camera)), f"camera {args.camera}"
+    return grab_frame(parse_camera_spec(args.camera), _robot_io_camera_opener()), f"camera {args.camera}"
 
 
 def cmd_check(args) -> int:

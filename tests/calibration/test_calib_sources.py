@@ -3,6 +3,8 @@ in memory are RGB as robot_io delivers them), so the grey image the detector see
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import cv2
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from calib_synth import CHARUCO, NOISE_GREY
 
 from pi0edge.calibration.boards import parse_board
 from pi0edge.calibration.detect import BoardDetector, to_gray
-from pi0edge.calibration.sources import iter_folder, read_image
+from pi0edge.calibration.sources import capture_views, grab_frame, iter_folder, read_image
 
 # BT.601 luma: blue weighs 0.114 and red 0.299, so swapping them moves grey by up to this much
 BLUE_RED_SWAP_GREY = round((0.299 - 0.114) * 255)
@@ -59,3 +61,36 @@ def test_grey_and_rgb_frames_in_memory_are_taken_as_they_are(board_view):
     rgb = np.stack([board_view, np.zeros_like(board_view), 255 - board_view], axis=-1)
     np.testing.assert_array_equal(to_gray(board_view), board_view)
     np.testing.assert_array_equal(to_gray(rgb), cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+
+
+class ReplayCamera:
+    """A camera opener for capture_views/grab_frame: replays RGB frames, as robot_io's cameras deliver them."""
+
+    def __init__(self, frames: list[np.ndarray]):
+        self.frames, self.opened_with = frames, []
+
+    def __call__(self, spec):
+        self.opened_with.append(spec)
+        return self
+
+    def __enter__(self):
+        self.index = 0
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+    def read(self):
+        frame = self.frames[self.index % len(self.frames)]
+        self.index += 1
+        return SimpleNamespace(image=frame)
+
+
+def test_live_views_come_from_the_opener_passed_in_and_are_saved_as_files_that_read_back_rgb(tmp_path, board_view):
+    rgb = np.stack([board_view, 255 - board_view, np.zeros_like(board_view)], axis=-1)
+    camera = ReplayCamera([np.zeros_like(rgb), rgb])
+    views = capture_views({"kind": "replay"}, camera, lambda image: image.any(), 2, 60.0, tmp_path / "saved")
+    assert camera.opened_with == [{"kind": "replay"}]
+    assert [name for name, _ in views] == ["view_000.png", "view_001.png"]
+    np.testing.assert_array_equal(read_image(tmp_path / "saved" / "view_001.png"), rgb)
+    np.testing.assert_array_equal(grab_frame({"kind": "replay"}, ReplayCamera([rgb]), settle_frames=2), rgb)
