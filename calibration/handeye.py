@@ -100,7 +100,8 @@ def read_robot_poses(path: Path | str) -> list[RobotPose]:
         if not isinstance(entry, dict):
             raise CalibrationFileError(f"{where}: expected a mapping, got {type(entry).__name__}")
         image = entry.get("image")
-        pose = _in_reach(pose_from_fields(entry, where), where, "translation_m / matrix")
+        given = next((key for key in ("matrix", "translation_m", "translation_mm") if key in entry), "translation")
+        pose = _in_reach(pose_from_fields(entry, where), where, given)
         poses.append(RobotPose(pose, None if image is None else str(image)))
     return poses
 

@@ -200,8 +200,8 @@ MILLIMETRES_AS_METRES = [550.0, 100.0, 20.0]  # a gripper 0.55 m out, written in
 @pytest.mark.parametrize(
     "fmt, expected",
     [
-        ("yaml", r"pose 0: the gripper would be 559\.4 m from the base \(translation_m / matrix \[550\.0, 100\.0"),
-        ("matrix", r"pose 0: the gripper would be 559\.4 m from the base"),
+        ("yaml", r"pose 0: the gripper would be 559\.4 m from the base \(translation_m \[550\.0, 100\.0, 20\.0\]\)"),
+        ("matrix", r"pose 0: the gripper would be 559\.4 m from the base \(matrix \[550\.0, 100\.0, 20\.0\]\)"),
         ("csv", r"line 2: the gripper would be 559\.4 m from the base \(x,y,z \[550\.0, 100\.0, 20\.0\]\)"),
     ],
 )
