@@ -11,6 +11,13 @@ from pathlib import Path
 log = logging.getLogger("pi0edge.calibration")
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+HANDEYE_MIN_CORNERS = 6  # fewer make a board pose too noisy to pair with a robot pose
+
+
+BOARD_HELP = (
+    "board: charuco:squares_x=7,squares_y=5,square_mm=30,marker_mm=22,dict=DICT_5X5_100 | "
+    "chessboard:cols=9,rows=6,square_mm=25 (inner corners) | a YAML file with the same fields + type"
+)
 
 
 def register(subparsers) -> None:
@@ -21,16 +28,18 @@ def register(subparsers) -> None:
     )
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
     sub = parser.add_subparsers(dest="calibrate_command", metavar="STEP")
-    board_help = (
-        "board: charuco:squares_x=7,squares_y=5,square_mm=30,marker_mm=22,dict=DICT_5X5_100 | "
-        "chessboard:cols=9,rows=6,square_mm=25 (inner corners) | a YAML file with the same fields + type"
-    )
+    _add_intrinsics(sub)
+    _add_realsense(sub)
+    _add_handeye(sub)
+    _add_check(sub)
 
+
+def _add_intrinsics(sub) -> None:
     p = sub.add_parser("intrinsics", help="intrinsics from board views (image folder or live camera)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", type=Path, help="folder of images of the board")
     src.add_argument("--camera", help="robot_io camera spec: opencv:0, realsense:SERIAL, or a YAML mapping")
-    p.add_argument("--board", required=True, help=board_help)
+    p.add_argument("--board", required=True, help=BOARD_HELP)
     p.add_argument(
         "--model",
         choices=("pinhole", "rational", "fisheye"),
@@ -49,6 +58,8 @@ def register(subparsers) -> None:
     p.add_argument("--strict", action="store_true", help="exit 1 when the report has quality warnings")
     p.set_defaults(func=cmd_intrinsics)
 
+
+def _add_realsense(sub) -> None:
     p = sub.add_parser("realsense", help="factory intrinsics/extrinsics of a RealSense device or recording")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--serial", help="device serial number (default: the only connected device)")
@@ -58,11 +69,13 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.set_defaults(func=cmd_realsense)
 
+
+def _add_handeye(sub) -> None:
     p = sub.add_parser("handeye", help="hand-eye calibration from robot poses and board views")
     p.add_argument("--images", type=Path, required=True, help="folder of board images, one per robot pose")
     p.add_argument("--poses", type=Path, required=True, help="gripper-to-base poses: YAML/JSON list or CSV")
     p.add_argument("--intrinsics", type=Path, required=True, help="camera file (ROS camera_info or OpenCV YAML)")
-    p.add_argument("--board", required=True, help=board_help)
+    p.add_argument("--board", required=True, help=BOARD_HELP)
     p.add_argument("--setup", choices=("eye-in-hand", "eye-to-hand"), required=True)
     p.add_argument(
         "--method", default="consensus", choices=("consensus", "tsai", "park", "horaud", "andreff", "daniilidis")
@@ -73,8 +86,18 @@ def register(subparsers) -> None:
     p.add_argument("--target-frame", default="calibration_board")
     p.add_argument("--name", default="handeye", help="output file prefix")
     p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument(
+        "--min-views", type=int, default=10, help="fewer views with the board: a warning, with --strict an error"
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse fewer than --min-views good views (nothing written); exit 1 when the report has warnings",
+    )
     p.set_defaults(func=cmd_handeye)
 
+
+def _add_check(sub) -> None:
     p = sub.add_parser("check", help="has the camera moved? (exit 0 pass, 1 moved, 2 error)")
     p.add_argument("--reference", type=Path, required=True, help="reference file (made with --save-reference)")
     src = p.add_mutually_exclusive_group(required=True)
@@ -82,11 +105,26 @@ def register(subparsers) -> None:
     src.add_argument("--camera", help="robot_io camera spec to grab the view from")
     p.add_argument("--save-reference", action="store_true", help="write the reference from this view instead")
     p.add_argument("--intrinsics", type=Path, help="with --save-reference: the camera file")
-    p.add_argument("--board", help=f"with --save-reference: {board_help}")
+    p.add_argument("--board", help=f"with --save-reference: {BOARD_HELP}")
     p.add_argument("--max-mm", type=float, help="translation limit (default: the reference's, else 2 mm)")
     p.add_argument("--max-deg", type=float, help="rotation limit (default: the reference's, else 0.5 deg)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_check)
+
+
+def _robot_io_camera_opener():
+    """robot_io's open_camera, for --camera. Wired here, in the application layer: robot_io imports calibration
+    (the start-up drift check), so calibration's library modules must not import robot_io."""
+    from pi0edge.calibration.errors import CalibrationError
+
+    try:
+        from pi0edge.robot_io.cameras import open_camera
+    except ImportError as exc:
+        raise CalibrationError(
+            f"live cameras need pi0edge.robot_io.cameras, which cannot be imported here ({exc}); "
+            "save images to a folder and pass --images instead"
+        ) from None
+    return open_camera
 
 
 def _views_from_folder(folder: Path, detector):
@@ -95,7 +133,7 @@ def _views_from_folder(folder: Path, detector):
     views, size = [], None
     for name, image in iter_folder(folder):
         size = (image.shape[1], image.shape[0])
-        views.append((name, detector.detect(image, str(folder / name))))
+        views.append((name, detector.find(image, str(folder / name))))
     return views, size
 
 
@@ -120,13 +158,14 @@ def _views_from_camera(args, detector):
         accepted.append(signature)
         return True
 
-    captured = capture_views(parse_camera_spec(args.camera), accept, args.views, args.timeout_s, args.save_images)
+    spec = parse_camera_spec(args.camera)
+    captured = capture_views(spec, _robot_io_camera_opener(), accept, args.views, args.timeout_s, args.save_images)
     if not captured:
         from pi0edge.calibration.errors import BoardNotFoundError
 
         raise BoardNotFoundError(f"camera {args.camera}: no view of the board within {args.timeout_s:g} s")
     size = (captured[0][1].shape[1], captured[0][1].shape[0])
-    return [(name, detector.detect(image, name)) for name, image in captured], size
+    return [(name, detector.find(image, name)) for name, image in captured], size
 
 
 def cmd_intrinsics(args) -> int:
@@ -225,92 +264,76 @@ def cmd_realsense(args) -> int:
     return 0
 
 
-def cmd_handeye(args) -> int:
-    from pi0edge.calibration.boards import parse_board
+def _handeye_views(args, camera, detector):
+    """(T_base_gripper list, T_camera_board list, HandEyeViews) over the images that show the board."""
     from pi0edge.calibration.camera import board_pose
-    from pi0edge.calibration.detect import BoardDetector
-    from pi0edge.calibration.errors import CalibrationError, ImageError
-    from pi0edge.calibration.formats import read_camera_file
-    from pi0edge.calibration.handeye import frames_for, match_poses, read_robot_poses, solve_hand_eye
-    from pi0edge.calibration.outputs import write_files_atomically
+    from pi0edge.calibration.detect import NotFound
+    from pi0edge.calibration.errors import ImageError
+    from pi0edge.calibration.handeye import match_poses, read_robot_poses
+    from pi0edge.calibration.handeye_report import HandEyeViews
     from pi0edge.calibration.sources import iter_folder, list_images
-    from pi0edge.calibration.transforms import Transform, transform_yaml_text
 
-    board = parse_board(args.board)
-    camera = read_camera_file(args.intrinsics)
     poses = match_poses([p.name for p in list_images(args.images)], read_robot_poses(args.poses), str(args.poses))
-    detector = BoardDetector(board)
-    robot, targets, used, skipped = [], [], [], []
+    robot, targets, views = [], [], HandEyeViews()
     for name, image in iter_folder(args.images):
         if (image.shape[1], image.shape[0]) != camera.image_size:
             raise ImageError(
                 f"image {args.images / name} is {image.shape[1]}x{image.shape[0]} but {args.intrinsics} "
                 f"is for {camera.width}x{camera.height}"
             )
-        det = detector.detect(image, name)
-        if det is None or det.count < 6:
-            skipped.append({"image": name, "reason": "board not found"})
+        det = detector.find(image, name)
+        if isinstance(det, NotFound) or det.count < HANDEYE_MIN_CORNERS:
+            reason = det.reason if isinstance(det, NotFound) else f"only {det.count} corners (< {HANDEYE_MIN_CORNERS})"
+            views.skipped.append({"image": name, "reason": reason})
             continue
         pose, rms_px = board_pose(camera, det.image_points_px, det.object_points_m)
         robot.append(poses[name])
         targets.append(pose)
-        used.append({"image": name, "corners": det.count, "board_rms_px": rms_px})
-    if not used:
-        raise CalibrationError(f"the board was not found in any image of {args.images}: {board.describe()}")
-    result = solve_hand_eye(robot, targets, args.setup, args.method, [u["image"] for u in used])
-    (parent, child), (t_parent, t_child) = frames_for(
-        args.setup, args.base_frame, args.gripper_frame, args.camera_frame, args.target_frame
+        views.used.append({"image": name, "corners": det.count, "board_rms_px": rms_px})
+    return robot, targets, views
+
+
+def cmd_handeye(args) -> int:
+    from pi0edge.calibration.boards import parse_board
+    from pi0edge.calibration.detect import BoardDetector
+    from pi0edge.calibration.errors import CalibrationError
+    from pi0edge.calibration.formats import read_camera_file
+    from pi0edge.calibration.handeye import MIN_POSES, frames_for, solve_hand_eye
+    from pi0edge.calibration.handeye_report import (
+        handeye_report,
+        handeye_report_json,
+        handeye_report_text,
+        handeye_yaml_text,
     )
-    main = Transform(parent, child, result.transform)
-    extra = {
-        "setup": args.setup,
-        "method": result.chosen + (" (consensus)" if args.method == "consensus" else ""),
-        "max_method_disagreement_mm": result.max_disagreement_mm,
-        "max_method_disagreement_deg": result.max_disagreement_deg,
-    }
-    report = {
-        "format": "pi0edge-handeye-report",
-        "version": 1,
-        "setup": args.setup,
-        "chosen": result.chosen,
-        "transform": main.to_dict(),
-        "target": Transform(t_parent, t_child, result.target).to_dict(),
-        "methods": {
-            n: {
-                **Transform(parent, child, m.transform).to_dict(),
-                "target_spread_mm": m.spread_mm,
-                "target_spread_deg": m.spread_deg,
-            }
-            for n, m in result.methods.items()
-        },
-        "agreement": {
-            "max_translation_mm": result.max_disagreement_mm,
-            "max_rotation_deg": result.max_disagreement_deg,
-            "pairs": result.pairwise,
-        },
-        "views_used": used,
-        "views_skipped": skipped,
-        "warnings": result.warnings,
-    }
-    lines = [f"hand-eye ({args.setup}) from {len(used)} views ({len(skipped)} skipped): {parent} -> {child}"]
-    for n, m in result.methods.items():
-        d = Transform(parent, child, m.transform).to_dict()
-        lines.append(
-            f"  {n:<10} t_m [{', '.join(f'{v:+.4f}' for v in d['translation_m'])}]  q_xyzw "
-            f"[{', '.join(f'{v:+.5f}' for v in d['quaternion_xyzw'])}]  fit {m.spread_mm:.2f} mm / "
-            f"{m.spread_deg:.3f} deg" + ("  <- chosen" if n == result.chosen else "")
+    from pi0edge.calibration.outputs import write_files_atomically
+
+    if args.min_views < MIN_POSES:
+        raise CalibrationError(f"--min-views {args.min_views}: hand-eye needs at least {MIN_POSES} views")
+    board = parse_board(args.board)
+    camera = read_camera_file(args.intrinsics)
+    robot, targets, views = _handeye_views(args, camera, BoardDetector(board))
+    if not views.used:
+        raise CalibrationError(f"the board was not found in any image of {args.images}: {views.skipped[0]['reason']}")
+    if args.strict and len(views.used) < args.min_views:
+        skipped = "; ".join(f"{v['image']}: {v['reason']}" for v in views.skipped) or "none"
+        raise CalibrationError(
+            f"--strict: {len(views.used)} images of {args.images} show the board, need at least {args.min_views} "
+            f"(--min-views); skipped: {skipped}"
         )
-    lines.append(f"methods agree within {result.max_disagreement_mm:.3f} mm / {result.max_disagreement_deg:.4f} deg")
-    lines += [f"WARNING: {w}" for w in result.warnings]
+    names = [u["image"] for u in views.used]
+    result = solve_hand_eye(robot, targets, args.setup, args.method, names, min_trusted_views=args.min_views)
+    frames = frames_for(args.setup, args.base_frame, args.gripper_frame, args.camera_frame, args.target_frame)
+    report = handeye_report(result, frames, views)
+    text = handeye_report_text(report)
     files = {
-        args.out / f"{args.name}.yaml": transform_yaml_text(main, extra),
-        args.out / f"{args.name}.report.json": json.dumps(report, indent=2) + "\n",
-        args.out / f"{args.name}.report.txt": "\n".join(lines) + "\n",
+        args.out / f"{args.name}.yaml": handeye_yaml_text(result, frames, args.method == "consensus"),
+        args.out / f"{args.name}.report.json": handeye_report_json(report),
+        args.out / f"{args.name}.report.txt": text,
     }
     write_files_atomically(files)
-    print("\n".join(lines))
+    print(text, end="")
     print("wrote " + ", ".join(str(p) for p in files))
-    return 0
+    return 1 if args.strict and result.warnings else 0
 
 
 def _check_image(args):
@@ -318,7 +341,7 @@ def _check_image(args):
 
     if args.image is not None:
         return read_image(args.image), str(args.image)
-    return grab_frame(parse_camera_spec(args.camera)), f"camera {args.camera}"
+    return grab_frame(parse_camera_spec(args.camera), _robot_io_camera_opener()), f"camera {args.camera}"
 
 
 def cmd_check(args) -> int:

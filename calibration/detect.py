@@ -30,8 +30,46 @@ class Detection:
         return float(np.linalg.svd(centred, compute_uv=False)[-1] / np.sqrt(max(self.count, 1)))
 
 
+@dataclass(frozen=True)
+class NotFound:
+    """Why the board was not found in one image: what was looked for and what was seen instead."""
+
+    board: BoardSpec
+    marker_ids: tuple[int, ...] = ()  # ArUco markers of the board's dictionary that were seen (ChArUco)
+    corners: int = 0  # ChArUco corners that fit the board (too few to use)
+
+    @property
+    def reason(self) -> str:
+        board = self.board
+        if not isinstance(board, CharucoSpec):
+            return (
+                f"no chessboard with {board.cols}x{board.rows} inner corners found ({board.describe()}); "
+                "cols/rows count inner corners, one fewer than the squares"
+            )
+        if not self.marker_ids:
+            return (
+                f"no ArUco marker of {board.dictionary} found while looking for {board.describe()}: is the board "
+                f"in view, sharp and lit, and printed with {board.dictionary}?"
+            )
+        board_markers = board.squares_x * board.squares_y // 2
+        seen = f"{len(self.marker_ids)} markers of {board.dictionary} found (ids {min(self.marker_ids)}-"
+        seen += f"{max(self.marker_ids)})"
+        if max(self.marker_ids) >= board_markers:
+            return (
+                f"{seen} but {board.describe()} has ids 0-{board_markers - 1}: the layout does not match "
+                "(another board, or squares_x / squares_y too small)"
+            )
+        # OpenCV >= 4.6 starts boards with an even number of rows on another square colour than older ones did
+        legacy = ", or legacy=true for a board made by OpenCV < 4.6" if board.squares_y % 2 == 0 else ""
+        return (
+            f"{seen} but only {self.corners} ChArUco corners fit {board.describe()}: the layout does not match "
+            f"(squares_x / squares_y swapped or wrong{legacy})"
+        )
+
+
 def to_gray(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """uint8 HxW or HxWx3 (RGB from robot_io, BGR from cv2.imread: the weights differ slightly, the corners don't)."""
+    """uint8 HxW, or HxWx3 / HxWx4 in RGB(A) order: robot_io's frames, and files through sources.read_image.
+    A BGR image (cv2.imread) must be converted first: red and blue weigh differently in grey."""
     from pi0edge.errors import require
 
     cv2 = require("cv2", "calib", "camera calibration")
@@ -66,15 +104,21 @@ class BoardDetector:
             self._charuco = cv2.aruco.CharucoDetector(board.cv2_board(), charuco_params, params)
 
     def detect(self, image: np.ndarray, name: str = "image") -> Detection | None:
+        found = self.find(image, name)
+        return found if isinstance(found, Detection) else None
+
+    def find(self, image: np.ndarray, name: str = "image") -> Detection | NotFound:
+        """The corners, or why there are none (names the board and dictionary, and what was seen instead)."""
         gray = to_gray(image, name)
         if isinstance(self.board, CharucoSpec):
             return self._detect_charuco(gray)
-        return self._detect_chessboard(gray)
+        return self._detect_chessboard(gray) or NotFound(self.board)
 
-    def _detect_charuco(self, gray: np.ndarray) -> Detection | None:
-        corners, ids, _, _ = self._charuco.detectBoard(gray)
+    def _detect_charuco(self, gray: np.ndarray) -> Detection | NotFound:
+        corners, ids, _, marker_ids = self._charuco.detectBoard(gray)
         if ids is None or len(ids) < 4:
-            return None
+            seen = () if marker_ids is None else tuple(sorted(int(i) for i in marker_ids.reshape(-1)))
+            return NotFound(self.board, seen, 0 if ids is None else len(ids))
         ids = ids.reshape(-1).astype(np.int32)
         return Detection(corners.reshape(-1, 2).astype(np.float32), self._object_points[ids], ids)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from pi0edge.calibration.boards import BoardSpec, board_from_dict
 from pi0edge.calibration.camera import CameraModel, board_pose
-from pi0edge.calibration.detect import BoardDetector, Detection
+from pi0edge.calibration.detect import BoardDetector, NotFound
 from pi0edge.calibration.errors import BoardNotFoundError, CalibrationFileError, ImageError
 from pi0edge.calibration.outputs import write_files_atomically
 from pi0edge.calibration.transforms import Transform, invert, pose_difference
@@ -79,10 +79,13 @@ def _board_pose(camera: CameraModel, board: BoardSpec, image: np.ndarray, name: 
         raise ImageError(
             f"{name} is {image.shape[1]}x{image.shape[0]} but the calibration is for {camera.width}x{camera.height}"
         )
-    detection: Detection | None = BoardDetector(board).detect(image, name)
-    if detection is None or detection.count < MIN_CORNERS:
-        found = 0 if detection is None else detection.count
-        raise BoardNotFoundError(f"{name}: board not found ({found} corners, need {MIN_CORNERS}): {board.describe()}")
+    detection = BoardDetector(board).find(image, name)
+    if isinstance(detection, NotFound):
+        raise BoardNotFoundError(f"{name}: board not found: {detection.reason}")
+    if detection.count < MIN_CORNERS:
+        raise BoardNotFoundError(
+            f"{name}: board not found ({detection.count} corners, need {MIN_CORNERS}): {board.describe()}"
+        )
     pose, rms_px = board_pose(camera, detection.image_points_px, detection.object_points_m)
     return pose, rms_px, detection.count
 
@@ -160,7 +163,8 @@ def measure_drift(reference: Reference, image: np.ndarray, name: str = "image") 
 def check_drift(
     image: np.ndarray, reference_path: Path | str, max_mm: float | None = None, max_deg: float | None = None
 ) -> DriftResult:
-    """Compare a fresh view (uint8 RGB/BGR/gray at the calibrated size) with the stored reference.
+    """Compare a fresh view (uint8 RGB or grey at the calibrated size; a cv2.imread image is BGR: read files with
+    sources.read_image) with the stored reference.
 
     Thresholds default to the reference file's (`thresholds:`), else DriftThresholds(). Raises a
     CalibrationError subclass when the check cannot be made (no board, wrong size, bad file)."""

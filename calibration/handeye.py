@@ -28,6 +28,8 @@ MIN_TRUSTED_POSES = 10
 MAX_AGREEMENT_MM = 2.0  # methods disagreeing by more than this say the data is noisy or degenerate
 MAX_AGREEMENT_DEG = 0.5
 MIN_TRUSTED_ROTATION_DEG = 30.0  # largest rotation between two gripper poses; small rotations leave t unobservable
+# No arm's gripper is this far from its base; a pose further out is millimetres written as metres.
+MAX_GRIPPER_DISTANCE_M = 5.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,8 +100,21 @@ def read_robot_poses(path: Path | str) -> list[RobotPose]:
         if not isinstance(entry, dict):
             raise CalibrationFileError(f"{where}: expected a mapping, got {type(entry).__name__}")
         image = entry.get("image")
-        poses.append(RobotPose(pose_from_fields(entry, where), None if image is None else str(image)))
+        given = next((key for key in ("matrix", "translation_m", "translation_mm") if key in entry), "translation")
+        pose = _in_reach(pose_from_fields(entry, where), where, given)
+        poses.append(RobotPose(pose, None if image is None else str(image)))
     return poses
+
+
+def _in_reach(pose: np.ndarray, where: str, fields: str) -> np.ndarray:
+    distance_m = float(np.linalg.norm(pose[:3, 3]))
+    if distance_m > MAX_GRIPPER_DISTANCE_M:
+        raise CalibrationFileError(
+            f"{where}: the gripper would be {distance_m:.1f} m from the base ({fields} "
+            f"{[round(float(v), 4) for v in pose[:3, 3]]}), beyond any arm's reach ({MAX_GRIPPER_DISTANCE_M:g} m): "
+            "millimetres given as metres? Divide by 1000, or in YAML/JSON write translation_mm"
+        )
+    return pose
 
 
 def _read_csv(text: str, path: Path) -> list[RobotPose]:
@@ -118,6 +133,7 @@ def _read_csv(text: str, path: Path) -> list[RobotPose]:
         except (TypeError, ValueError):
             raise CalibrationFileError(f"{where}: x,y,z,qx,qy,qz,qw must be numbers, got {row}") from None
         pose = pose_from_fields({"translation_m": values[:3], "quaternion_xyzw": values[3:]}, where)
+        pose = _in_reach(pose, where, "x,y,z")
         poses.append(RobotPose(pose, (row.get("image") or "").strip() or None))
     return poses
 
@@ -157,13 +173,10 @@ def solve_hand_eye(
     setup: str = "eye-in-hand",
     method: str = "consensus",
     view_names: Sequence[str] | None = None,
+    min_trusted_views: int = MIN_TRUSTED_POSES,
 ) -> HandEyeResult:
-    """Run every OpenCV method on paired (robot pose, board pose) views and pick one.
-
-    method 'consensus' picks the medoid: the method whose result is closest to all the others (translation
-    mm + 10 x rotation deg, i.e. 1 deg ~ 10 mm at a ~0.6 m lever arm), so one method failing on degenerate data
-    cannot be picked."""
-    cv2 = _cv2()
+    """Run every OpenCV method on paired (robot pose, board pose) views and pick one (see _choose); fewer than
+    min_trusted_views views is a warning."""
     if setup not in SETUPS:
         raise CalibrationError(f"setup {setup!r} is not one of {', '.join(SETUPS)}")
     if method != "consensus" and method not in METHODS:
@@ -177,17 +190,31 @@ def solve_hand_eye(
     if setup == "eye-to-hand":
         robot = [invert(p) for p in robot]  # OpenCV's trick: base-to-gripper in place of gripper-to-base
     board = [np.asarray(p, float) for p in T_camera_target]
-    flags = {name: getattr(cv2, f"CALIB_HAND_EYE_{name.upper()}") for name in METHODS}
+    methods = _run_methods(robot, board)
+    pairwise = []
+    for a, b in combinations(methods, 2):
+        mm, deg = pose_difference(methods[a].transform, methods[b].transform)
+        pairwise.append({"a": a, "b": b, "translation_mm": mm, "rotation_deg": deg})
+    max_mm = max((p["translation_mm"] for p in pairwise), default=0.0)
+    max_deg = max((p["rotation_deg"] for p in pairwise), default=0.0)
+    chosen = _choose(methods, pairwise, method)
+    names = list(view_names) if view_names is not None else []
+    warnings = _warnings(robot, max_mm, max_deg, min_trusted_views)
+    return HandEyeResult(setup, methods, chosen, max_mm, max_deg, pairwise, names, warnings)
 
+
+def _run_methods(robot: list[np.ndarray], board: list[np.ndarray]) -> dict[str, MethodResult]:
+    """Every OpenCV method on (gripper, board) pose pairs; a method returning NaN is left out."""
+    cv2 = _cv2()
     methods: dict[str, MethodResult] = {}
-    for name, flag in flags.items():
+    for name in METHODS:
         try:
             r, t = cv2.calibrateHandEye(
                 [p[:3, :3] for p in robot],
                 [p[:3, 3] for p in robot],
                 [p[:3, :3] for p in board],
                 [p[:3, 3] for p in board],
-                method=flag,
+                method=getattr(cv2, f"CALIB_HAND_EYE_{name.upper()}"),
             )
         except cv2.error as exc:
             raise CalibrationError(f"OpenCV hand-eye ({name}) failed: {exc.err}") from None
@@ -200,27 +227,28 @@ def solve_hand_eye(
         methods[name] = MethodResult(name, x, target, spread_mm, spread_deg)
     if not methods:
         raise CalibrationError("every hand-eye method failed (degenerate robot motion?)")
+    return methods
 
-    pairwise = []
-    for a, b in combinations(methods, 2):
-        mm, deg = pose_difference(methods[a].transform, methods[b].transform)
-        pairwise.append({"a": a, "b": b, "translation_mm": mm, "rotation_deg": deg})
-    max_mm = max((p["translation_mm"] for p in pairwise), default=0.0)
-    max_deg = max((p["rotation_deg"] for p in pairwise), default=0.0)
+
+def _choose(methods: dict[str, MethodResult], pairwise: list[dict], method: str) -> str:
+    """'consensus' picks the medoid: the method whose result is closest to all the others (translation mm +
+    10 x rotation deg, i.e. 1 deg ~ 10 mm at a ~0.6 m lever arm), so one method failing on degenerate data
+    cannot be picked."""
     if method == "consensus":
 
         def cost(name: str) -> float:
             return sum(p["translation_mm"] + 10.0 * p["rotation_deg"] for p in pairwise if name in (p["a"], p["b"]))
 
-        chosen = min(methods, key=cost)
-    elif method in methods:
-        chosen = method
-    else:
-        raise CalibrationError(f"method {method} returned no finite result on this data")
+        return min(methods, key=cost)
+    if method in methods:
+        return method
+    raise CalibrationError(f"method {method} returned no finite result on this data")
 
+
+def _warnings(robot: list[np.ndarray], max_mm: float, max_deg: float, min_trusted_views: int) -> list[str]:
     warnings = []
-    if n < MIN_TRUSTED_POSES:
-        warnings.append(f"only {n} views (want >= {MIN_TRUSTED_POSES})")
+    if len(robot) < min_trusted_views:
+        warnings.append(f"only {len(robot)} views (want >= {min_trusted_views})")
     if max_mm > MAX_AGREEMENT_MM or max_deg > MAX_AGREEMENT_DEG:
         warnings.append(
             f"methods disagree by up to {max_mm:.2f} mm / {max_deg:.3f} deg (want <= {MAX_AGREEMENT_MM} mm / "
@@ -232,15 +260,22 @@ def solve_hand_eye(
             f"the gripper rotated at most {max_rot:.1f} deg between views (want >= {MIN_TRUSTED_ROTATION_DEG:.0f}): "
             "rotate about different axes"
         )
-    return HandEyeResult(
-        setup, methods, chosen, max_mm, max_deg, pairwise, list(view_names) if view_names is not None else [], warnings
-    )
+    return warnings
 
 
-def frames_for(
-    setup: str, base: str, gripper: str, camera: str, target: str
-) -> tuple[tuple[str, str], tuple[str, str]]:
-    """(parent, child) of the result and of the by-product board pose."""
+@dataclass(frozen=True)
+class HandEyeFrames:
+    """Frame names of the result (parent -> child) and of the by-product board pose."""
+
+    parent: str
+    child: str
+    target_parent: str
+    target_child: str
+
+
+def frames_for(setup: str, base: str, gripper: str, camera: str, target: str) -> HandEyeFrames:
+    """eye-in-hand: T_gripper_camera and the board in the base; eye-to-hand: T_base_camera and the board in
+    the gripper."""
     if setup == "eye-in-hand":
-        return (gripper, camera), (base, target)
-    return (base, camera), (gripper, target)
+        return HandEyeFrames(gripper, camera, base, target)
+    return HandEyeFrames(base, camera, gripper, target)

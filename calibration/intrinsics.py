@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pi0edge.calibration.camera import CameraModel
-from pi0edge.calibration.detect import Detection
+from pi0edge.calibration.detect import Detection, NotFound
 from pi0edge.calibration.errors import BoardNotFoundError, BoardSpecError, CalibrationError
 
 MODELS = ("pinhole", "rational", "fisheye")
@@ -116,18 +116,28 @@ def _view_errors(camera: CameraModel, detections: list[Detection], rvecs, tvecs)
     return out
 
 
+def _not_found_message(views: Sequence[tuple[str, Detection | NotFound | None]]) -> str:
+    """No board anywhere: say what was looked for, from the image that came closest (most markers seen)."""
+    text = f"the board was not found in any of the {len(views)} images"
+    misses = [(name, det) for name, det in views if isinstance(det, NotFound)]
+    if not misses:
+        return text
+    name, closest = max(misses, key=lambda miss: len(miss[1].marker_ids))
+    return f"{text}; {name}: {closest.reason}"
+
+
 def calibrate_intrinsics(
-    views: Sequence[tuple[str, Detection | None]],
+    views: Sequence[tuple[str, Detection | NotFound | None]],
     image_size: tuple[int, int],
     options: IntrinsicsOptions = IntrinsicsOptions(),
     camera_name: str = "camera",
 ) -> IntrinsicsResult:
-    """Calibrate from (name, detection-or-None) views of one camera; image_size is (width, height)."""
+    """Calibrate from (name, detection or NotFound/None) views of one camera; image_size is (width, height)."""
     results: dict[str, ViewResult] = {}
     candidates: list[tuple[str, Detection]] = []
     for name, det in views:
-        if det is None:
-            results[name] = ViewResult(name, None, False, reason="board not detected")
+        if not isinstance(det, Detection):
+            results[name] = ViewResult(name, None, False, reason="board not detected" if det is None else det.reason)
         elif det.count < options.min_corners:
             results[name] = ViewResult(name, det, False, reason=f"only {det.count} corners (< {options.min_corners})")
         elif det.spread() < 2.0:
@@ -135,7 +145,7 @@ def calibrate_intrinsics(
         else:
             candidates.append((name, det))
     if not candidates and not any(r.detection is not None for r in results.values()):
-        raise BoardNotFoundError(f"the board was not found in any of the {len(views)} images")
+        raise BoardNotFoundError(_not_found_message(views))
     if len(candidates) < options.min_views:
         raise CalibrationError(
             f"too few usable views: {len(candidates)} of {len(views)} images (need at least {options.min_views}); "

@@ -93,31 +93,7 @@ def read_device_calibration(
     """Factory calibration of a connected device (serial, or the only one connected) or of a recording.
     With several profiles per stream (live devices), the default one is used, or the one at `resolution`."""
     rs = _rs()
-    ctx = rs.context()
-    if recording is not None:
-        path = Path(recording)
-        if not path.is_file():
-            raise CalibrationError(f"RealSense recording {path} does not exist")
-        try:
-            device = ctx.load_device(str(path))
-            device.as_playback().set_real_time(False)
-        except RuntimeError as exc:
-            raise CalibrationError(f"RealSense recording {path} cannot be played back: {exc}") from None
-        source = str(path)
-    else:
-        devices = list(ctx.query_devices())
-        serials = [d.get_info(rs.camera_info.serial_number) for d in devices]
-        if not devices:
-            raise CalibrationError("no RealSense device is connected (pass --recording FILE to read a recording)")
-        if serial is None:
-            if len(devices) > 1:
-                raise CalibrationError(f"several RealSense devices connected ({', '.join(serials)}): pass --serial")
-            device = devices[0]
-        elif serial in serials:
-            device = devices[serials.index(serial)]
-        else:
-            raise CalibrationError(f"no RealSense device with serial {serial}; connected: {', '.join(serials)}")
-        source = "device"
+    device, source = _open_device(rs, serial, recording)
 
     def info(key) -> str:
         return device.get_info(key) if device.supports(key) else ""
@@ -148,6 +124,46 @@ def read_device_calibration(
             f"RealSense {source}: no video stream with intrinsics"
             + (f" at {resolution[0]}x{resolution[1]}" if resolution else "")
         )
+    return RealSenseCalibration(
+        dev_serial,
+        info(rs.camera_info.name),
+        info(rs.camera_info.firmware_version),
+        streams,
+        native,
+        _extrinsics(chosen, prefix),
+        depth_scale,
+        notes,
+    )
+
+
+def _open_device(rs, serial: str | None, recording: Path | str | None):
+    """(device, what to call it in errors): a recording played back, or the connected device asked for."""
+    ctx = rs.context()
+    if recording is not None:
+        path = Path(recording)
+        if not path.is_file():
+            raise CalibrationError(f"RealSense recording {path} does not exist")
+        try:
+            device = ctx.load_device(str(path))
+            device.as_playback().set_real_time(False)
+        except RuntimeError as exc:
+            raise CalibrationError(f"RealSense recording {path} cannot be played back: {exc}") from None
+        return device, str(path)
+    devices = list(ctx.query_devices())
+    serials = [d.get_info(rs.camera_info.serial_number) for d in devices]
+    if not devices:
+        raise CalibrationError("no RealSense device is connected (pass --recording FILE to read a recording)")
+    if serial is None:
+        if len(devices) > 1:
+            raise CalibrationError(f"several RealSense devices connected ({', '.join(serials)}): pass --serial")
+        return devices[0], "device"
+    if serial not in serials:
+        raise CalibrationError(f"no RealSense device with serial {serial}; connected: {', '.join(serials)}")
+    return devices[serials.index(serial)], "device"
+
+
+def _extrinsics(chosen: dict, prefix: str) -> dict[tuple[str, str], Transform]:
+    """Between every pair of the chosen stream profiles that has a registered relation."""
     extrinsics = {}
     for a, b in ((a, b) for a in chosen for b in chosen if a != b):
         try:
@@ -157,13 +173,4 @@ def read_device_calibration(
         extrinsics[(a, b)] = transform_from_extrinsics(
             ext, f"{prefix}_{a}_optical_frame", f"{prefix}_{b}_optical_frame"
         )
-    return RealSenseCalibration(
-        dev_serial,
-        info(rs.camera_info.name),
-        info(rs.camera_info.firmware_version),
-        streams,
-        native,
-        extrinsics,
-        depth_scale,
-        notes,
-    )
+    return extrinsics

@@ -1,5 +1,6 @@
-"""Where calibration images come from: a folder of image files (no robot_io needed), or a live camera /
-recording through robot_io's camera interface (`open_camera(spec)`, imported only when asked for)."""
+"""Where calibration images come from: a folder of image files, or a live camera / recording through a
+camera opener the caller passes in (the CLI passes robot_io's `open_camera`; this module does not import
+robot_io, which itself imports calibration)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from pi0edge.calibration.errors import CalibrationError, CalibrationFileError, ImageError
+from pi0edge.calibration.errors import CalibrationFileError, ImageError
 
 log = logging.getLogger(__name__)
+
+# spec -> a context manager whose read() returns a frame with an RGB (or grey) `.image`, as robot_io's cameras
+CameraOpener = Callable[[dict[str, Any]], Any]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
 
@@ -35,7 +39,8 @@ def list_images(folder: Path | str) -> list[Path]:
 
 
 def read_image(path: Path | str) -> np.ndarray:
-    """BGR or gray uint8; a clear error for a missing, empty, truncated or undecodable file."""
+    """RGB or grey uint8, in the channel order of robot_io's frames (OpenCV decodes files as BGR); a clear error
+    for a missing, empty, truncated or undecodable file."""
     cv2 = _cv2()
     path = Path(path)
     try:
@@ -53,7 +58,9 @@ def read_image(path: Path | str) -> np.ndarray:
     if image.dtype != np.uint8:
         image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0))
     if image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image
 
 
@@ -102,18 +109,7 @@ def parse_camera_spec(text: str) -> dict[str, Any]:
     return {"kind": kind}
 
 
-def open_camera(spec: dict[str, Any]):
-    try:
-        from pi0edge.robot_io.cameras import open_camera as robot_io_open_camera
-    except ImportError as exc:
-        raise CalibrationError(
-            f"live cameras need pi0edge.robot_io.cameras, which cannot be imported here ({exc}); "
-            "save images to a folder and pass --images instead"
-        ) from None
-    return robot_io_open_camera(spec)
-
-
-def grab_frame(spec: dict[str, Any], settle_frames: int = 5) -> np.ndarray:
+def grab_frame(spec: dict[str, Any], open_camera: CameraOpener, settle_frames: int = 5) -> np.ndarray:
     """One RGB frame, after letting auto-exposure settle for a few frames."""
     with open_camera(spec) as camera:
         frame = None
@@ -124,6 +120,7 @@ def grab_frame(spec: dict[str, Any], settle_frames: int = 5) -> np.ndarray:
 
 def capture_views(
     spec: dict[str, Any],
+    open_camera: CameraOpener,
     accept: Callable[[np.ndarray], bool],
     count: int,
     timeout_s: float,

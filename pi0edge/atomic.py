@@ -22,7 +22,9 @@ def default_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+def stage_bytes(path: Path, data: bytes) -> Path:
+    """data in a hidden temp file beside path, fsynced, with open()'s mode; -> the temp file, for the caller to
+    os.replace onto path (writers of several files stage them all first, then rename)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -31,9 +33,18 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = stage_bytes(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -192,3 +192,117 @@ def test_pose_file_with_a_non_unit_quaternion_names_the_pose(tmp_path):
     path.write_text(yaml.safe_dump([{"translation_m": [0, 0, 0], "quaternion_xyzw": [0, 0, 0, 2]}]))
     with pytest.raises(CalibrationFileError, match=r"pose 0: quaternion_xyzw .* not unit length"):
         read_robot_poses(path)
+
+
+MILLIMETRES_AS_METRES = [550.0, 100.0, 20.0]  # a gripper 0.55 m out, written in mm under a metres field
+
+
+@pytest.mark.parametrize(
+    "fmt, expected",
+    [
+        ("yaml", r"pose 0: the gripper would be 559\.4 m from the base \(translation_m \[550\.0, 100\.0, 20\.0\]\)"),
+        ("matrix", r"pose 0: the gripper would be 559\.4 m from the base \(matrix \[550\.0, 100\.0, 20\.0\]\)"),
+        ("csv", r"line 2: the gripper would be 559\.4 m from the base \(x,y,z \[550\.0, 100\.0, 20\.0\]\)"),
+    ],
+)
+def test_pose_translation_in_millimetres_given_as_metres_is_refused(tmp_path, fmt, expected):
+    from pi0edge.calibration.errors import CalibrationFileError
+
+    pose = transform(np.eye(3), MILLIMETRES_AS_METRES)
+    if fmt == "csv":
+        path = tmp_path / "poses.csv"
+        _write_poses(path, [pose], ["view_000.png"], "csv")
+    else:
+        path = tmp_path / "poses.yaml"
+        entry = {"translation_m": MILLIMETRES_AS_METRES, "quaternion_xyzw": [0, 0, 0, 1]}
+        path.write_text(yaml.safe_dump([{"matrix": pose.tolist()} if fmt == "matrix" else entry]))
+    with pytest.raises(CalibrationFileError, match=expected) as error:
+        read_robot_poses(path)
+    assert "millimetres given as metres" in str(error.value)
+
+
+def test_pose_in_millimetres_under_translation_mm_is_read_as_metres(tmp_path):
+    path = tmp_path / "poses.yaml"
+    path.write_text(yaml.safe_dump([{"translation_mm": MILLIMETRES_AS_METRES, "quaternion_xyzw": [0, 0, 0, 1]}]))
+    [pose] = read_robot_poses(path)
+    np.testing.assert_allclose(pose.T_base_gripper[:3, 3], np.array(MILLIMETRES_AS_METRES) / 1000.0)
+
+
+BOARD_VIEWS, BLANK_VIEWS = 9, 3  # 9 good views: under the default --min-views of 10
+
+
+@pytest.fixture(scope="module")
+def partly_blank(tmp_path_factory, charuco_renderer):
+    """9 rendered views plus 3 images without the board (view_009..011), a pose for each, and the intrinsics."""
+    import cv2
+
+    from pi0edge.calibration.formats import ros_camera_info_text
+
+    folder = tmp_path_factory.mktemp("handeye_partly_blank")
+    rng = np.random.default_rng(43)
+    board_poses = [charuco_renderer.random_pose(rng, (0.25, 0.4), 40.0, min_visible=0.9) for _ in range(BOARD_VIEWS)]
+    paths = write_views(folder / "images", charuco_renderer, board_poses, seed=44)
+    blanks = [folder / "images" / f"view_{BOARD_VIEWS + i:03d}.png" for i in range(BLANK_VIEWS)]
+    for path in blanks:
+        cv2.imwrite(str(path), np.full((480, 640), 128, np.uint8))
+    robot = eye_in_hand_data(board_poses)
+    _write_poses(folder / "poses.yaml", robot + robot[:BLANK_VIEWS], [p.name for p in paths + blanks], "yaml")
+    (folder / "cam.yaml").write_text(ros_camera_info_text(charuco_renderer.camera))
+    return folder
+
+
+def handeye_cli(folder, out, *extra: str) -> int:
+    """The CLI on a folder from `partly_blank`; a later --poses in extra replaces the folder's."""
+    args = ["--images", folder / "images", "--poses", folder / "poses.yaml", "--intrinsics", folder / "cam.yaml"]
+    args += ["--board", CHARUCO, "--setup", "eye-in-hand", "--out", out, *extra]
+    return main(["calibrate", "handeye", *map(str, args)])
+
+
+# robot pose errors far above a real arm's: enough to make the five methods disagree
+BAD_ROBOT_ROTATION_SIGMA_DEG = 2.0
+BAD_ROBOT_TRANSLATION_SIGMA_M = 0.005
+
+
+def with_bad_robot_noise(pose: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    jitter_deg = rng.normal(0, BAD_ROBOT_ROTATION_SIGMA_DEG, 3)
+    return pose @ transform(rotation(*jitter_deg), rng.normal(0, BAD_ROBOT_TRANSLATION_SIGMA_M, 3))
+
+
+def test_strict_refuses_fewer_good_views_than_min_views_listing_the_skipped_images(partly_blank, tmp_path, capsys):
+    assert handeye_cli(partly_blank, tmp_path / "out", "--strict") == 1
+    err = capsys.readouterr().err
+    assert f"--strict: {BOARD_VIEWS} images of {partly_blank / 'images'} show the board, need at least 10" in err
+    for i in range(BOARD_VIEWS, BOARD_VIEWS + BLANK_VIEWS):
+        assert f"view_{i:03d}.png: no ArUco marker of DICT_5X5_100 found" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_strict_few_views_are_a_warning_and_the_report_lists_the_skipped_images(partly_blank, tmp_path):
+    out = tmp_path / "out"
+    assert handeye_cli(partly_blank, out) == 0
+    text = (out / "handeye.report.txt").read_text()
+    assert f"from {BOARD_VIEWS} views ({BLANK_VIEWS} skipped)" in text
+    assert "skipped view_009.png: no ArUco marker of DICT_5X5_100 found" in text
+    assert f"WARNING: only {BOARD_VIEWS} views (want >= 10)" in text
+    report = json.loads((out / "handeye.report.json").read_text())
+    assert [v["image"] for v in report["views_skipped"]] == ["view_009.png", "view_010.png", "view_011.png"]
+
+
+def test_strict_with_a_lower_stated_min_views_passes_without_warnings(partly_blank, tmp_path):
+    assert handeye_cli(partly_blank, tmp_path / "out", "--strict", "--min-views", str(BOARD_VIEWS)) == 0
+    report = json.loads((tmp_path / "out" / "handeye.report.json").read_text())
+    assert report["warnings"] == [] and len(report["views_used"]) == BOARD_VIEWS
+
+
+def test_strict_writes_the_files_but_exits_1_when_the_report_has_warnings(partly_blank, tmp_path):
+    """Enough views, but robot poses too noisy for the methods to agree: written, and the exit code says no."""
+    rng = np.random.default_rng(45)
+    noisy = [with_bad_robot_noise(pose.T_base_gripper, rng) for pose in read_robot_poses(partly_blank / "poses.yaml")]
+    names = [f"view_{i:03d}.png" for i in range(BOARD_VIEWS + BLANK_VIEWS)]
+    _write_poses(tmp_path / "noisy.yaml", noisy, names, "yaml")
+    out = tmp_path / "out"
+    poses = ("--poses", str(tmp_path / "noisy.yaml"))
+    assert handeye_cli(partly_blank, out, "--strict", "--min-views", str(BOARD_VIEWS), *poses) == 1
+    report = json.loads((out / "handeye.report.json").read_text())
+    assert any(w.startswith("methods disagree") for w in report["warnings"]), report["warnings"]
+    assert (out / "handeye.yaml").exists()
