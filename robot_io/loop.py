@@ -13,13 +13,10 @@ Ctrl-C, an exception), the last command sent is a hold of the last safe position
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,8 +30,10 @@ from .clock import Ratekeeper
 from .config import RobotConfig
 from .errors import ArmError, CameraError, SafetyError
 from .inference import InferenceResult, InferenceWorker
+from .realtime import enter_realtime
 from .recording import EpisodeRecorder
 from .safety import EStop, SafetyEvent, SafetyLayer
+from .stats import LoopStats, percentile
 
 log = logging.getLogger(__name__)
 
@@ -44,117 +43,6 @@ SYNC_WAIT_MARGIN_FRACTION = 0.3
 MAX_CONSECUTIVE_POLICY_ERRORS = 3  # a policy that keeps raising is a bug, not a transient: stop
 STATUS_EVERY_S = 0.5
 GIL_SWITCH_INTERVAL_S = 0.0005
-
-
-def _enter_realtime(priority: int | None, on_event) -> Callable[[], None]:
-    """Give the calling (loop) thread SCHED_FIFO `priority`, as openpilot's `config_realtime_process`.
-
-    Only the loop thread: the inference and camera threads, started before, keep the normal policy,
-    so a busy model cannot delay a tick and cannot starve the machine either. The process memory is
-    locked too (see _lock_memory). Without permission (not root, no CAP_SYS_NICE / rtprio or memlock
-    limit) the loop runs at normal priority and says so with an event.
-    Returns the function that restores the previous policy.
-    """
-    if not priority or not hasattr(os, "sched_setscheduler"):
-        return lambda: None
-    unlock = _lock_memory(on_event)
-    previous = (os.sched_getscheduler(0), os.sched_getparam(0))
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # 0 = this thread on Linux
-    except PermissionError as exc:
-        on_event(0, "no_realtime", f"realtime_priority {priority} refused ({exc}); running at normal priority")
-        return unlock
-
-    def restore() -> None:
-        os.sched_setscheduler(0, previous[0], previous[1])
-        unlock()
-
-    return restore
-
-
-def _lock_memory(on_event) -> Callable[[], None]:
-    """mlockall(MCL_CURRENT | MCL_FUTURE): a real-time priority does not help a thread that stalls
-    on a page fault. Measured here: under memory reclaim by other processes, ticks were delayed by up
-    to 30 ms at SCHED_FIFO; with the memory locked, p99 period error fell below 1 ms (docs/control_loop.md)."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError as exc:
-        on_event(0, "no_memlock", f"cannot load libc for mlockall ({exc})")
-        return lambda: None
-    mcl_current, mcl_future = 1, 2
-    if libc.mlockall(mcl_current | mcl_future) != 0:
-        errno = ctypes.get_errno()
-        on_event(0, "no_memlock", f"mlockall failed ({os.strerror(errno)}); page faults may delay ticks")
-        return lambda: None
-    return lambda: libc.munlockall()
-
-
-def _percentile(values, q: float) -> float:
-    return float(np.percentile(values, q)) if len(values) else float("nan")
-
-
-@dataclass
-class LoopStats:
-    """What one run did. Times in ms unless the name says otherwise."""
-
-    rate_hz: float
-    strategy: str
-    ticks: int = 0
-    duration_s: float = 0.0
-    period_error_ms_p50: float = float("nan")  # |wake-to-wake interval - period|
-    period_error_ms_p99: float = float("nan")
-    period_error_ms_max: float = float("nan")
-    deadline_misses: int = 0  # ticks whose work ran past the deadline
-    skipped_ticks: int = 0  # whole periods dropped after a long stall
-    inferences: int = 0
-    inference_latency_ms_p50: float = float("nan")
-    inference_latency_ms_p99: float = float("nan")
-    rejected_chunks: int = 0
-    discarded_chunks: int = 0  # arrived after a fault or a timeout: their observation was too old
-    skipped_actions: int = 0  # chunk rows dropped because the inference delay had covered them
-    executed_ticks: int = 0  # ticks that moved toward a policy action
-    waiting_ticks: int = 0  # ticks with no action yet (first chunk, sync pause): arm holds
-    hold_ticks: int = 0  # ticks held because of a fault
-    clipped_ticks: int = 0  # a target was outside the joint limits (clipped)
-    clamped_ticks: int = 0  # a step exceeded the velocity limit (clamped)
-    events: list[SafetyEvent] = field(default_factory=list)
-    stop_reason: str = ""
-
-    @property
-    def achieved_rate_hz(self) -> float:
-        return self.ticks / self.duration_s if self.duration_s > 0 else 0.0
-
-    def event_counts(self) -> dict[str, int]:
-        return dict(Counter(e.kind for e in self.events))
-
-    def status_line(self) -> str:
-        events = ", ".join(f"{k} {v}" for k, v in self.event_counts().items()) or "none"
-        return (f"{self.achieved_rate_hz:5.1f}/{self.rate_hz:g} Hz | infer p50 {self.inference_latency_ms_p50:6.1f} ms "
-                f"| misses {self.deadline_misses} | holds {self.hold_ticks} | safety events: {events}")
-
-    def summary(self) -> str:
-        lines = [
-            f"control loop: {self.ticks} ticks in {self.duration_s:.2f} s = {self.achieved_rate_hz:.2f} Hz "
-            f"(target {self.rate_hz:g} Hz), strategy {self.strategy}, stopped: {self.stop_reason}",
-            f"  period error ms: p50 {self.period_error_ms_p50:.3f}  p99 {self.period_error_ms_p99:.3f}  "
-            f"max {self.period_error_ms_max:.3f}; deadline misses {self.deadline_misses}, "
-            f"skipped ticks {self.skipped_ticks}",
-            f"  inference: {self.inferences} chunks, latency ms p50 {self.inference_latency_ms_p50:.1f} "
-            f"p99 {self.inference_latency_ms_p99:.1f}; rejected {self.rejected_chunks}, "
-            f"discarded {self.discarded_chunks}, actions skipped for delay {self.skipped_actions}",
-            f"  ticks: executing {self.executed_ticks}, waiting {self.waiting_ticks}, held on fault {self.hold_ticks}; "
-            f"position clipped {self.clipped_ticks}, velocity clamped {self.clamped_ticks}",
-        ]
-        counts = self.event_counts()
-        lines.append("  safety events: " + (", ".join(f"{k} x{v}" for k, v in counts.items()) if counts else "none"))
-        for event in self.events[:10]:
-            lines.append(f"    tick {event.tick}: {event.kind}: {event.reason}")
-        if len(self.events) > 10:
-            lines.append(f"    ... {len(self.events) - 10} more")
-        return "\n".join(lines)
 
 
 def check_policy_fits(config: RobotConfig, policy, arm: Arm) -> None:
@@ -321,7 +209,7 @@ class ControlLoop:
             worker.stop()
             self.estop.disarm()
             raise SafetyError(f"e-stop is active before the start ({self.estop.reason}); clear it first")
-        restore_priority = _enter_realtime(self.config.realtime_priority, self._event)
+        restore_priority = enter_realtime(self.config.realtime_priority, self._event)
         previous_switch_s = sys.getswitchinterval()
         # The loop thread shares the GIL with the inference thread: make the handoff quick (default 5 ms).
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
@@ -399,7 +287,7 @@ class ControlLoop:
             target = self.strategy.target(tick)
             if target is None and self.strategy.exhausted and not was_exhausted:
                 self._event(tick, "chunk_exhausted", f"the last chunk ran out before the next arrived "
-                            f"(inference p50 {_percentile(self._latencies_ms, 50):.0f} ms)")
+                            f"(inference p50 {percentile(self._latencies_ms, 50):.0f} ms)")
         if target is not None:
             command = self.safety.limit(target, self.last_command)
             status = "run"
@@ -424,11 +312,11 @@ class ControlLoop:
         s = self.stats
         s.ticks, s.duration_s = clock.frame, elapsed_s
         errors_ms = np.abs(np.asarray(clock.period_error_s)) * 1e3
-        s.period_error_ms_p50, s.period_error_ms_p99 = _percentile(errors_ms, 50), _percentile(errors_ms, 99)
+        s.period_error_ms_p50, s.period_error_ms_p99 = percentile(errors_ms, 50), percentile(errors_ms, 99)
         s.period_error_ms_max = float(errors_ms.max()) if errors_ms.size else float("nan")
         s.deadline_misses, s.skipped_ticks = clock.deadline_misses, clock.skipped_ticks
-        s.inference_latency_ms_p50 = _percentile(self._latencies_ms, 50)
-        s.inference_latency_ms_p99 = _percentile(self._latencies_ms, 99)
+        s.inference_latency_ms_p50 = percentile(self._latencies_ms, 50)
+        s.inference_latency_ms_p99 = percentile(self._latencies_ms, 99)
         s.clipped_ticks, s.clamped_ticks = self.safety.clipped_ticks, self.safety.clamped_ticks
         s.skipped_actions = self.strategy.skipped_actions
 
@@ -449,30 +337,15 @@ def open_cameras(config: RobotConfig, arm: Arm | None = None) -> dict[str, Camer
     return cameras
 
 
-def startup_check(config: RobotConfig, cameras: Mapping[str, Camera]) -> None:
-    """Compare the configured camera with its calibration reference before anything moves."""
-    from .errors import StartupCheckError
-
-    check = config.startup_check
-    if check is None:
-        return
-    try:
-        from pi0edge.calibration.drift import check_drift
-    except ImportError as exc:
-        raise StartupCheckError(f"startup_check: pi0edge.calibration.drift.check_drift is not available "
-                                f"({exc}); remove startup_check from the robot YAML or install calibration") from exc
-    frame = cameras[check.camera].read()
-    result = check_drift(frame.image, check.reference)  # raises its own error when it cannot measure
-    if not result.passed:
-        raise StartupCheckError(f"startup_check: camera {check.camera!r}: {result.message}")
-    log.info("startup check: camera %r: %s", check.camera, result.message)
-
-
 def run_loop(config: RobotConfig, policy, prompt: str, duration_s: float | None = None, *,
              arm: Arm | None = None, cameras: Mapping[str, Camera] | None = None, record_path: str | None = None,
              estop: EStop | None = None, on_status: Callable[[LoopStats], None] | None = None,
-             stop: threading.Event | None = None) -> LoopStats:
+             stop: threading.Event | None = None,
+             before_start: Callable[[Mapping[str, Camera]], None] | None = None) -> LoopStats:
     """Open what the config describes (unless given), run the loop, close what was opened.
+
+    before_start(cameras): called once the cameras are open and before anything moves; an exception
+    from it refuses the start (the CLI passes its startup check here).
 
     For `pi0edge demo`: `run_loop(load_robot_config(example_config_path("sim_arm.yaml")), policy,
     "pick up the cube", 5.0).summary()`.
@@ -485,7 +358,8 @@ def run_loop(config: RobotConfig, policy, prompt: str, duration_s: float | None 
     try:
         cameras = open_cameras(config, arm) if own_cameras else cameras
         try:
-            startup_check(config, cameras)
+            if before_start is not None:
+                before_start(cameras)
             record_path = record_path or config.recording.path
             recorder = None
             if record_path:

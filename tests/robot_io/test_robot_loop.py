@@ -6,11 +6,13 @@ import os
 import signal
 import threading
 import time
+from functools import partial
 
 import numpy as np
 import pytest
 from robot_io_helpers import RATE_TOLERANCE, make_config, make_policy
 
+from pi0edge.robot_io import cli as robot_cli
 from pi0edge.robot_io.arms import open_arm
 from pi0edge.robot_io.errors import SafetyError, StartupCheckError
 from pi0edge.robot_io.loop import open_cameras, run_loop
@@ -222,12 +224,13 @@ def test_startup_check_failure_refuses_to_start(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "pi0edge.calibration.drift", fake)
     config = make_config(startup_check={"camera": "front", "reference": str(tmp_path / "ref.yaml")})
     policy = make_policy()
+    check = partial(robot_cli.startup_check, config)  # what `pi0edge run` passes to run_loop
     with pytest.raises(StartupCheckError, match="camera moved"):
-        run_loop(config, policy, "x", 0.5)
+        run_loop(config, policy, "x", 0.5, before_start=check)
     assert policy.calls == 0
     monkeypatch.setitem(sys.modules, "pi0edge.calibration.drift", None)  # import fails
     with pytest.raises(StartupCheckError, match="not available"):
-        run_loop(config, policy, "x", 0.5)
+        run_loop(config, policy, "x", 0.5, before_start=check)
 
 
 def test_policy_that_does_not_fit_the_yaml_is_refused():

@@ -1,4 +1,4 @@
-"""The walls of robot_io: no import cycle through the loop and camera modules.
+"""The walls of robot_io: no import cycle through the loop and camera modules; the library never imports calibration.
 
 Imports are read from the source (module-level and function-level alike), so a cycle hidden inside a
 function counts as one.
@@ -13,6 +13,7 @@ import pi0edge.robot_io
 
 PACKAGE = "pi0edge.robot_io"
 ROBOT_IO_DIR = Path(pi0edge.robot_io.__file__).parent
+APPLICATION_MODULES = {"cli"}  # the CLI wires packages together; the library below it may not
 
 
 def _imports(path: Path) -> set[str]:
@@ -55,10 +56,22 @@ def _cycle_through(graph: dict[str, set[str]], start: str) -> list[str] | None:
 
 # The modules of the control loop and the cameras. (arms.py <-> aloha.py / net_arm.py, the arm drivers'
 # registry, is outside this list until it is split the same way.)
-LOOP_AND_CAMERA_MODULES = ("camera_base", "cameras", "realsense", "clock", "chunking", "safety", "loop")
+LOOP_AND_CAMERA_MODULES = ("camera_base", "cameras", "realsense", "clock", "chunking", "safety", "realtime", "stats",
+                           "loop")
 
 
 def test_loop_and_camera_modules_are_on_no_import_cycle():
     graph = _robot_io_graph()
     cycles = {name: _cycle_through(graph, name) for name in LOOP_AND_CAMERA_MODULES if name in graph}
     assert not any(cycles.values()), {name: " -> ".join(c) for name, c in cycles.items() if c}
+
+
+def test_robot_io_library_does_not_import_calibration():
+    offenders = {}
+    for path in ROBOT_IO_DIR.glob("*.py"):
+        if path.stem in APPLICATION_MODULES:
+            continue
+        bad = sorted(m for m in _imports(path) if m.startswith("pi0edge.calibration"))
+        if bad:
+            offenders[path.name] = bad
+    assert not offenders, offenders
