@@ -157,3 +157,26 @@ def test_safety_rejects_non_finite_chunks(bad):
     assert "NaN/Inf" in layer.check_chunk(actions, 10, 2)
     assert "shape" in layer.check_chunk(np.zeros((10, 3)), 10, 2)
     assert layer.check_chunk(np.zeros((1, 10, 2)), 10, 2) is None
+
+
+def test_safety_rejects_a_chunk_with_fewer_rows_than_the_horizon():
+    reason = _layer().check_chunk(np.zeros((10, 2)), 50, 2)
+    assert reason is not None and "expected [50, 2]" in reason
+
+
+@pytest.mark.parametrize(("reported", "words"), [
+    ([0.1], "1 values"),
+    ("0.1, 0.2", "not a vector of numbers"),
+    ([np.nan, 0.0], "not finite"),
+    ([1e9, 0.0], "far outside the joint limits (joints [0]"),
+])
+def test_safety_refuses_arm_states_that_cannot_be_positions(reported, words):
+    state, reason = _layer().check_state(reported)
+    assert state is None and words in reason
+
+
+def test_safety_accepts_a_state_slightly_outside_the_limits_and_holds_it_inside():
+    layer = _layer()  # limits -0.5..0.5: a reading of 0.6 is a real (if unsafe) position
+    state, reason = layer.check_state([0.6, -0.2])
+    assert reason is None
+    np.testing.assert_array_equal(layer.hold_at(state), [0.5, -0.2])
