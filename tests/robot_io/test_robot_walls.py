@@ -56,8 +56,8 @@ def _cycle_through(graph: dict[str, set[str]], start: str) -> list[str] | None:
 
 # The modules of the control loop and the cameras. (arms.py <-> aloha.py / net_arm.py, the arm drivers'
 # registry, is outside this list until it is split the same way.)
-LOOP_AND_CAMERA_MODULES = ("camera_base", "cameras", "realsense", "clock", "chunking", "safety", "realtime", "stats",
-                           "loop")
+LOOP_AND_CAMERA_MODULES = ("camera_base", "cameras", "camera_reader", "realsense", "clock", "quantiles", "chunking",
+                           "safety", "faults", "stop_signals", "realtime", "stats", "loop")
 
 
 def test_loop_and_camera_modules_are_on_no_import_cycle():
