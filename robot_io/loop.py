@@ -49,8 +49,9 @@ SYNC_WAIT_MARGIN_FRACTION = 0.3
 MAX_CONSECUTIVE_POLICY_ERRORS = 3  # a policy that keeps raising is a bug, not a transient: stop
 STATUS_EVERY_S = 0.5
 GIL_SWITCH_INTERVAL_S = 0.0005
-# Camera reads run on their own threads; the loop waits for them this share of the period at most.
-CAMERA_READ_TIMEOUT_FRACTION = 0.25
+# Each camera is polled on its own thread this often (a share of the loop period): frames reach the
+# tick at most this much older than a read in the tick itself.
+CAMERA_POLL_FRACTION = 0.5
 LATENCY_RESOLUTION_MS, LATENCY_RANGE_MS = 1e-3, 1e6  # inference latencies kept to 1% from 1 us to 1000 s
 
 
@@ -102,7 +103,6 @@ class ControlLoop:
         self.faults = Faults(self.stats.events)
         self._latencies_ms = StreamQuantiles(LATENCY_RESOLUTION_MS, LATENCY_RANGE_MS)  # bounded: runs last days
         self._readers: dict[str, CameraReader] = {}
-        self._last_frames: dict[str, Frame] = {}
         self._discard_before_tick = 0  # chunks observed before this tick are too old to execute
         self._policy_errors = 0
         self._timed_out_pending = False
@@ -155,28 +155,23 @@ class ControlLoop:
             self.recorder.add_inference(result.obs_tick, tick, result.latency_ms, accepted, result.observation,
                                         result.actions)
 
-    def _read_frames(self, tick: int, now_s: float, period_s: float) -> dict[str, Frame] | None:
-        started = {rid: reader.request() for rid, reader in self._readers.items()}
-        deadline_s = time.monotonic() + CAMERA_READ_TIMEOUT_FRACTION * period_s
+    def _read_frames(self, tick: int, now_s: float) -> dict[str, Frame] | None:
         stale_s = self.config.safety.stale_frame_s
         frames, stale = {}, []
         for rid, reader in self._readers.items():
-            # A read already hanging since an earlier tick is not waited for again.
-            outcome = reader.collect(deadline_s if started[rid] else 0.0)
+            outcome = reader.latest()  # never waits: the camera is read on its own thread (camera_reader.py)
             if outcome.error is not None:
                 stale.append(f"{rid}: read() raised {type(outcome.error).__name__}: {outcome.error}")
                 continue
-            frame = outcome.frame if outcome.frame is not None else self._last_frames.get(rid)
-            if frame is None:
-                stale.append(f"{rid}: read() blocked for {outcome.blocked_s * 1e3:.0f} ms, no frame yet")
+            if outcome.frame is None:
+                stale.append(f"{rid}: no frame yet (read() running for {outcome.blocked_s * 1e3:.0f} ms)")
                 continue
-            self._last_frames[rid] = frame
-            age_s = now_s - frame.timestamp_s
+            age_s = now_s - outcome.frame.timestamp_s
             if age_s > stale_s:
                 blocked = f"; read() blocked for {outcome.blocked_s * 1e3:.0f} ms" if outcome.blocked_s else ""
-                stale.append(f"{rid} frame {frame.index} is {age_s * 1e3:.0f} ms old (stale_frame_s {stale_s})"
-                             + blocked)
-            frames[rid] = frame
+                stale.append(f"{rid} frame {outcome.frame.index} is {age_s * 1e3:.0f} ms old "
+                             f"(stale_frame_s {stale_s}){blocked}")
+            frames[rid] = outcome.frame
         if stale:
             self._fault(tick, "stale_frame", "; ".join(stale))
             return None
@@ -229,10 +224,14 @@ class ControlLoop:
             cleanup.callback(self.estop.disarm)
             worker = InferenceWorker(self.policy)
             cleanup.callback(worker.stop)
-            for rid, camera in self.cameras.items():
-                self._readers[rid] = CameraReader(rid, camera).start()
-                cleanup.callback(self._readers[rid].stop)
             cleanup.callback(enter_realtime(self.config.realtime_priority, self._event))
+            # Started after enter_realtime, so they inherit the loop thread's priority (a camera read is
+            # part of the tick; at normal priority a loaded machine delayed reads past stale_frame_s).
+            for rid, camera in self.cameras.items():
+                self._readers[rid] = CameraReader(rid, camera, CAMERA_POLL_FRACTION * clock.period_s).start()
+                cleanup.callback(self._readers[rid].stop)
+            for reader in self._readers.values():  # so the first tick has frames; a camera that hangs is a fault
+                reader.wait_first_read(self.config.safety.stale_frame_s)
             cleanup.callback(sys.setswitchinterval, sys.getswitchinterval())
             # The loop thread shares the GIL with the inference thread: make the handoff quick (default 5 ms).
             sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
@@ -299,7 +298,7 @@ class ControlLoop:
         if self.estop.poll() and "estop" not in self.faults.active:
             self._fault(tick, "estop", self.estop.reason or "e-stop")
         state = self._read_state(tick)
-        frames = self._read_frames(tick, now, clock.period_s)
+        frames = self._read_frames(tick, now)
         # Lasting faults hold; one-off faults (bad chunk, timeout, policy error) cleared the strategy.
         can_move = not self.faults.active and state is not None and frames is not None
         self._infer(tick, now, worker, clock, frames, state, can_move)
