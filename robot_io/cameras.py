@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
@@ -22,82 +21,12 @@ import numpy as np
 
 from pi0edge.errors import ConfigError, require
 
+from .camera_base import Camera, Frame
 from .errors import CameraError
 from .specs import checked_kind
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 SYNTHETIC_PATTERNS = ("gradient", "checker", "noise", "solid")
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One color frame. image: uint8 HxWx3 RGB; timestamp_s: capture time (time.monotonic clock); index: 0, 1, ..."""
-
-    image: np.ndarray
-    timestamp_s: float
-    index: int
-
-    def age_s(self, now_s: float | None = None) -> float:
-        return (time.monotonic() if now_s is None else now_s) - self.timestamp_s
-
-
-class Camera:
-    """Base class. Subclasses implement `_open`, `_read` (-> Frame or None when no new frame) and `_close`."""
-
-    name = "camera"
-
-    def __init__(self) -> None:
-        self._last: Frame | None = None
-        self._opened = False
-
-    def open(self) -> Camera:
-        if not self._opened:
-            self._open()
-            self._opened = True
-        return self
-
-    def read(self) -> Frame:
-        """The latest frame. Raises CameraError while the camera has never delivered one."""
-        if not self._opened:
-            raise CameraError(f"camera {self.name!r}: read() before open()")
-        frame = self._read()
-        if frame is not None:
-            self._last = frame
-        if self._last is None:
-            raise CameraError(f"camera {self.name!r}: no frame received yet")
-        return self._last
-
-    def wait_first_frame(self, timeout_s: float = 5.0) -> Frame:
-        """Block until the first frame arrived (startup only, never in the loop)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                return self.read()
-            except CameraError:
-                if time.monotonic() > deadline:
-                    raise CameraError(f"camera {self.name!r}: no frame within {timeout_s:.1f} s") from None
-                time.sleep(0.005)
-
-    def close(self) -> None:
-        if self._opened:
-            self._opened = False
-            self._close()
-
-    def __enter__(self) -> Camera:
-        return self.open()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    # subclass hooks
-    def _open(self) -> None:
-        pass
-
-    def _read(self) -> Frame | None:
-        raise NotImplementedError
-
-    def _close(self) -> None:
-        pass
 
 
 def _to_rgb_u8(image: np.ndarray, where: str) -> np.ndarray:

@@ -48,7 +48,34 @@ def _status_printer(stream=None):
     return show, interactive
 
 
+def startup_check(config, cameras) -> None:
+    """Compare the configured camera with its calibration reference before anything moves.
+
+    Here, in the application layer, because it wires calibration into the loop: robot_io's library
+    modules do not import pi0edge.calibration (which itself reads robot_io's cameras).
+    """
+    from .errors import StartupCheckError
+
+    check = config.startup_check
+    if check is None:
+        return
+    try:
+        from pi0edge.calibration.drift import check_drift
+    except ImportError as exc:
+        raise StartupCheckError(f"startup_check: pi0edge.calibration.drift.check_drift is not available "
+                                f"({exc}); remove startup_check from the robot YAML or install calibration") from exc
+    frame = cameras[check.camera].read()
+    result = check_drift(frame.image, check.reference)  # raises its own error when it cannot measure
+    if not result.passed:
+        raise StartupCheckError(f"startup_check: camera {check.camera!r}: {result.message}")
+    import logging
+
+    logging.getLogger(__name__).info("startup check: camera %r: %s", check.camera, result.message)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from functools import partial
+
     from .config import load_robot_config
     from .loop import run_loop
 
@@ -56,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     policy = _load_policy(args.bundle, args.backend)
     show, interactive = _status_printer()
     stats = run_loop(config, policy, args.prompt, args.duration_s, record_path=args.record,
-                     on_status=None if args.no_status else show)
+                     on_status=None if args.no_status else show, before_start=partial(startup_check, config))
     if interactive and not args.no_status:
         sys.stderr.write("\n")
     print(stats.summary())

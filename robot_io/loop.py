@@ -4,22 +4,21 @@ Each tick: poll the e-stop, read the arm and the cameras, take in a finished inf
 watchdogs, maybe request the next chunk, pick this tick's action (chunking.py), pass it through the
 safety layer, command the arm, record, then wait for the next deadline (clock.py).
 
-Faults never raise out of a tick: each is a SafetyEvent with a reason and the arm holds the last
-safe command. After a fault the chunks in hand are dropped, so motion resumes only from a chunk
-whose observation was taken after the fault. The e-stop latches. Whatever ends the run (duration,
-Ctrl-C, an exception), the last command sent is a hold of the last safe position.
-"""
+Faults never raise out of a tick: whatever a driver raises or reports is a SafetyEvent with a reason
+(faults.py) and the arm holds. After a fault the chunks in hand are dropped, so motion resumes only
+from a chunk whose observation was taken after the fault; after an arm fault, and at the start, the
+velocity clamp ramps from the measured position. The e-stop latches. Whatever ends the run
+(duration, Ctrl-C, SIGTERM/SIGHUP, an exception), the last command sent is a hold, and the real-time
+settings, signal handlers and threads are restored even if that hold fails."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,14 +26,20 @@ from pi0edge.errors import ConfigError
 from pi0edge.runtime.types import Observation  # plain numpy; `pi0edge.runtime` is cheap to import
 
 from .arms import Arm
+from .camera_reader import CameraReader
 from .cameras import Camera, Frame
 from .chunking import Chunk, make_strategy
 from .clock import Ratekeeper
 from .config import RobotConfig
-from .errors import ArmError, CameraError, SafetyError
+from .errors import ArmError, SafetyError
+from .faults import Faults
 from .inference import InferenceResult, InferenceWorker
+from .quantiles import StreamQuantiles
+from .realtime import enter_realtime
 from .recording import EpisodeRecorder
-from .safety import EStop, SafetyEvent, SafetyLayer
+from .safety import EStop, SafetyLayer
+from .stats import LoopStats
+from .stop_signals import TerminationSignals
 
 log = logging.getLogger(__name__)
 
@@ -44,117 +49,10 @@ SYNC_WAIT_MARGIN_FRACTION = 0.3
 MAX_CONSECUTIVE_POLICY_ERRORS = 3  # a policy that keeps raising is a bug, not a transient: stop
 STATUS_EVERY_S = 0.5
 GIL_SWITCH_INTERVAL_S = 0.0005
-
-
-def _enter_realtime(priority: int | None, on_event) -> Callable[[], None]:
-    """Give the calling (loop) thread SCHED_FIFO `priority`, as openpilot's `config_realtime_process`.
-
-    Only the loop thread: the inference and camera threads, started before, keep the normal policy,
-    so a busy model cannot delay a tick and cannot starve the machine either. The process memory is
-    locked too (see _lock_memory). Without permission (not root, no CAP_SYS_NICE / rtprio or memlock
-    limit) the loop runs at normal priority and says so with an event.
-    Returns the function that restores the previous policy.
-    """
-    if not priority or not hasattr(os, "sched_setscheduler"):
-        return lambda: None
-    unlock = _lock_memory(on_event)
-    previous = (os.sched_getscheduler(0), os.sched_getparam(0))
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # 0 = this thread on Linux
-    except PermissionError as exc:
-        on_event(0, "no_realtime", f"realtime_priority {priority} refused ({exc}); running at normal priority")
-        return unlock
-
-    def restore() -> None:
-        os.sched_setscheduler(0, previous[0], previous[1])
-        unlock()
-
-    return restore
-
-
-def _lock_memory(on_event) -> Callable[[], None]:
-    """mlockall(MCL_CURRENT | MCL_FUTURE): a real-time priority does not help a thread that stalls
-    on a page fault. Measured here: under memory reclaim by other processes, ticks were delayed by up
-    to 30 ms at SCHED_FIFO; with the memory locked, p99 period error fell below 1 ms (docs/control_loop.md)."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError as exc:
-        on_event(0, "no_memlock", f"cannot load libc for mlockall ({exc})")
-        return lambda: None
-    mcl_current, mcl_future = 1, 2
-    if libc.mlockall(mcl_current | mcl_future) != 0:
-        errno = ctypes.get_errno()
-        on_event(0, "no_memlock", f"mlockall failed ({os.strerror(errno)}); page faults may delay ticks")
-        return lambda: None
-    return lambda: libc.munlockall()
-
-
-def _percentile(values, q: float) -> float:
-    return float(np.percentile(values, q)) if len(values) else float("nan")
-
-
-@dataclass
-class LoopStats:
-    """What one run did. Times in ms unless the name says otherwise."""
-
-    rate_hz: float
-    strategy: str
-    ticks: int = 0
-    duration_s: float = 0.0
-    period_error_ms_p50: float = float("nan")  # |wake-to-wake interval - period|
-    period_error_ms_p99: float = float("nan")
-    period_error_ms_max: float = float("nan")
-    deadline_misses: int = 0  # ticks whose work ran past the deadline
-    skipped_ticks: int = 0  # whole periods dropped after a long stall
-    inferences: int = 0
-    inference_latency_ms_p50: float = float("nan")
-    inference_latency_ms_p99: float = float("nan")
-    rejected_chunks: int = 0
-    discarded_chunks: int = 0  # arrived after a fault or a timeout: their observation was too old
-    skipped_actions: int = 0  # chunk rows dropped because the inference delay had covered them
-    executed_ticks: int = 0  # ticks that moved toward a policy action
-    waiting_ticks: int = 0  # ticks with no action yet (first chunk, sync pause): arm holds
-    hold_ticks: int = 0  # ticks held because of a fault
-    clipped_ticks: int = 0  # a target was outside the joint limits (clipped)
-    clamped_ticks: int = 0  # a step exceeded the velocity limit (clamped)
-    events: list[SafetyEvent] = field(default_factory=list)
-    stop_reason: str = ""
-
-    @property
-    def achieved_rate_hz(self) -> float:
-        return self.ticks / self.duration_s if self.duration_s > 0 else 0.0
-
-    def event_counts(self) -> dict[str, int]:
-        return dict(Counter(e.kind for e in self.events))
-
-    def status_line(self) -> str:
-        events = ", ".join(f"{k} {v}" for k, v in self.event_counts().items()) or "none"
-        return (f"{self.achieved_rate_hz:5.1f}/{self.rate_hz:g} Hz | infer p50 {self.inference_latency_ms_p50:6.1f} ms "
-                f"| misses {self.deadline_misses} | holds {self.hold_ticks} | safety events: {events}")
-
-    def summary(self) -> str:
-        lines = [
-            f"control loop: {self.ticks} ticks in {self.duration_s:.2f} s = {self.achieved_rate_hz:.2f} Hz "
-            f"(target {self.rate_hz:g} Hz), strategy {self.strategy}, stopped: {self.stop_reason}",
-            f"  period error ms: p50 {self.period_error_ms_p50:.3f}  p99 {self.period_error_ms_p99:.3f}  "
-            f"max {self.period_error_ms_max:.3f}; deadline misses {self.deadline_misses}, "
-            f"skipped ticks {self.skipped_ticks}",
-            f"  inference: {self.inferences} chunks, latency ms p50 {self.inference_latency_ms_p50:.1f} "
-            f"p99 {self.inference_latency_ms_p99:.1f}; rejected {self.rejected_chunks}, "
-            f"discarded {self.discarded_chunks}, actions skipped for delay {self.skipped_actions}",
-            f"  ticks: executing {self.executed_ticks}, waiting {self.waiting_ticks}, held on fault {self.hold_ticks}; "
-            f"position clipped {self.clipped_ticks}, velocity clamped {self.clamped_ticks}",
-        ]
-        counts = self.event_counts()
-        lines.append("  safety events: " + (", ".join(f"{k} x{v}" for k, v in counts.items()) if counts else "none"))
-        for event in self.events[:10]:
-            lines.append(f"    tick {event.tick}: {event.kind}: {event.reason}")
-        if len(self.events) > 10:
-            lines.append(f"    ... {len(self.events) - 10} more")
-        return "\n".join(lines)
+# Each camera is polled on its own thread this often (a share of the loop period): frames reach the
+# tick at most this much older than a read in the tick itself.
+CAMERA_POLL_FRACTION = 0.5
+LATENCY_RESOLUTION_MS, LATENCY_RANGE_MS = 1e-3, 1e6  # inference latencies kept to 1% from 1 us to 1000 s
 
 
 def check_policy_fits(config: RobotConfig, policy, arm: Arm) -> None:
@@ -202,32 +100,22 @@ class ControlLoop:
         self.state_dim = int(policy.robot_state_dim)
         self.action_dim = int(policy.robot_action_dim)
         self.stats = LoopStats(rate_hz=config.rate_hz, strategy=self.strategy.name)
-        self._latencies_ms: list[float] = []
-        self._active_faults: set[str] = set()  # conditions that hold now (stale_frame, arm_error, ...)
+        self.faults = Faults(self.stats.events)
+        self._latencies_ms = StreamQuantiles(LATENCY_RESOLUTION_MS, LATENCY_RANGE_MS)  # bounded: runs last days
+        self._readers: dict[str, CameraReader] = {}
         self._discard_before_tick = 0  # chunks observed before this tick are too old to execute
         self._policy_errors = 0
         self._timed_out_pending = False
-        self._hold_reason: str | None = None  # a one-off fault (bad chunk, timeout...) holds until a fresh chunk
-        self.last_command: np.ndarray | None = None
+        self._tick_index = 0
+        self.last_command: np.ndarray | None = None  # the last command the arm accepted (or the start hold)
 
-    # --- events -------------------------------------------------------------------------------------
+    # --- faults -------------------------------------------------------------------------------------
     def _event(self, tick: int, kind: str, reason: str) -> None:
-        event = SafetyEvent(tick, time.monotonic(), kind, reason)
-        self.stats.events.append(event)
-        log.warning("safety: tick %d: %s: %s", tick, kind, reason)
+        self.faults.event(tick, kind, reason)
 
     def _fault(self, tick: int, kind: str, reason: str, lasting: bool = True) -> None:
-        """Stop motion: record the fault (once while it lasts) and drop the chunks in hand.
-
-        lasting: a condition that holds until it clears (stale camera, arm error, e-stop); otherwise a
-        one-off event (bad chunk, timeout, policy error) after which the arm holds until a chunk from a
-        fresh observation arrives."""
-        if kind not in self._active_faults:
-            self._event(tick, kind, reason)
-        if lasting:
-            self._active_faults.add(kind)
-        else:
-            self._hold_reason = kind
+        """Stop motion: record the fault (faults.py) and drop the chunks in hand."""
+        self.faults.fault(tick, kind, reason, lasting)
         self.strategy.clear()
         self._discard_before_tick = tick + 1
 
@@ -240,7 +128,7 @@ class ControlLoop:
 
     def _take_result(self, result: InferenceResult, tick: int) -> None:
         self.stats.inferences += 1
-        self._latencies_ms.append(result.latency_ms)
+        self._latencies_ms.add(result.latency_ms)
         accepted = False
         if result.timed_out or result.obs_tick < self._discard_before_tick:
             self.stats.discarded_chunks += 1
@@ -261,130 +149,184 @@ class ControlLoop:
                     actions = actions[0]
                 robot_actions = actions[:, self.action_index].astype(np.float64)  # h=horizon, j=robot joint
                 self.strategy.add(Chunk(robot_actions, result.obs_tick, tick))
-                self._hold_reason = None
+                self.faults.fresh_chunk_accepted()
                 accepted = True
         if self.recorder is not None and result.observation is not None:
             self.recorder.add_inference(result.obs_tick, tick, result.latency_ms, accepted, result.observation,
                                         result.actions)
 
     def _read_frames(self, tick: int, now_s: float) -> dict[str, Frame] | None:
+        stale_s = self.config.safety.stale_frame_s
         frames, stale = {}, []
-        for rid, camera in self.cameras.items():
-            try:
-                frame = camera.read()
-            except CameraError as exc:
-                stale.append(f"{rid}: {exc}")
+        for rid, reader in self._readers.items():
+            outcome = reader.latest()  # never waits: the camera is read on its own thread (camera_reader.py)
+            if outcome.error is not None:
+                stale.append(f"{rid}: read() raised {type(outcome.error).__name__}: {outcome.error}")
                 continue
-            age_s = now_s - frame.timestamp_s
-            if age_s > self.config.safety.stale_frame_s:
-                stale.append(f"{rid} frame {frame.index} is {age_s * 1e3:.0f} ms old "
-                             f"(stale_frame_s {self.config.safety.stale_frame_s})")
-            frames[rid] = frame
+            if outcome.frame is None:
+                stale.append(f"{rid}: no frame yet (read() running for {outcome.blocked_s * 1e3:.0f} ms)")
+                continue
+            age_s = now_s - outcome.frame.timestamp_s
+            if age_s > stale_s:
+                blocked = f"; read() blocked for {outcome.blocked_s * 1e3:.0f} ms" if outcome.blocked_s else ""
+                stale.append(f"{rid} frame {outcome.frame.index} is {age_s * 1e3:.0f} ms old "
+                             f"(stale_frame_s {stale_s}){blocked}")
+            frames[rid] = outcome.frame
         if stale:
             self._fault(tick, "stale_frame", "; ".join(stale))
             return None
-        if "stale_frame" in self._active_faults:
-            self._active_faults.discard("stale_frame")
-            self._event(tick, "recovered", "all cameras fresh again")
+        self.faults.clear(tick, "stale_frame", "all cameras fresh again")
         return frames
 
     def _read_state(self, tick: int) -> np.ndarray | None:
+        """The measured joint positions, or None (an arm_error fault) when the driver raised or reported
+        something that is not a position. Recovery is decided when a command goes through (_send)."""
         try:
-            state = np.asarray(self.arm.read_state(), dtype=np.float64)
-        except ArmError as exc:
-            self._fault(tick, "arm_error", f"read_state failed: {exc}")
+            reported = self.arm.read_state()
+        except Exception as exc:  # noqa: BLE001 - any driver error is a fault and a hold, never an abort
+            self._fault(tick, "arm_error", f"read_state raised {type(exc).__name__}: {exc}")
             return None
-        if not np.all(np.isfinite(state)):
-            self._fault(tick, "arm_error", f"arm state not finite: {state.tolist()}")
-            return None
-        if "arm_error" in self._active_faults:
-            self._active_faults.discard("arm_error")
-            self._event(tick, "recovered", "arm answers again")
+        state, reason = self.safety.check_state(reported)
+        if reason is not None:
+            self._fault(tick, "arm_error", reason)
         return state
 
-    def _send(self, tick: int, command: np.ndarray) -> None:
+    def _send(self, tick: int, command: np.ndarray) -> bool:
+        """Command the arm; False (an arm_error fault) when the driver raised."""
         try:
             self.arm.command(command)
-        except ArmError as exc:
-            self._fault(tick, "arm_error", f"command failed: {exc}")
+        except Exception as exc:  # noqa: BLE001 - any driver error is a fault and a hold, never an abort
+            self._fault(tick, "arm_error", f"command raised {type(exc).__name__}: {exc}")
+            return False
+        self.last_command = command
+        self.faults.clear(tick, "arm_error", "the arm answers again; holding where it is measured")
+        return True
 
     # --- the run ------------------------------------------------------------------------------------
+    def _start_hold(self) -> np.ndarray:
+        """The first command: hold where the arm is measured. A state that is not a position refuses the start."""
+        state, reason = self.safety.check_state(self.arm.read_state())
+        if reason is not None:
+            raise ArmError(f"cannot start: {reason}")
+        return self.safety.hold_at(state)
+
     def run(self, duration_s: float | None = None, stop: threading.Event | None = None) -> LoopStats:
-        stats, cfg = self.stats, self.config
-        start_state = np.asarray(self.arm.read_state(), dtype=np.float64)
-        # Start from where the arm is (inside the limits): the first commands are a hold.
-        self.last_command = np.clip(start_state, self.safety.lower, self.safety.upper)
-        worker = InferenceWorker(self.policy)
-        clock = Ratekeeper(cfg.rate_hz)
+        # Start (and so restart after an e-stop, which latches for the run) from the measured position.
+        self.last_command = self._start_hold()
         self.estop.arm()
         if self.estop.triggered:
-            worker.stop()
             self.estop.disarm()
             raise SafetyError(f"e-stop is active before the start ({self.estop.reason}); clear it first")
-        restore_priority = _enter_realtime(self.config.realtime_priority, self._event)
-        previous_switch_s = sys.getswitchinterval()
-        # The loop thread shares the GIL with the inference thread: make the handoff quick (default 5 ms).
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        clock = Ratekeeper(self.config.rate_hz)
+        # Every step below is undone whatever ends the run, even if the final hold or another step raises:
+        # ExitStack runs the callbacks in reverse order and each one even after an earlier one failed.
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(self.estop.disarm)
+            worker = InferenceWorker(self.policy)
+            cleanup.callback(worker.stop)
+            cleanup.callback(enter_realtime(self.config.realtime_priority, self._event))
+            # Started after enter_realtime, so they inherit the loop thread's priority (a camera read is
+            # part of the tick; at normal priority a loaded machine delayed reads past stale_frame_s).
+            for rid, camera in self.cameras.items():
+                self._readers[rid] = CameraReader(rid, camera, CAMERA_POLL_FRACTION * clock.period_s).start()
+                cleanup.callback(self._readers[rid].stop)
+            for reader in self._readers.values():  # so the first tick has frames; a camera that hangs is a fault
+                reader.wait_first_read(self.config.safety.stale_frame_s)
+            cleanup.callback(sys.setswitchinterval, sys.getswitchinterval())
+            # The loop thread shares the GIL with the inference thread: make the handoff quick (default 5 ms).
+            sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+            signals = TerminationSignals().install()
+            cleanup.callback(signals.restore)
+            cleanup.callback(self._update_stats, clock)
+            cleanup.callback(self._final_hold)  # runs first
+            try:
+                self._run_ticks(clock, worker, duration_s, stop, signals)
+            except KeyboardInterrupt:
+                self.stats.stop_reason = "interrupted (Ctrl-C)"
+            except BaseException as exc:
+                self.stats.stop_reason = f"error: {type(exc).__name__}: {exc}"
+                raise
+        return self.stats
+
+    def _run_ticks(self, clock: Ratekeeper, worker: InferenceWorker, duration_s: float | None,
+                   stop: threading.Event | None, signals: TerminationSignals) -> None:
+        stats = self.stats
         start_s = clock.start()
         end_s = None if duration_s is None else start_s + duration_s
         next_status_s = start_s + STATUS_EVERY_S
-        tick = 0
         stats.stop_reason = "duration reached"
-        try:
-            while True:
-                now = time.monotonic()
-                if (end_s is not None and now >= end_s) or (stop is not None and stop.is_set()):
-                    if stop is not None and stop.is_set():
-                        stats.stop_reason = "stopped by caller"
-                    break
-                self._tick(tick, now, worker, clock)
-                if self.on_status is not None and now >= next_status_s:
-                    next_status_s = now + STATUS_EVERY_S
-                    self._update_stats(clock, clock.elapsed_s)
-                    self.on_status(stats)
-                if self._policy_errors >= MAX_CONSECUTIVE_POLICY_ERRORS:
-                    stats.stop_reason = f"policy failed {self._policy_errors} times in a row"
-                    break
-                clock.keep_time()
-                tick += 1
-        except KeyboardInterrupt:
-            stats.stop_reason = "interrupted (Ctrl-C)"
-        except BaseException as exc:
-            stats.stop_reason = f"error: {type(exc).__name__}: {exc}"
-            raise
-        finally:
-            # Whatever ended the run, the last word to the arm is: hold the last safe position.
+        while True:
+            now = time.monotonic()
+            if signals.received is not None:
+                stats.stop_reason = f"interrupted ({signals.received})"
+                return
+            if stop is not None and stop.is_set():
+                stats.stop_reason = "stopped by caller"
+                return
+            if end_s is not None and now >= end_s:
+                return
+            self._tick(self._tick_index, now, worker, clock)
+            if self.on_status is not None and now >= next_status_s:
+                next_status_s = now + STATUS_EVERY_S
+                self._update_stats(clock)
+                self.on_status(stats)
+            if self._policy_errors >= MAX_CONSECUTIVE_POLICY_ERRORS:
+                stats.stop_reason = f"policy failed {self._policy_errors} times in a row"
+                return
+            clock.keep_time()
+            self._tick_index += 1
+
+    def _final_hold(self) -> None:
+        """Whatever ended the run, the last word to the arm is: hold. After an arm fault that is where the
+        arm is measured now; if it cannot be read, nothing is sent (see _command_for)."""
+        tick, command = self._tick_index, self.last_command
+        if "arm_error" in self.faults.active:
             try:
-                self.arm.command(self.last_command)
-            except ArmError as exc:
-                self._event(tick, "arm_error", f"final hold command failed: {exc}")
-            sys.setswitchinterval(previous_switch_s)
-            restore_priority()
-            worker.stop()
-            self.estop.disarm()
-            self._update_stats(clock, clock.elapsed_s)
-        return stats
+                state, reason = self.safety.check_state(self.arm.read_state())
+            except Exception as exc:  # noqa: BLE001 - reported; the cleanup after this must still run
+                state, reason = None, f"read_state raised {type(exc).__name__}: {exc}"
+            if state is None:
+                self._event(tick, "arm_error", f"final hold not sent: the arm cannot be read ({reason})")
+                return
+            command = self.safety.hold_at(state)
+        try:
+            self.arm.command(command)
+        except Exception as exc:  # noqa: BLE001 - reported; the cleanup after this must still run
+            self._event(tick, "arm_error", f"final hold command failed: {type(exc).__name__}: {exc}")
 
     def _tick(self, tick: int, now: float, worker: InferenceWorker, clock: Ratekeeper) -> None:
-        cfg, stats = self.config, self.stats
-        if self.estop.poll() and "estop" not in self._active_faults:
+        if self.estop.poll() and "estop" not in self.faults.active:
             self._fault(tick, "estop", self.estop.reason or "e-stop")
         state = self._read_state(tick)
         frames = self._read_frames(tick, now)
+        # Lasting faults hold; one-off faults (bad chunk, timeout, policy error) cleared the strategy.
+        can_move = not self.faults.active and state is not None and frames is not None
+        self._infer(tick, now, worker, clock, frames, state, can_move)
+        target = self._target(tick) if can_move else None
+        command, status = self._command_for(target, state)
+        if command is not None and not self._send(tick, command):
+            status = "hold:" + ",".join(self.faults.hold_reasons())
+        self._count(status)
+        if self.recorder is not None:
+            # How late this tick started: now minus the deadline that keep_time() waited for.
+            late_ms = (now - (clock.deadline_s - clock.period_s)) * 1e3
+            recorded = self.last_command if command is None else command
+            self.recorder.add_tick(now, state, target if status == "run" else None, recorded, status, late_ms)
 
+    def _infer(self, tick: int, now: float, worker: InferenceWorker, clock: Ratekeeper,
+               frames: dict[str, Frame] | None, state: np.ndarray | None, can_move: bool) -> None:
+        """Take in a finished chunk, watch the one in flight, and request the next when the strategy wants it."""
+        timeout_s = self.config.safety.inference_timeout_s
         result = worker.poll()
         if result is not None:
             self._take_result(result, tick)
         if worker.busy and worker.started_s is not None and not self._timed_out_pending:
             waited_s = now - worker.started_s
-            if waited_s > cfg.safety.inference_timeout_s:
+            if waited_s > timeout_s:
                 worker.mark_timed_out()
                 self._timed_out_pending = True
                 self._fault(tick, "inference_timeout", f"no chunk after {waited_s:.2f} s "
-                            f"(inference_timeout_s {cfg.safety.inference_timeout_s})", lasting=False)
-
-        # Transient faults (bad chunk, timeout, policy error) cleared the strategy; lasting ones are active.
-        can_move = not self._active_faults and state is not None and frames is not None
+                            f"(inference_timeout_s {timeout_s})", lasting=False)
         if can_move and not self._timed_out_pending and self.strategy.want_inference(tick, worker.busy):
             worker.submit(self._observation(frames, state), tick)
             if self.strategy.blocking:
@@ -393,45 +335,48 @@ class ControlLoop:
                 if result is not None:
                     self._take_result(result, tick)
 
-        target = None
-        if can_move:
-            was_exhausted = self.strategy.exhausted
-            target = self.strategy.target(tick)
-            if target is None and self.strategy.exhausted and not was_exhausted:
-                self._event(tick, "chunk_exhausted", f"the last chunk ran out before the next arrived "
-                            f"(inference p50 {_percentile(self._latencies_ms, 50):.0f} ms)")
-        if target is not None:
-            command = self.safety.limit(target, self.last_command)
-            status = "run"
-            stats.executed_ticks += 1
-        else:
-            command = self.last_command
-            reasons = sorted(self._active_faults | ({self._hold_reason} if self._hold_reason else set()))
-            if reasons or state is None or frames is None:
-                status = "hold:" + ",".join(reasons) if reasons else "hold"
-                stats.hold_ticks += 1
-            else:
-                status = "wait"
-                stats.waiting_ticks += 1
-        self._send(tick, command)
-        self.last_command = command
-        if self.recorder is not None:
-            # How late this tick started: now minus the deadline that keep_time() waited for.
-            late_ms = (now - (clock.deadline_s - clock.period_s)) * 1e3
-            self.recorder.add_tick(now, state, target, command, status, late_ms)
+    def _target(self, tick: int) -> np.ndarray | None:
+        was_exhausted = self.strategy.exhausted
+        target = self.strategy.target(tick)
+        if target is None and self.strategy.exhausted and not was_exhausted:
+            self._event(tick, "chunk_exhausted", f"the last chunk ran out before the next arrived "
+                        f"(inference p50 {self._latencies_ms.quantile(50):.0f} ms)")
+        return target
 
-    def _update_stats(self, clock: Ratekeeper, elapsed_s: float) -> None:
+    def _command_for(self, target: np.ndarray | None, state: np.ndarray | None) -> tuple[np.ndarray | None, str]:
+        """This tick's command (None: send nothing) and its status (run / wait / hold:<reasons>)."""
+        hold = "hold:" + ",".join(self.faults.hold_reasons())
+        if state is None:
+            # The arm cannot be read: send nothing. Re-sending the last command would reach a driver that
+            # restarts (or an arm moved meanwhile) as a jump from wherever the arm is now; a position-
+            # controlled arm that gets no command keeps its last target anyway.
+            return None, hold
+        if "arm_error" in self.faults.active:
+            # The arm answers again: hold where it is measured, and the velocity clamp ramps from there.
+            return self.safety.hold_at(state), hold
+        if target is not None:
+            return self.safety.limit(target, self.last_command), "run"
+        return self.last_command, hold if self.faults.hold_reasons() else "wait"
+
+    def _count(self, status: str) -> None:
+        if status == "run":
+            self.stats.executed_ticks += 1
+        elif status == "wait":
+            self.stats.waiting_ticks += 1
+        else:
+            self.stats.hold_ticks += 1
+
+    def _update_stats(self, clock: Ratekeeper) -> None:
         s = self.stats
-        s.ticks, s.duration_s = clock.frame, elapsed_s
-        errors_ms = np.abs(np.asarray(clock.period_error_s)) * 1e3
-        s.period_error_ms_p50, s.period_error_ms_p99 = _percentile(errors_ms, 50), _percentile(errors_ms, 99)
-        s.period_error_ms_max = float(errors_ms.max()) if errors_ms.size else float("nan")
+        s.ticks, s.duration_s = clock.frame, clock.elapsed_s
+        errors_s = clock.period_error_s
+        s.period_error_ms_p50, s.period_error_ms_p99 = errors_s.quantile(50) * 1e3, errors_s.quantile(99) * 1e3
+        s.period_error_ms_max = errors_s.max * 1e3
         s.deadline_misses, s.skipped_ticks = clock.deadline_misses, clock.skipped_ticks
-        s.inference_latency_ms_p50 = _percentile(self._latencies_ms, 50)
-        s.inference_latency_ms_p99 = _percentile(self._latencies_ms, 99)
+        s.inference_latency_ms_p50 = self._latencies_ms.quantile(50)
+        s.inference_latency_ms_p99 = self._latencies_ms.quantile(99)
         s.clipped_ticks, s.clamped_ticks = self.safety.clipped_ticks, self.safety.clamped_ticks
         s.skipped_actions = self.strategy.skipped_actions
-
 
 def open_cameras(config: RobotConfig, arm: Arm | None = None) -> dict[str, Camera]:
     from .cameras import open_camera
@@ -449,30 +394,15 @@ def open_cameras(config: RobotConfig, arm: Arm | None = None) -> dict[str, Camer
     return cameras
 
 
-def startup_check(config: RobotConfig, cameras: Mapping[str, Camera]) -> None:
-    """Compare the configured camera with its calibration reference before anything moves."""
-    from .errors import StartupCheckError
-
-    check = config.startup_check
-    if check is None:
-        return
-    try:
-        from pi0edge.calibration.drift import check_drift
-    except ImportError as exc:
-        raise StartupCheckError(f"startup_check: pi0edge.calibration.drift.check_drift is not available "
-                                f"({exc}); remove startup_check from the robot YAML or install calibration") from exc
-    frame = cameras[check.camera].read()
-    result = check_drift(frame.image, check.reference)  # raises its own error when it cannot measure
-    if not result.passed:
-        raise StartupCheckError(f"startup_check: camera {check.camera!r}: {result.message}")
-    log.info("startup check: camera %r: %s", check.camera, result.message)
-
-
 def run_loop(config: RobotConfig, policy, prompt: str, duration_s: float | None = None, *,
              arm: Arm | None = None, cameras: Mapping[str, Camera] | None = None, record_path: str | None = None,
              estop: EStop | None = None, on_status: Callable[[LoopStats], None] | None = None,
-             stop: threading.Event | None = None) -> LoopStats:
+             stop: threading.Event | None = None,
+             before_start: Callable[[Mapping[str, Camera]], None] | None = None) -> LoopStats:
     """Open what the config describes (unless given), run the loop, close what was opened.
+
+    before_start(cameras): called once the cameras are open and before anything moves; an exception
+    from it refuses the start (the CLI passes its startup check here).
 
     For `pi0edge demo`: `run_loop(load_robot_config(example_config_path("sim_arm.yaml")), policy,
     "pick up the cube", 5.0).summary()`.
@@ -485,7 +415,8 @@ def run_loop(config: RobotConfig, policy, prompt: str, duration_s: float | None 
     try:
         cameras = open_cameras(config, arm) if own_cameras else cameras
         try:
-            startup_check(config, cameras)
+            if before_start is not None:
+                before_start(cameras)
             record_path = record_path or config.recording.path
             recorder = None
             if record_path:

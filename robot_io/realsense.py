@@ -22,7 +22,7 @@ import numpy as np
 
 from pi0edge.errors import require
 
-from .cameras import Camera, Frame
+from .camera_base import Camera, Frame
 from .errors import CameraError
 
 _PURPOSE = "Intel RealSense cameras"

@@ -3,8 +3,9 @@
 Every tick the loop asks this layer for the command to send. Targets are clipped to the joint limits
 and the step from the last command is clamped to the per-tick velocity limit, so even a wild but
 finite chunk moves the arm only gently and never past a limit. Chunks with NaN/Inf or the wrong
-shape are rejected whole. When the loop holds (rejected chunk, stale camera, inference timeout,
-e-stop) it re-sends the last safe command. Each fault is a SafetyEvent with a reason, kept in order.
+shape are rejected whole, and so are arm states that cannot be positions. When the loop holds
+(rejected chunk, stale camera, inference timeout, e-stop) it re-sends the last safe command. Each
+fault is a SafetyEvent with a reason, kept in order.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from .config import SafetyConfig
 log = logging.getLogger(__name__)
 
 COUNT_TOLERANCE = 1e-9  # arm units: below this a clip/clamp is rounding, not an event worth counting
+# A reading beyond a joint's limits by more than this share of its range is a driver or sensor error
+# (1e9, a unit mix-up), not a position: the arm cannot be there, and the policy never saw such a state.
+STATE_MARGIN_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -73,13 +77,37 @@ class SafetyLayer:
             return f"actions are a {type(actions).__name__}, not a numpy array"
         if actions.ndim == 3 and actions.shape[0] == 1:
             actions = actions[0]
-        if actions.ndim != 2 or actions.shape[1] != action_dim or actions.shape[0] < 1:
+        if actions.ndim != 2 or actions.shape != (horizon, action_dim):
             return f"actions have shape {actions.shape}, expected [{horizon}, {action_dim}]"
         bad = ~np.isfinite(actions)
         if bad.any():
             rows = np.unique(np.nonzero(bad)[0])
             return f"{int(bad.sum())} NaN/Inf value(s) in action rows {rows[:5].tolist()}"
         return None
+
+    def check_state(self, reported) -> tuple[np.ndarray | None, str | None]:
+        """A state as the driver reported it -> (joint positions, None), or (None, the reason it is unusable)."""
+        try:
+            state = np.asarray(reported, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            return None, f"state is not a vector of numbers ({type(reported).__name__}: {exc})"
+        dof = self.lower.size
+        if state.shape != (dof,):
+            return None, f"state has {state.size} values (shape {state.shape}), the arm has {dof} joints"
+        if not np.all(np.isfinite(state)):
+            return None, f"state is not finite: {state.tolist()}"
+        margin = STATE_MARGIN_FRACTION * (self.upper - self.lower)
+        far = np.nonzero((state < self.lower - margin) | (state > self.upper + margin))[0]
+        if far.size:
+            return None, (f"state {state.tolist()} is far outside the joint limits (joints {far.tolist()} beyond "
+                          f"{self.lower[far].tolist()}..{self.upper[far].tolist()} by more than "
+                          f"{STATE_MARGIN_FRACTION:.0%} of their range): a driver or sensor error")
+        return state, None
+
+    def hold_at(self, state: np.ndarray) -> np.ndarray:
+        """The command that holds the arm where it is measured (inside the limits): the velocity clamp
+        ramps from here at the start and after an arm fault, never from a command the arm did not follow."""
+        return np.clip(state, self.lower, self.upper)
 
     def limit(self, target: np.ndarray, last_command: np.ndarray) -> np.ndarray:
         """The command that moves from `last_command` toward `target` without breaking any limit."""

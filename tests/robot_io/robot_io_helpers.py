@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import copy
+import threading
+import time
+from collections.abc import Callable
 
+import numpy as np
 import pytest
 
+from pi0edge.robot_io.arms import Arm, SimArm
 from pi0edge.robot_io.config import RobotConfig, robot_config_from_dict
 from pi0edge.robot_io.fake_policy import FakePolicy
 
@@ -51,3 +56,57 @@ def make_policy(**kwargs) -> FakePolicy:
 @pytest.fixture
 def config() -> RobotConfig:
     return make_config()
+
+
+class DriverArm(Arm):
+    """A sim arm behind a driver the test can break while the loop runs.
+
+    read_hook() / command_hook() run before each call: they may raise (a driver fault), and read_hook
+    may return a value the driver reports instead of the state. `restart(initial)` replaces the arm by
+    a fresh one at `initial` (a driver restarted after the arm moved). `commands` holds, per command
+    the arm received, (positions, the arm's measured state then)."""
+
+    def __init__(self, inner: SimArm):
+        self.inner, self.limits = inner, inner.limits
+        self.read_hook: Callable[[], object] | None = None
+        self.command_hook: Callable[[], None] | None = None
+        self.commands: list[tuple[np.ndarray, np.ndarray]] = []
+        self.restarted_at_command: int | None = None
+
+    def read_state(self):
+        if self.read_hook is not None:
+            reported = self.read_hook()
+            if reported is not None:
+                return reported
+        return self.inner.read_state()
+
+    def command(self, positions) -> None:
+        if self.command_hook is not None:
+            self.command_hook()
+        self.commands.append((np.array(positions, dtype=np.float64), self.inner.true_state()))
+        self.inner.command(positions)
+
+    def restart(self, initial) -> None:
+        self.inner = SimArm(dof=self.inner.dof, time_constant_s=self.inner.time_constant_s, initial=initial,
+                            limits=self.limits)
+        self.restarted_at_command = len(self.commands)
+        self.read_hook = self.command_hook = None
+
+
+def raising(exc: BaseException) -> Callable[[], None]:
+    def hook():
+        raise exc
+
+    return hook
+
+
+def after(seconds: float, fn: Callable[[], None]) -> threading.Thread:
+    """Run fn() on a daemon thread after `seconds` (a fault injected while the loop runs)."""
+
+    def run():
+        time.sleep(seconds)
+        fn()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread

@@ -9,7 +9,11 @@ from pi0edge.robot_io.arms import ArmLimits
 from pi0edge.robot_io.chunking import AsyncStrategy, Chunk, EnsembleStrategy, SyncStrategy
 from pi0edge.robot_io.clock import Ratekeeper
 from pi0edge.robot_io.config import SafetyConfig
+from pi0edge.robot_io.quantiles import StreamQuantiles
 from pi0edge.robot_io.safety import SafetyLayer
+
+QUANTILE_RELATIVE_ERROR = 0.01  # the histogram's bin width, relative
+FAKE_CLOCK_ROUNDING_S = 1e-12  # float sums of 20 ms periods around t = 100 s
 
 
 class FakeClock:
@@ -53,8 +57,45 @@ def test_ratekeeper_real_clock_keeps_period():
     keeper.start()
     for _ in range(30):
         keeper.keep_time()
-    errors_ms = np.abs(keeper.period_error_s) * 1e3
-    assert np.median(errors_ms) < 2.0  # generous: shared machine
+    assert keeper.frame == keeper.period_error_s.count == 30
+    # It never runs ahead of the schedule (how far behind depends on the machine's load: benchmarks/).
+    assert keeper.elapsed_s >= 30 * keeper.period_s
+
+
+def test_ratekeeper_period_error_statistics_do_not_grow_with_the_run():
+    clock = FakeClock()
+    keeper = Ratekeeper(50, spin_s=0.0, clock=clock, sleep=clock.sleep)
+    keeper.start()
+    clock.now += 0.025  # one late tick: its period error is 5 ms
+    keeper.keep_time()
+    bytes_after_one = keeper.period_error_s.nbytes
+    for _ in range(5_000):
+        keeper.keep_time()
+    assert keeper.period_error_s.nbytes == bytes_after_one and keeper.period_error_s.count == 5_001
+    assert keeper.period_error_s.quantile(50) == pytest.approx(0.0, abs=FAKE_CLOCK_ROUNDING_S)  # wakes on time
+    assert keeper.period_error_s.max == pytest.approx(0.005)
+
+
+def test_stream_quantiles_match_numpy_within_their_resolution():
+    rng = np.random.default_rng(0)
+    values = rng.lognormal(mean=-6.0, sigma=1.5, size=2_000)  # seconds: ~0.1 ms to ~100 ms
+    acc = StreamQuantiles(smallest=1e-7, largest=100.0, relative_error=QUANTILE_RELATIVE_ERROR)
+    for value in values:
+        acc.add(value)
+    for q in (50, 90, 99):
+        expected = np.percentile(values, q, method="inverted_cdf")  # nearest rank, as the histogram
+        assert acc.quantile(q) == pytest.approx(expected, rel=QUANTILE_RELATIVE_ERROR)
+    assert acc.max == values.max() and acc.count == values.size
+
+
+def test_stream_quantiles_report_values_outside_the_range_without_losing_them():
+    acc = StreamQuantiles(smallest=1e-3, largest=1.0)
+    assert np.isnan(acc.quantile(50)) and np.isnan(acc.max)
+    for value in (0.0, 0.0, 0.0, 5.0):
+        acc.add(value)
+    assert acc.quantile(50) == 0.0 and acc.quantile(100) == 5.0 and acc.max == 5.0
+    with pytest.raises(ValueError, match="non-negative"):
+        acc.add(-1.0)
 
 
 def _chunk(value_rows, obs_tick, ready_tick):
@@ -116,3 +157,26 @@ def test_safety_rejects_non_finite_chunks(bad):
     assert "NaN/Inf" in layer.check_chunk(actions, 10, 2)
     assert "shape" in layer.check_chunk(np.zeros((10, 3)), 10, 2)
     assert layer.check_chunk(np.zeros((1, 10, 2)), 10, 2) is None
+
+
+def test_safety_rejects_a_chunk_with_fewer_rows_than_the_horizon():
+    reason = _layer().check_chunk(np.zeros((10, 2)), 50, 2)
+    assert reason is not None and "expected [50, 2]" in reason
+
+
+@pytest.mark.parametrize(("reported", "words"), [
+    ([0.1], "1 values"),
+    ("0.1, 0.2", "not a vector of numbers"),
+    ([np.nan, 0.0], "not finite"),
+    ([1e9, 0.0], "far outside the joint limits (joints [0]"),
+])
+def test_safety_refuses_arm_states_that_cannot_be_positions(reported, words):
+    state, reason = _layer().check_state(reported)
+    assert state is None and words in reason
+
+
+def test_safety_accepts_a_state_slightly_outside_the_limits_and_holds_it_inside():
+    layer = _layer()  # limits -0.5..0.5: a reading of 0.6 is a real (if unsafe) position
+    state, reason = layer.check_state([0.6, -0.2])
+    assert reason is None
+    np.testing.assert_array_equal(layer.hold_at(state), [0.5, -0.2])

@@ -6,11 +6,13 @@ import os
 import signal
 import threading
 import time
+from functools import partial
 
 import numpy as np
 import pytest
-from robot_io_helpers import RATE_TOLERANCE, make_config, make_policy
+from robot_io_helpers import RATE_TOLERANCE, DriverArm, after, make_config, make_policy, raising
 
+from pi0edge.robot_io import cli as robot_cli
 from pi0edge.robot_io.arms import open_arm
 from pi0edge.robot_io.errors import SafetyError, StartupCheckError
 from pi0edge.robot_io.loop import open_cameras, run_loop
@@ -177,34 +179,32 @@ def test_policy_that_keeps_failing_stops_the_loop_holding():
     np.testing.assert_allclose(arm.last_command, arm.true_state(), atol=1e-6)
 
 
-class _ExplodingCamera:
-    """Wraps a camera; read() raises `exc` after `after_s`."""
-
-    def __init__(self, camera, exc, after_s):
-        self._camera, self._exc, self._at = camera, exc, time.monotonic() + after_s
-
-    def read(self):
-        if time.monotonic() > self._at:
-            raise self._exc
-        return self._camera.read()
+def _exploding_status(stats):
+    if stats.ticks > 0.5 * stats.rate_hz:
+        raise RuntimeError("status display crashed")
 
 
-@pytest.mark.parametrize("exc", [RuntimeError("camera driver crashed"), KeyboardInterrupt()])
-def test_shutdown_leaves_the_arm_holding(exc):
+def test_shutdown_by_ctrl_c_leaves_the_arm_holding():
+    config = make_config()
+    arm = DriverArm(open_arm(config.arm))
+    policy = make_policy(actions_fn=lambda obs, call: np.tile(np.float32(0.5), (10, 3)))
+    after(0.5, lambda: setattr(arm, "read_hook", raising(KeyboardInterrupt())))  # Ctrl-C inside the driver call
+    stats = run_loop(config, policy, "x", 2.0, arm=arm)
+    assert stats.stop_reason.startswith("interrupted")
+    held = arm.commands[-1][0]
+    time.sleep(0.2)
+    np.testing.assert_allclose(arm.inner.true_state(), held, atol=1e-3)  # it stays where the last command put it
+
+
+def test_an_error_outside_the_drivers_propagates_after_the_final_hold():
     config = make_config()
     arm = open_arm(config.arm)
-    cameras = open_cameras(config, arm)
-    cameras = {"front": _ExplodingCamera(cameras["front"], exc, 0.5)}
     policy = make_policy(actions_fn=lambda obs, call: np.tile(np.float32(0.5), (10, 3)))
-    if isinstance(exc, KeyboardInterrupt):
-        stats = run_loop(config, policy, "x", 2.0, arm=arm, cameras=cameras)
-        assert stats.stop_reason.startswith("interrupted")
-    else:
-        with pytest.raises(RuntimeError, match="crashed"):
-            run_loop(config, policy, "x", 2.0, arm=arm, cameras=cameras)
+    with pytest.raises(RuntimeError, match="status display crashed"):
+        run_loop(config, policy, "x", 2.0, arm=arm, on_status=_exploding_status)
     held = arm.last_command.copy()
     time.sleep(0.2)
-    np.testing.assert_allclose(arm.true_state(), held, atol=1e-3)  # it stays where the last command put it
+    np.testing.assert_allclose(arm.true_state(), held, atol=1e-3)
 
 
 def test_startup_check_failure_refuses_to_start(monkeypatch, tmp_path):
@@ -222,12 +222,13 @@ def test_startup_check_failure_refuses_to_start(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "pi0edge.calibration.drift", fake)
     config = make_config(startup_check={"camera": "front", "reference": str(tmp_path / "ref.yaml")})
     policy = make_policy()
+    check = partial(robot_cli.startup_check, config)  # what `pi0edge run` passes to run_loop
     with pytest.raises(StartupCheckError, match="camera moved"):
-        run_loop(config, policy, "x", 0.5)
+        run_loop(config, policy, "x", 0.5, before_start=check)
     assert policy.calls == 0
     monkeypatch.setitem(sys.modules, "pi0edge.calibration.drift", None)  # import fails
     with pytest.raises(StartupCheckError, match="not available"):
-        run_loop(config, policy, "x", 0.5)
+        run_loop(config, policy, "x", 0.5, before_start=check)
 
 
 def test_policy_that_does_not_fit_the_yaml_is_refused():
