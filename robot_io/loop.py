@@ -33,6 +33,7 @@ from .clock import Ratekeeper
 from .config import RobotConfig
 from .errors import ArmError, CameraError, SafetyError
 from .inference import InferenceResult, InferenceWorker
+from .inference_process import start_inference
 from .recording import EpisodeRecorder
 from .safety import EStop, SafetyEvent, SafetyLayer
 
@@ -314,7 +315,7 @@ class ControlLoop:
         start_state = np.asarray(self.arm.read_state(), dtype=np.float64)
         # Start from where the arm is (inside the limits): the first commands are a hold.
         self.last_command = np.clip(start_state, self.safety.lower, self.safety.upper)
-        worker = InferenceWorker(self.policy)
+        worker = start_inference(self.policy, cfg.inference, cfg.cpu_affinity.inference, cfg.cpu_affinity.loop)
         clock = Ratekeeper(cfg.rate_hz)
         self.estop.arm()
         if self.estop.triggered:
