@@ -28,9 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load_policy(bundle: str, backend: str):
-    from pi0edge.runtime import Policy
+    # The bundle's manifest only: the model loads where inference runs (its own process by default).
+    from .policy_spec import PolicyHandle, PolicySpec
 
-    return Policy(bundle, backend=backend)
+    return PolicyHandle(PolicySpec(bundle, backend))
 
 
 def _status_printer(stream=None):

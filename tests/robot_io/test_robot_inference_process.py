@@ -143,7 +143,7 @@ def test_pinning_applies_to_the_process_and_the_loop_thread_and_is_undone():
 
 def test_unavailable_cpus_are_a_config_error_naming_the_field():
     missing = max(os.sched_getaffinity(0)) + 1
-    with pytest.raises(ConfigError, match=r"cpu_affinity\.inference: CPUs \[%d\]" % missing):
+    with pytest.raises(ConfigError, match=rf"cpu_affinity\.inference: CPUs \[{missing}\]"):
         start_inference(PolicyHandle(fake_spec()), "process", cpus=[missing])
     with pytest.raises(ConfigError, match=r"cpu_affinity\.loop"):
         start_inference(PolicyHandle(fake_spec()), "thread", loop_cpus=[missing])

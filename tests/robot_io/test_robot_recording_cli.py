@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -98,3 +99,27 @@ def test_robot_io_never_imports_torch():
 
     for path in pathlib.Path(robot_cli.__file__).parent.glob("*.py"):
         assert "import torch" not in path.read_text(), path
+
+
+def test_cli_run_loads_only_the_manifest_here_and_runs_the_bundle_in_its_own_process(tmp_path, tiny_bundle_factory,
+                                                                                      capsys):
+    from pi0edge.robot_io.policy_spec import PolicyHandle, PolicySpec
+
+    bundle, _ = tiny_bundle_factory("pi0")
+    policy = robot_cli._load_policy(str(bundle), "ort-cpu")
+    assert isinstance(policy, PolicyHandle) and policy.spec == PolicySpec(str(bundle), "ort-cpu")
+    assert policy._policy is None  # no model in the loop's process
+
+    data = base_config_dict()
+    data["joints"] = {"names": [f"j{i}" for i in range(6)]}  # the tiny bundle's 6 robot dims
+    data["arm"]["dof"] = 6
+    data["safety"] = {"stale_frame_s": 0.2, "inference_timeout_s": 30.0}
+    config_path = tmp_path / "robot.yaml"
+    config_path.write_text(yaml.safe_dump(data))
+    code = main(["run", "--config", str(config_path), "--bundle", str(bundle), "--prompt", "pick",
+                 "--duration-s", "2", "--no-status"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    # The tiny bundle's chunk is shorter than its latency here, so the arm may only wait: count chunks, not motion.
+    chunks = int(re.search(r"inference: (\d+) chunks", out.out).group(1))
+    assert chunks > 0 and "policy_error" not in out.out, out.out
