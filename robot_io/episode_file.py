@@ -160,7 +160,8 @@ def _read_stream(path: Path, data: bytes) -> tuple[dict, dict, str | None]:
         ticks = arrays["tick_command"].shape[0]
         how = f"a record at byte {cut_at} of {len(data)} is cut short" if cut_at is not None else "no end record"
         truncated = (f"{path} is truncated ({how}: the run did not end cleanly); the intact part is "
-                     f"{ticks} ticks ({ticks / float(meta['rate_hz']):.1f} s) in {len(parts)} records, "
+                     f"{ticks} ticks ({ticks / float(meta['rate_hz']):.1f} s) in {len(parts)} data record"
+                     f"{'' if len(parts) == 1 else 's'}, "
                      "without the run's events")
     else:
         meta = {**meta, **end}
