@@ -97,7 +97,7 @@ class InferenceWorker:
             return result
 
     def _run(self) -> None:
-        if self.cpus:
+        if self.cpus and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, set(self.cpus))  # the caller ran check_cpus
         while True:
             with self._cv:

@@ -208,7 +208,7 @@ def _serve(spec, conn, state_buffer: tuple[str, tuple], chunk_buffer: tuple[str,
     """The inference process: load the policy, then answer requests until told to stop."""
     from pi0edge.runtime.types import Observation
 
-    if cpus:
+    if cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, set(cpus))  # before loading: the model's threads inherit it
     try:
         policy = spec.load()

@@ -183,3 +183,27 @@ def test_a_bundle_that_cannot_load_in_the_process_is_named(tiny_bundle_factory):
     bundle, _ = tiny_bundle_factory("pi0")
     with pytest.raises(InferenceProcessError, match="could not load the policy.*no-such-backend"):
         ProcessInferenceWorker(PolicySpec(str(bundle), "no-such-backend"))
+
+
+def test_the_inference_thread_pins_itself():
+    from pi0edge.robot_io.fake_policy import FakePolicy
+
+    cpu = min(os.sched_getaffinity(0))
+    worker = start_inference(FakePolicy(), "thread", cpus=[cpu])
+    try:
+        worker.submit(observation(state_dim=6), tick=0)
+        assert worker.wait(WAIT_S) is not None
+        assert os.sched_getaffinity(worker._thread.native_id) == {cpu}
+    finally:
+        worker.stop()
+
+
+def test_the_loop_thread_runs_pinned_when_configured_and_is_unpinned_after():
+    allowed = os.sched_getaffinity(0)
+    cpu = min(allowed)
+    config = make_config(cpu_affinity={"loop": [cpu]})
+    seen: list[set] = []
+    run_loop(config, PolicyHandle(fake_spec()), "pick", 1.0, on_status=lambda stats: seen.append(
+        os.sched_getaffinity(0)))
+    assert seen and all(s == {cpu} for s in seen)
+    assert os.sched_getaffinity(0) == allowed
