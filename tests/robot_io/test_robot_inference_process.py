@@ -207,3 +207,10 @@ def test_the_loop_thread_runs_pinned_when_configured_and_is_unpinned_after():
         os.sched_getaffinity(0)))
     assert seen and all(s == {cpu} for s in seen)
     assert os.sched_getaffinity(0) == allowed
+
+
+def test_errors_in_the_process_are_policy_error_faults_of_the_loop():
+    stats = run_loop(make_config(), PolicyHandle(fake_spec(raise_calls=(0,))), "pick", 1.0)
+    faults = [e for e in stats.events if e.kind == "policy_error"]
+    assert len(faults) == 1 and "injected failure on call 0 (in the inference process)" in faults[0].reason
+    assert stats.hold_ticks > 0 and stats.executed_ticks > 0  # held on the fault, then moved on fresh chunks
