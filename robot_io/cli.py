@@ -14,23 +14,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--prompt", required=True, help="the task in plain text")
     run.add_argument("--backend", default="ort-cpu", help="inference backend (default ort-cpu)")
     run.add_argument("--duration-s", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
-    run.add_argument("--record", default=None, help="write the episode to this .npz file")
+    run.add_argument("--record", default=None, help="stream the episode to this file (e.g. run.episode)")
     run.add_argument("--no-status", action="store_true", help="no live status line")
     run.set_defaults(func=cmd_run)
 
     replay = subparsers.add_parser("replay", help="print a recorded episode, or play it back against an arm",
                                    description="Without --config: print the episode's summary. With --config: "
                                                "send its commands to that YAML's arm at the recorded rate.")
-    replay.add_argument("episode", help="episode .npz written by `pi0edge run --record`")
+    replay.add_argument("episode", help="episode file written by `pi0edge run --record`")
     replay.add_argument("--config", default=None, help="robot YAML whose arm replays the commands")
     replay.add_argument("--speed", type=float, default=1.0, help="playback speed factor (default 1.0)")
     replay.set_defaults(func=cmd_replay)
 
 
 def _load_policy(bundle: str, backend: str):
-    from pi0edge.runtime import Policy
+    # The bundle's manifest only: the model loads where inference runs (its own process by default).
+    from .policy_spec import PolicyHandle, PolicySpec
 
-    return Policy(bundle, backend=backend)
+    return PolicyHandle(PolicySpec(bundle, backend))
 
 
 def _status_printer(stream=None):

@@ -18,7 +18,8 @@ from .cameras import validate_camera_spec
 
 STRATEGIES = ("sync", "async", "ensemble")
 TOP_LEVEL_KEYS = {"rate_hz", "realtime_priority", "cameras", "arm", "joints", "chunking", "safety", "estop",
-                  "startup_check", "recording"}
+                  "startup_check", "recording", "inference", "cpu_affinity"}
+INFERENCE_MODES = ("process", "thread")  # where policy.infer runs: docs/control_loop.md, "Inference beside the loop"
 
 
 def _is_number(value) -> bool:
@@ -197,6 +198,20 @@ class RecordingConfig:
 
 
 @dataclass(frozen=True)
+class CpuAffinityConfig:
+    """CPUs to pin the loop thread and the inference process (or thread) to; empty: not pinned."""
+
+    loop: tuple[int, ...] = ()
+    inference: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        for name in ("loop", "inference"):
+            cpus = getattr(self, name)
+            if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in cpus):
+                raise ConfigError(f"cpu_affinity.{name}: must be a list of CPU numbers (0, 1, ...), got {list(cpus)!r}")
+
+
+@dataclass(frozen=True)
 class RobotConfig:
     rate_hz: float
     cameras: tuple[CameraConfig, ...]
@@ -209,12 +224,16 @@ class RobotConfig:
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     realtime_priority: int | None = None  # SCHED_FIFO priority (1-99) for the loop thread; None: normal
     source: str | None = None  # the YAML file, for messages
+    inference: str = "process"  # a bundle's model runs in its own process; "thread": beside the loop, sharing its GIL
+    cpu_affinity: CpuAffinityConfig = field(default_factory=CpuAffinityConfig)
 
     def __post_init__(self):
         _positive("rate_hz", self.rate_hz)
         prio = self.realtime_priority
         if prio is not None and (not isinstance(prio, int) or isinstance(prio, bool) or not 1 <= prio <= 99):
             raise ConfigError(f"realtime_priority: must be an integer 1..99 (SCHED_FIFO) or null, got {prio!r}")
+        if self.inference not in INFERENCE_MODES:
+            raise ConfigError(f"inference: must be one of {list(INFERENCE_MODES)}, got {self.inference!r}")
         object.__setattr__(self, "arm", validate_arm_spec(self.arm, "arm"))
         models = [c.model_camera for c in self.cameras]
         dupes = sorted({m for m in models if models.count(m) > 1})
@@ -309,10 +328,21 @@ def robot_config_from_dict(data: Mapping, source: str | None = None, base_dir: P
     rec_cfg = RecordingConfig(path=_resolve(rec.get("path"), base_dir) if isinstance(rec.get("path"), str)
                               else rec.get("path"), frames=rec.get("frames", True))
 
+    affinity = data.get("cpu_affinity") or {}
+    _known_keys("cpu_affinity", affinity, {"loop", "inference"})
+    affinity_cfg = CpuAffinityConfig(**{k: tuple(_cpu_list(f"cpu_affinity.{k}", affinity[k])) for k in affinity})
+
     arm = dict(data["arm"]) if isinstance(data["arm"], Mapping) else data["arm"]
     return RobotConfig(rate_hz=data["rate_hz"], cameras=tuple(cameras), arm=arm, joints=mapping, chunking=chunking,
                        safety=safety_cfg, estop=estop_cfg, startup_check=check_cfg, recording=rec_cfg,
-                       realtime_priority=data.get("realtime_priority"), source=source)
+                       realtime_priority=data.get("realtime_priority"), source=source,
+                       inference=data.get("inference", "process"), cpu_affinity=affinity_cfg)
+
+
+def _cpu_list(field_name: str, value) -> list:
+    if not isinstance(value, list):
+        raise ConfigError(f"{field_name}: must be a list of CPU numbers, e.g. [1], got {value!r}")
+    return value
 
 
 def load_robot_config(path: str | Path) -> RobotConfig:

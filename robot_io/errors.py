@@ -10,6 +10,7 @@ __all__ = [
     "CameraError",
     "ConfigError",
     "EpisodeError",
+    "InferenceProcessError",
     "NetProtocolError",
     "SafetyError",
     "StartupCheckError",
@@ -42,3 +43,7 @@ class NetProtocolError(ArmError):
 
 class EpisodeError(Pi0EdgeError):
     """An episode file is missing, truncated or not an episode."""
+
+
+class InferenceProcessError(Pi0EdgeError):
+    """The inference process could not load the policy, raised in `infer`, or died; the message says which."""

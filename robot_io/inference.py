@@ -1,14 +1,44 @@
 """The inference thread: runs `policy.infer` off the control thread so a slow policy never stalls the
 clock. One request at a time. A request that exceeds the timeout is marked; its result, if it ever
-comes, is dropped (a thread cannot be killed, but its late answer can be ignored)."""
+comes, is dropped (a thread cannot be killed, but its late answer can be ignored).
+
+The thread shares the GIL with the loop; a real bundle runs in its own process instead
+(inference_process.py, the default: docs/control_loop.md, "Inference beside the loop"). This worker
+stays for in-process policies (tests, the fake policy) and for `inference: thread`.
+"""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from pi0edge.errors import ConfigError
+
+
+def check_cpus(cpus: Sequence[int], what: str) -> None:
+    """Refuse CPU numbers this process may not run on; `what` names the config field."""
+    if not cpus or not hasattr(os, "sched_getaffinity"):
+        return
+    allowed = os.sched_getaffinity(0)
+    outside = sorted(set(cpus) - allowed)
+    if outside:
+        raise ConfigError(f"{what}: CPUs {outside} are not available here (this process may use {sorted(allowed)})")
+
+
+def pin_current_thread(cpus: Sequence[int], what: str) -> Callable[[], None]:
+    """Pin the calling thread (Linux: pid 0 is the calling thread) to `cpus`; returns the undo.
+    An empty `cpus` pins nothing. `what` names the config field for the error message."""
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        return lambda: None
+    check_cpus(cpus, what)
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(cpus))
+    return lambda: os.sched_setaffinity(0, previous)
 
 
 @dataclass
@@ -23,8 +53,9 @@ class InferenceResult:
 
 
 class InferenceWorker:
-    def __init__(self, policy):
-        self.policy = policy
+    def __init__(self, policy, cpus: Sequence[int] = (), on_stop: Callable[[], None] | None = None):
+        self.policy, self._on_stop = policy, on_stop  # on_stop: called at the end of stop()
+        self.cpus = tuple(cpus)  # the inference thread pins itself there (empty: wherever the scheduler puts it)
         self._cv = threading.Condition()
         self._request = None  # (observation, tick)
         self._result: InferenceResult | None = None
@@ -66,6 +97,8 @@ class InferenceWorker:
             return result
 
     def _run(self) -> None:
+        if self.cpus and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, set(self.cpus))  # the caller ran check_cpus
         while True:
             with self._cv:
                 self._cv.wait_for(lambda: self._request is not None or self._stop)
@@ -92,3 +125,5 @@ class InferenceWorker:
             self._stop = True
             self._cv.notify_all()
         self._thread.join(timeout=timeout_s)  # a policy stuck in infer() is left behind (daemon thread)
+        if self._on_stop is not None:
+            self._on_stop()

@@ -34,6 +34,7 @@ from .config import RobotConfig
 from .errors import ArmError, SafetyError
 from .faults import Faults
 from .inference import InferenceResult, InferenceWorker
+from .inference_process import start_inference
 from .quantiles import StreamQuantiles
 from .realtime import enter_realtime
 from .recording import EpisodeRecorder
@@ -222,7 +223,8 @@ class ControlLoop:
         # ExitStack runs the callbacks in reverse order and each one even after an earlier one failed.
         with contextlib.ExitStack() as cleanup:
             cleanup.callback(self.estop.disarm)
-            worker = InferenceWorker(self.policy)
+            worker = start_inference(self.policy, self.config.inference, self.config.cpu_affinity.inference,
+                                     self.config.cpu_affinity.loop)
             cleanup.callback(worker.stop)
             cleanup.callback(enter_realtime(self.config.realtime_priority, self._event))
             # Started after enter_realtime, so they inherit the loop thread's priority (a camera read is

@@ -1,44 +1,82 @@
-"""Episode recording (what the loop saw and did) and replay.
+"""Episode recording (what the loop saw and did), written as the run goes.
 
-An episode is one `.npz` (numpy only, no pickle), written once at the end of a run to a temp file in
-the same folder and then os.replace()d, so a crash never leaves a half-written episode behind.
+An episode file (version 2, any name; `.episode` by convention) is a magic line followed by records,
+each an 8-byte little-endian length and an `.npz` (numpy only, no pickle):
+
+    start   meta (JSON): format, version, rate_hz, prompt, joints, cameras, strategy, config source
+    data    about one second of the run (FLUSH_EVERY_S): the arrays below, for those ticks/inferences
+    end     meta (JSON): ticks, saved_unix_s, events
 
 Per tick:       tick_time_s, tick_state, tick_target (NaN when none), tick_command, tick_status, tick_late_ms
 Per inference:  infer_obs_tick, infer_ready_tick, infer_latency_ms, infer_accepted, infer_state,
                 infer_actions [N, H, action_dim] (as the policy returned them, rejected ones included),
                 frames_<model camera> [N, h, w, 3] uint8 (the images that inference saw; optional)
-meta (JSON):    format, version, rate_hz, prompt, joints, cameras, strategy, config source, events
+
+Records are appended and fsynced by a writer thread (the loop thread only hands over its lists), so a
+crash loses at most the last second. The file cannot be written atomically as a whole (it grows during
+the run); instead a reader (episode_file.py) keeps every complete record and says what was cut.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
-import tempfile
+import queue
+import struct
+import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .episode_file import (
+    EPISODE_FORMAT,
+    EPISODE_MAGIC,
+    EPISODE_VERSION,
+    RECORD_LENGTH,
+    Episode,
+    load_episode,
+)
 from .errors import EpisodeError
 
-EPISODE_FORMAT = "pi0edge-episode"
-EPISODE_VERSION = 1
+__all__ = ["EPISODE_FORMAT", "EPISODE_VERSION", "Episode", "EpisodeRecorder", "load_episode"]
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY_S = 1.0  # a crash loses at most this much of the run (plus the record being written)
+TICK_KEYS = ("time_s", "state", "target", "command", "status", "late_ms")
+INFER_KEYS = ("obs_tick", "ready_tick", "latency_ms", "accepted", "state", "actions")
 
 
 class EpisodeRecorder:
-    def __init__(self, path: str | Path, meta: dict, frames: bool = True):
+    """Opens `path` for writing at once (so a path that cannot be written fails before the run starts),
+    then appends a data record about every FLUSH_EVERY_S of ticks; save() writes the end record."""
+
+    def __init__(self, path: str | Path, meta: dict, frames: bool = True, flush_every_s: float = FLUSH_EVERY_S):
         self.path = Path(path)
-        if self.path.suffix != ".npz":
-            raise EpisodeError(f"{self.path}: episodes are .npz files")
-        if not self.path.parent.is_dir():
-            raise EpisodeError(f"{self.path}: folder {self.path.parent} does not exist")
-        self.meta, self.frames = dict(meta), frames
-        self._ticks: dict[str, list] = {k: [] for k in ("time_s", "state", "target", "command", "status", "late_ms")}
-        self._infer: dict[str, list] = {k: [] for k in ("obs_tick", "ready_tick", "latency_ms", "accepted", "state",
-                                                        "actions")}
+        self.meta, self.frames, self.flush_every_s = dict(meta), frames, flush_every_s
+        try:
+            self._file = open(self.path, "wb")  # noqa: SIM115 - kept open for the run, closed by save()
+        except OSError as exc:
+            raise EpisodeError(f"{self.path}: cannot write the episode here ({exc.strerror}); choose a path in "
+                               "an existing, writable folder") from exc
+        self._file.write(EPISODE_MAGIC)
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._writer = threading.Thread(target=self._write_records, name="episode-writer", daemon=True)
+        self._writer.start()
+        self._put("start", {"meta": _meta_array({**self.meta, "format": EPISODE_FORMAT,
+                                                  "version": EPISODE_VERSION})})
+        self._ticks_written = 0
+        self._new_buffers()
+
+    def _new_buffers(self) -> None:
+        self._ticks: dict[str, list] = {k: [] for k in TICK_KEYS}
+        self._infer: dict[str, list] = {k: [] for k in INFER_KEYS}
         self._frames: dict[str, list[np.ndarray]] = {}
+        self._flush_at_s: float | None = None
 
     def add_tick(self, time_s: float, state, target, command, status: str, late_ms: float) -> None:
         dof = len(command)
@@ -48,6 +86,10 @@ class EpisodeRecorder:
         self._ticks["command"].append(np.asarray(command, np.float64))
         self._ticks["status"].append(status)
         self._ticks["late_ms"].append(late_ms)
+        if self._flush_at_s is None:
+            self._flush_at_s = time_s + self.flush_every_s
+        elif time_s >= self._flush_at_s:
+            self.flush()
 
     def add_inference(self, obs_tick: int, ready_tick: int, latency_ms: float, accepted: bool, observation,
                       actions) -> None:
@@ -64,106 +106,80 @@ class EpisodeRecorder:
             for name, image in observation.images.items():
                 self._frames.setdefault(name, []).append(image)
 
+    def flush(self) -> None:
+        """Hand what was added since the last flush to the writer thread (the arrays are built there)."""
+        if self._ticks["time_s"] or self._infer["obs_tick"]:
+            self._ticks_written += len(self._ticks["time_s"])
+            self._queue.put(("data", (self._ticks, self._infer, self._frames)))
+        self._new_buffers()
+
+    def sync(self) -> None:
+        """Flush and wait until everything added so far is on disk (fsynced)."""
+        self.flush()
+        self._queue.join()
+
     def save(self, events: list | None = None) -> Path:
-        arrays: dict[str, np.ndarray] = {}
-        n_ticks = len(self._ticks["time_s"])
-        for key, values in self._ticks.items():
-            if key == "status":
-                arrays["tick_status"] = np.array(values, dtype="U32")
-            elif values and isinstance(values[0], np.ndarray):
-                arrays[f"tick_{key}"] = np.stack(values)
-            else:
-                arrays[f"tick_{key}"] = np.asarray(values, dtype=np.float64)
-        shapes = {a.shape for a in self._infer["actions"] if a is not None}
-        shape = max(shapes) if shapes else (0, 0)
-        actions = [a if a is not None and a.shape == shape else np.full(shape, np.nan, np.float32)
-                   for a in self._infer["actions"]]
-        arrays["infer_actions"] = np.stack(actions) if actions else np.zeros((0, *shape), np.float32)
-        arrays["infer_state"] = np.stack(self._infer["state"]) if self._infer["state"] else np.zeros((0, 0), np.float32)
-        for key in ("obs_tick", "ready_tick"):
-            arrays[f"infer_{key}"] = np.asarray(self._infer[key], dtype=np.int64)
-        arrays["infer_latency_ms"] = np.asarray(self._infer["latency_ms"], dtype=np.float64)
-        arrays["infer_accepted"] = np.asarray(self._infer["accepted"], dtype=bool)
-        for name, images in self._frames.items():
-            arrays[f"frames_{name}"] = np.stack(images).astype(np.uint8)
-        meta = {**self.meta, "format": EPISODE_FORMAT, "version": EPISODE_VERSION, "ticks": n_ticks,
-                "saved_unix_s": time.time(), "events": [
-                    {"tick": e.tick, "kind": e.kind, "reason": e.reason} for e in (events or [])]}
-        arrays["meta"] = np.array(json.dumps(meta))
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)  # atomic: readers see the old file or the complete new one
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Flush, write the end record and close. Raises EpisodeError if a write failed during the run."""
+        self.flush()
+        meta = {**self.meta, "format": EPISODE_FORMAT, "version": EPISODE_VERSION, "ticks": self._ticks_written,
+                "saved_unix_s": time.time(),
+                "events": [{"tick": e.tick, "kind": e.kind, "reason": e.reason} for e in (events or [])]}
+        self._put("end", {"meta": _meta_array(meta)})
+        self._queue.put(None)
+        self._writer.join()
+        self._file.close()
+        if self._error is not None:
+            raise EpisodeError(f"{self.path}: writing the episode failed ({self._error}); the records before "
+                               "the failure are intact") from self._error
         return self.path
 
+    def _put(self, kind: str, arrays: dict) -> None:
+        self._queue.put((kind, arrays))
 
-@dataclass(frozen=True)
-class Episode:
-    path: Path
-    meta: dict
-    arrays: dict
+    def _write_records(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                if self._error is None:  # after a failed write, later records would follow a cut one: drop them
+                    kind, payload = item
+                    self._append(kind, _data_arrays(*payload) if kind == "data" else payload)
+            except Exception as exc:  # noqa: BLE001 - disk full, I/O error: reported by save()
+                self._error = exc
+                log.error("episode %s: write failed: %s", self.path, exc)
+            finally:
+                self._queue.task_done()
 
-    @property
-    def rate_hz(self) -> float:
-        return float(self.meta["rate_hz"])
-
-    @property
-    def commands(self) -> np.ndarray:
-        return self.arrays["tick_command"]
-
-    @property
-    def ticks(self) -> int:
-        return int(self.arrays["tick_command"].shape[0])
-
-    def summary(self) -> str:
-        a, m = self.arrays, self.meta
-        lines = [f"episode {self.path}",
-                 f"  prompt {m.get('prompt')!r}, {self.ticks} ticks at {self.rate_hz:g} Hz "
-                 f"({self.ticks / self.rate_hz:.1f} s), strategy {m.get('strategy')}, joints {m.get('joints')}"]
-        lat = a["infer_latency_ms"]
-        if lat.size:
-            lines.append(f"  inferences {lat.size} ({int(a['infer_accepted'].sum())} accepted), latency ms "
-                         f"p50 {np.percentile(lat, 50):.1f} p99 {np.percentile(lat, 99):.1f}")
-        statuses, counts = np.unique(a["tick_status"], return_counts=True)
-        lines.append("  ticks by status: " + ", ".join(f"{s} {c}" for s, c in zip(statuses, counts, strict=True)))
-        late = a["tick_late_ms"]
-        if late.size:
-            lines.append(f"  late ticks {int((late > 0).sum())}, worst {late.max():.2f} ms")
-        cmd = a["tick_command"]
-        if cmd.size:
-            lines.append(f"  command range min {np.round(cmd.min(0), 3).tolist()} "
-                         f"max {np.round(cmd.max(0), 3).tolist()}")
-        frames = [k for k in a if k.startswith("frames_")]
-        for key in frames:
-            lines.append(f"  {key[len('frames_'):]}: {a[key].shape[0]} frames {a[key].shape[1:]}")
-        for event in m.get("events", []):
-            lines.append(f"  event tick {event['tick']}: {event['kind']}: {event['reason']}")
-        return "\n".join(lines)
+    def _append(self, kind: str, arrays: dict) -> None:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, record=np.array(kind), **arrays)
+        data = buffer.getvalue()
+        self._file.write(struct.pack(RECORD_LENGTH, len(data)) + data)
+        self._file.flush()
+        os.fsync(self._file.fileno())
 
 
-def load_episode(path: str | Path) -> Episode:
-    path = Path(path)
-    if not path.is_file():
-        raise EpisodeError(f"{path}: episode file does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise EpisodeError(f"{path}: not a readable .npz episode: {exc}") from exc
-    if "meta" not in arrays:
-        raise EpisodeError(f"{path}: no meta entry; not a pi0edge episode")
-    meta = json.loads(str(arrays.pop("meta")))
-    if meta.get("format") != EPISODE_FORMAT:
-        raise EpisodeError(f"{path}: format {meta.get('format')!r}, expected {EPISODE_FORMAT!r}")
-    if meta.get("version") != EPISODE_VERSION:
-        raise EpisodeError(f"{path}: episode version {meta.get('version')!r}, this pi0edge reads {EPISODE_VERSION}")
-    for key in ("tick_command", "tick_status", "tick_late_ms", "infer_latency_ms", "infer_accepted"):
-        if key not in arrays:
-            raise EpisodeError(f"{path}: missing array {key!r}")
-    return Episode(path, meta, arrays)
+def _meta_array(meta: dict) -> np.ndarray:
+    return np.array(json.dumps(meta))
+
+
+def _data_arrays(ticks: dict, infer: dict, frames: dict) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for key, values in ticks.items():
+        if key == "status":
+            arrays["tick_status"] = np.array(values, dtype="U32")
+        elif values and isinstance(values[0], np.ndarray):
+            arrays[f"tick_{key}"] = np.stack(values)
+        else:
+            arrays[f"tick_{key}"] = np.asarray(values, dtype=np.float64)
+    shapes = {a.shape for a in infer["actions"] if a is not None}
+    shape = max(shapes) if shapes else (0, 0)
+    actions = [a if a is not None and a.shape == shape else np.full(shape, np.nan, np.float32)
+               for a in infer["actions"]]
+    arrays["infer_actions"] = np.stack(actions) if actions else np.zeros((0, *shape), np.float32)
+    arrays["infer_state"] = np.stack(infer["state"]) if infer["state"] else np.zeros((0, 0), np.float32)
+    for key in ("obs_tick", "ready_tick"):
+        arrays[f"infer_{key}"] = np.asarray(infer[key], dtype=np.int64)
+    arrays["infer_latency_ms"] = np.asarray(infer["latency_ms"], dtype=np.float64)
+    arrays["infer_accepted"] = np.asarray(infer["accepted"], dtype=bool)
+    for name, images in frames.items():
+        arrays[f"frames_{name}"] = np.stack(images).astype(np.uint8)
+    return arrays

@@ -27,11 +27,14 @@ class ReplayStats:
     clamped_ticks: int
     max_tracking_error: float  # max |arm state - recorded state| over joints and ticks (arm units)
     stop_reason: str
+    truncated: bool = False  # the episode was cut short: only its intact part was replayed
 
     def summary(self) -> str:
-        return (f"replay: {self.ticks} ticks in {self.duration_s:.2f} s, deadline misses {self.deadline_misses}, "
-                f"position clipped {self.clipped_ticks}, velocity clamped {self.clamped_ticks}, "
-                f"max |state - recorded state| {self.max_tracking_error:.4f}; stopped: {self.stop_reason}")
+        part = " (the intact part of a truncated episode)" if self.truncated else ""
+        return (f"replay{part}: {self.ticks} ticks in {self.duration_s:.2f} s, deadline misses "
+                f"{self.deadline_misses}, position clipped {self.clipped_ticks}, velocity clamped "
+                f"{self.clamped_ticks}, max |state - recorded state| {self.max_tracking_error:.4f}; "
+                f"stopped: {self.stop_reason}")
 
 
 def replay_episode(episode: Episode, config: RobotConfig, arm: Arm | None = None, speed: float = 1.0,
@@ -78,7 +81,7 @@ def replay_episode(episode: Episode, config: RobotConfig, arm: Arm | None = None
                 stop_reason += f"; final hold failed: {exc}"
             estop.disarm()
         return ReplayStats(clock.frame, time.monotonic() - start, clock.deadline_misses, safety.clipped_ticks,
-                           safety.clamped_ticks, max_error, stop_reason)
+                           safety.clamped_ticks, max_error, stop_reason, truncated=episode.truncated is not None)
     finally:
         if own_arm:
             arm.close()
