@@ -195,6 +195,14 @@ def test_the_source_tree_keeps_the_layering_rules():
     assert not problems, "layering rules broken (docs/architecture.md):\n" + "\n".join(problems)
 
 
+def test_the_runtime_never_imports_the_export_package():
+    """The runtime <-> export cycle is gone: the engine fingerprint the runtime checks lives in runtime/."""
+    imports = all_imports(REPO_ROOT)
+    into_export = [f"{imp.where(REPO_ROOT)} imports {imp.imported}" for imp in imports
+                   if package_of(imp.importer) == "runtime" and package_of(imp.imported) == "export"]
+    assert into_export == []
+
+
 def test_the_checker_sees_every_package_of_the_real_tree():
     modules = module_names(REPO_ROOT)
     assert {package_of(m) for m in modules} == {package for package, _ in PACKAGE_DIRS.values()}

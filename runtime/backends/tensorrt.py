@@ -13,7 +13,8 @@ Zero-copy loop (DESIGN.md, "Runtime"), as in the ORT backend but with raw device
 - optionally the whole step loop is captured as one CUDA graph (`run_loop`): one launch for all steps.
 
 The engine folder is chosen by GPU and TensorRT version, and its fingerprint checked against this machine
-and bundle (export/engine_build.py); a stale or missing engine is refused with the command that rebuilds it.
+and bundle (runtime/backends/engine_fingerprint.py); a stale or missing engine is refused with the command
+that rebuilds it.
 Not thread-safe: one backend per thread, as with any TensorRT execution context.
 """
 
@@ -27,7 +28,17 @@ import numpy as np
 
 from pi0edge import contract as c
 from pi0edge.errors import BackendUnavailableError, BundleError, MissingExtraError
-from pi0edge.export.engine_build import (
+from pi0edge.manifest import Manifest
+from pi0edge.runtime.backends.cuda_runtime import (
+    CudaError,
+    CudaGraph,
+    DeviceBuffer,
+    PinnedArray,
+    Stream,
+    device_info,
+    load_cudart,
+)
+from pi0edge.runtime.backends.engine_fingerprint import (
     ENGINES_DIR,
     GRAPHS,
     NATIVE_PRECISION,
@@ -39,16 +50,6 @@ from pi0edge.export.engine_build import (
     read_engine_yaml,
     rebuild_command,
     stale_engine_message,
-)
-from pi0edge.manifest import Manifest
-from pi0edge.runtime.backends.cuda_runtime import (
-    CudaError,
-    CudaGraph,
-    DeviceBuffer,
-    PinnedArray,
-    Stream,
-    device_info,
-    load_cudart,
 )
 
 log = logging.getLogger(__name__)

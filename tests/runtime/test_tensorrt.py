@@ -22,24 +22,26 @@ import yaml
 from pi0edge import contract as c
 from pi0edge.errors import BackendUnavailableError, BundleError, ConfigError, MissingExtraError
 from pi0edge.export.engine_build import (
-    FINGERPRINT_NAME,
     BuildMode,
-    EngineFingerprint,
     build_engines,
     check_gpu_supports,
+    profile_shapes,
+    register_build,
+    resolve_precision,
+)
+from pi0edge.manifest import load_manifest
+from pi0edge.runtime.backends.engine_fingerprint import (
+    FINGERPRINT_NAME,
+    EngineFingerprint,
     default_engine_dir,
     engine_dir_name,
     fingerprint_mismatches,
     gpu_slug,
     onnx_digests,
-    profile_shapes,
     read_engine_yaml,
     rebuild_command,
-    register_build,
-    resolve_precision,
     stale_engine_message,
 )
-from pi0edge.manifest import load_manifest
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 NO_TENSORRT_REASON = ("TensorRT is not installed (PyPI has only placeholders; it comes with JetPack or NVIDIA's "
@@ -250,7 +252,7 @@ def test_backend_without_tensorrt_is_unavailable_and_auto_falls_back(tiny_bundle
 
 
 def test_missing_tensorrt_error_is_a_missing_extra():
-    from pi0edge.export.engine_build import TensorRTMissingError
+    from pi0edge.runtime.backends.engine_fingerprint import TensorRTMissingError
 
     error = TensorRTMissingError("pi0edge build")
     assert isinstance(error, MissingExtraError) and error.extra == "trt"
