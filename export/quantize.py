@@ -177,13 +177,9 @@ def run_chunk_recording(policy, observation, noise: np.ndarray) -> tuple[dict, l
     times, dt = euler_schedule(fixed or m.num_steps)
     x = np.asarray(noise, np.float32).reshape(1, m.action_horizon, m.action_dim)
     steps = []
-    for k, t in enumerate(times):
-        step = {c.X_T: x, c.PAST_KEYS: keys, c.PAST_VALUES: values, c.PREFIX_MASK: prefix_mask}
-        if c.STEP_INDEX in step_names:
-            step[c.STEP_INDEX] = np.full(1, k, np.int64)
-        else:
-            step[c.TIME] = np.full(1, t, np.float32)
-            step[c.DT] = np.full(1, dt, np.float32)
+    for k in range(len(times)):
+        step = {c.X_T: x, c.PAST_KEYS: keys, c.PAST_VALUES: values, c.PREFIX_MASK: prefix_mask,
+                **c.step_time_feeds(step_names, k, times, dt, batch=1)}
         if c.STATE in step_names:
             step[c.STATE] = feeds["state"]
         steps.append({name: step[name] for name in step_names})

@@ -30,8 +30,6 @@ PROVIDERS = {
     "ort-cuda": "CUDAExecutionProvider",
     "ort-trt": "TensorrtExecutionProvider",
 }
-NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "bool": np.bool_, "int64": np.int64,
-                "uint8": np.uint8}
 
 
 def available_ort_backends() -> list[str]:
@@ -129,7 +127,7 @@ class OrtBackend:
     def _alloc(self, graph: str, name: str, batch: int):
         spec = self.manifest.graphs[graph].io(name)
         shape = [batch if d == "B" else d for d in spec["shape"]]
-        dtype = NUMPY_DTYPES[spec["dtype"]]
+        dtype = c.NUMPY_DTYPES[spec["dtype"]]
         self._dtypes[name] = dtype
         if self.device == "cpu":
             # A numpy array owned by us, wrapped without copy: host writes land in the bound tensor.
@@ -191,14 +189,10 @@ class OrtBackend:
 
     def _bind_steps(self, batch: int, times: np.ndarray, dt: float) -> None:
         sg = c.DENOISE_STEP_GRAPH
-        uses_index = c.STEP_INDEX in self.manifest.graphs[sg].input_names
-        per_step = []
-        for k, t_value in enumerate(times):
-            if uses_index:
-                per_step.append({c.STEP_INDEX: self._const(np.full(batch, k, np.int64))})
-            else:
-                per_step.append({c.TIME: self._const(np.full(batch, t_value, np.float32)),
-                                 c.DT: self._const(np.full(batch, dt, np.float32))})
+        step_inputs = self.manifest.graphs[sg].input_names
+        per_step = [{name: self._const(value)
+                     for name, value in c.step_time_feeds(step_inputs, k, times, dt, batch).items()}
+                    for k in range(len(times))]
         self._per_step_values = per_step  # keep the constants alive while bound
         velocity = c.VELOCITY in self.manifest.graphs[sg].output_names
         if velocity:

@@ -58,8 +58,6 @@ log = logging.getLogger(__name__)
 TRT_DTYPES = {"float32": "FLOAT", "float16": "HALF", "bfloat16": "BF16", "bool": "BOOL", "int64": "INT64",
               "int32": "INT32", "uint8": "UINT8"}
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "bool": 1, "int64": 8, "int32": 4, "uint8": 1}
-NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "bool": np.bool_, "int64": np.int64,
-                "int32": np.int32, "uint8": np.uint8}
 
 _TRT_LOGGER = None  # TensorRT wants one logger per process
 
@@ -211,7 +209,7 @@ class TensorRTBackend:
 
     def _pinned(self, graph: str, name: str, batch: int) -> PinnedArray:
         dtype = self.manifest.graphs[graph].io(name)["dtype"]
-        return PinnedArray(self._rt, self._shape(graph, name, batch), NUMPY_DTYPES[dtype], name)
+        return PinnedArray(self._rt, self._shape(graph, name, batch), c.NUMPY_DTYPES[dtype], name)
 
     def _bind(self, ctx, graph: str, addresses: dict[str, int], batch: int) -> None:
         """Set every input shape, check the output shapes TensorRT infers, set every tensor address."""
@@ -260,12 +258,9 @@ class TensorRTBackend:
             dev[c.VELOCITY] = DeviceBuffer(self._rt, self._nbytes(sg, c.VELOCITY, batch), c.VELOCITY)
 
         # per-step constants, uploaded once: the loop never writes t or dt
-        uses_index = c.STEP_INDEX in step.input_names
-        for k, t_value in enumerate(times):
-            values = ({c.STEP_INDEX: np.full(batch, k, np.int64)} if uses_index else
-                      {c.TIME: np.full(batch, t_value, np.float32), c.DT: np.full(batch, dt, np.float32)})
+        for k in range(len(times)):
             consts = {}
-            for name, value in values.items():
+            for name, value in c.step_time_feeds(step.input_names, k, times, dt, batch).items():
                 consts[name] = DeviceBuffer(self._rt, value.nbytes, f"{name}[{k}]")
                 consts[name].upload(value)
             self._consts.append(consts)
