@@ -16,7 +16,6 @@ import argparse
 import datetime
 import hashlib
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import yaml
 
 import pi0edge
-from pi0edge.atomic import make_staging_dir, swap_dir_into_place, write_bytes_atomic, write_text_atomic
+from pi0edge.atomic import staged_dir, write_bytes_atomic, write_text_atomic
 from pi0edge.errors import BundleError, ConfigError, Pi0EdgeError
 from pi0edge.manifest import GraphEntry, Manifest, load_manifest
 
@@ -259,15 +258,10 @@ def _has_qdq(trt, network) -> bool:
 
 def _write_engine_dir(out_dir: Path, plans: dict[str, bytes], engine_yaml: dict) -> None:
     """Write the plans and engine.yaml into a staging folder, then rename it into place (old one removed last)."""
-    staging = make_staging_dir(out_dir)
-    try:
+    with staged_dir(out_dir) as staging:
         for graph, plan in plans.items():
             write_bytes_atomic(staging / f"{graph}.plan", plan)
         write_text_atomic(staging / FINGERPRINT_NAME, yaml.safe_dump(engine_yaml, sort_keys=False))
-        swap_dir_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 # ---- the command ---------------------------------------------------------------------------------------

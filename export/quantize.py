@@ -34,7 +34,7 @@ import numpy as np
 import yaml
 
 from pi0edge import contract as c
-from pi0edge.atomic import make_staging_dir, swap_dir_into_place, write_text_atomic
+from pi0edge.atomic import staged_dir, write_text_atomic
 from pi0edge.errors import BundleError, ConfigError, require
 from pi0edge.export.loop_graph import write_loop_graph
 from pi0edge.manifest import MANIFEST_NAME, Manifest, load_manifest, sha256_file
@@ -368,8 +368,7 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, options: Quanti
     reference, float_ms = evaluate_actions(bundle_dir, options.eval_chunks, options.seed, verify_checksums=False)
 
     counts = {graph: len(samples[graph]) for graph in GRAPHS}
-    staging = make_staging_dir(out_dir)
-    try:
+    with staged_dir(out_dir) as staging:
         graph_files = {entry.file for entry in manifest.graphs.values()}  # the loop graph is rebuilt below
         graph_files |= {f + ".data" for f in graph_files}
         for name in manifest.raw["files"]:
@@ -400,10 +399,6 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, options: Quanti
         raw["quantization"]["measured"] = error.to_dict() | {"backend": "ort-cpu"}
         write_text_atomic(staging / MANIFEST_NAME, yaml.safe_dump(raw, sort_keys=False))
         load_manifest(staging)  # the reader accepts what we wrote, hashes included
-        swap_dir_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return QuantizeReport(out_dir, options.mode, error, seconds, counts, float_ms, quant_ms,
                           time.perf_counter() - start)
 
