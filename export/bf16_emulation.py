@@ -316,7 +316,7 @@ def write_emulated_bundle(bundle_dir: str | Path, out_dir: str | Path, *, overwr
     if out_dir.exists() and not overwrite:
         raise BundleError(f"{out_dir} already exists; pass overwrite=True to replace it")
     start = time.perf_counter()
-    raw = manifest.raw
+    raw = manifest.to_document()
     graph_files = {name: entry.file for name, entry in manifest.graphs.items()}
     graph_owned = set().union(*(_graph_files(bundle_dir, f) for f in graph_files.values()))
     with staged_dir(out_dir) as staging:

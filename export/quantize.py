@@ -21,7 +21,6 @@ recorded beside it. No torch here: this works on ONNX files.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import re
 import shutil
@@ -173,8 +172,7 @@ def run_chunk_recording(policy, observation, noise: np.ndarray) -> tuple[dict, l
     feeds = policy.preprocess([observation])
     prefix_feeds = {name: feeds[name] for name in prefix_names}
     keys, values, prefix_mask = backend.prefix_session.run([c.PAST_KEYS, c.PAST_VALUES, c.PREFIX_MASK], prefix_feeds)
-    fixed = (m.raw.get("optimizations") or {}).get("fixed_num_steps")
-    times, dt = euler_schedule(fixed or m.num_steps)
+    times, dt = euler_schedule(m.fixed_num_steps or m.num_steps)
     x = np.asarray(noise, np.float32).reshape(1, m.action_horizon, m.action_dim)
     steps = []
     for k in range(len(times)):
@@ -238,8 +236,8 @@ def action_error(reference: np.ndarray, quantized: np.ndarray) -> ActionError:
 def check_source(manifest: Manifest) -> None:
     """Only float32 graphs are quantized: ModelOpt calibrates in float32 and a float16 bundle's KV dtype
     would leak into the Q/DQ graph; a quantized bundle is not quantized twice."""
-    if manifest.raw.get("quantization"):
-        raise BundleError(f"{manifest.bundle_dir}: already quantized ({manifest.raw['quantization'].get('mode')}); "
+    if manifest.quantization:
+        raise BundleError(f"{manifest.bundle_dir}: already quantized ({manifest.quantization.get('mode')}); "
                           "quantize the float32 bundle it was made from")
     if manifest.precision != "float32":
         raise BundleError(f"{manifest.bundle_dir}: precision {manifest.precision!r}; quantization needs a float32 "
@@ -371,7 +369,7 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, options: Quanti
     with staged_dir(out_dir) as staging:
         graph_files = {entry.file for entry in manifest.graphs.values()}  # the loop graph is rebuilt below
         graph_files |= {f + ".data" for f in graph_files}
-        for name in manifest.raw["files"]:
+        for name in manifest.files:
             if name not in graph_files:
                 shutil.copyfile(bundle_dir / name, staging / name)
         seconds = {}
@@ -384,7 +382,7 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, options: Quanti
         loop = manifest.graphs.get(c.DENOISE_LOOP_GRAPH)
         if loop is not None:  # unrolled again from the quantized step graph (export/loop_graph.py)
             write_loop_graph(staging / manifest.graphs[c.DENOISE_STEP_GRAPH].file, staging / loop.file, loop.num_steps)
-        raw = copy.deepcopy(manifest.raw)
+        raw = manifest.to_document()
         raw["files"] = {p.name: sha256_file(p) for p in sorted(staging.iterdir())
                         if p.is_file() and p.name != MANIFEST_NAME}
         raw["quantization"] = _quantization_entry(manifest, options, counts)
@@ -412,7 +410,7 @@ def _quantization_entry(manifest: Manifest, options: QuantizeOptions, counts: di
             "calibration": "synthetic observations (runtime/profile.py)",
             "calib_chunks": options.calib_chunks, "calibration_samples": counts, "seed": options.seed,
             "high_precision_dtype": "float32", "source_bundle": str(manifest.bundle_dir.resolve()),
-            "source_files": dict(manifest.raw["files"])}
+            "source_files": dict(manifest.files)}
 
 
 # ---- the command -------------------------------------------------------------------------------------------

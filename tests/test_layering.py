@@ -203,6 +203,20 @@ def test_the_runtime_never_imports_the_export_package():
     assert into_export == []
 
 
+def test_only_the_manifest_module_reads_the_bundle_yaml_document():
+    """Every bundle.yaml field is read through the typed Manifest: `<manifest>.raw` appears nowhere else."""
+    readers = []
+    for module, path in module_names(REPO_ROOT).items():
+        if module == "pi0edge.manifest":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "raw":
+                owner = node.value.attr if isinstance(node.value, ast.Attribute) else getattr(node.value, "id", "")
+                if owner in ("m", "manifest"):
+                    readers.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    assert readers == []
+
+
 def test_the_checker_sees_every_package_of_the_real_tree():
     modules = module_names(REPO_ROOT)
     assert {package_of(m) for m in modules} == {package for package, _ in PACKAGE_DIRS.values()}

@@ -76,7 +76,7 @@ def default_engine_dir(bundle_dir: str | Path, gpu_name: str, tensorrt_version: 
 
 def onnx_digests(manifest: Manifest) -> dict[str, str]:
     """The sha256 of each graph file and of its external-data file (`<graph>.onnx.data`), from bundle.yaml."""
-    files = manifest.raw.get("files", {})
+    files = manifest.files
     out = {}
     for graph in GRAPHS:
         name = manifest.graphs[graph].file

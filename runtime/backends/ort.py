@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from pi0edge import contract as c
-from pi0edge.errors import BackendUnavailableError
-from pi0edge.manifest import Manifest
+from pi0edge.errors import BackendUnavailableError, BundleError
+from pi0edge.manifest import MANIFEST_NAME, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,8 @@ class OrtBackend:
         return [trt, cuda]
 
     def _check_io(self) -> None:
-        """The sessions' I/O must be what bundle.yaml promises (DESIGN.md: checked at load)."""
+        """The sessions' I/O must be what bundle.yaml promises (checked at load, docs/runtime.md): names, then
+        every static dim, so an edited manifest fails here, naming the field, never inside a run."""
         for graph, session in ((c.PREFIX_GRAPH, self.prefix_session), (self._denoise_graph, self.denoise_session)):
             entry = self.manifest.graphs[graph]
             got_in = tuple(i.name for i in session.get_inputs())
@@ -123,6 +124,9 @@ class OrtBackend:
                 raise BackendUnavailableError(
                     f"{self.manifest.path(entry.file)}: graph I/O {got_in} -> {got_out} differs from bundle.yaml "
                     f"{entry.input_names} -> {entry.output_names}")
+            for kind, args in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
+                for arg in args:
+                    _check_shape(self.manifest, graph, kind, arg.name, arg.shape)
 
     def _alloc(self, graph: str, name: str, batch: int):
         spec = self.manifest.graphs[graph].io(name)
@@ -250,10 +254,16 @@ class OrtBackend:
         host, dev = self._actions_slot
         return host.copy() if host is not None else dev.numpy()
 
+    def _read(self, name: str) -> np.ndarray:
+        host, dev = self._host[name], self._dev[name]
+        return host.copy() if host is not None else dev.numpy()
+
     def read_kv(self) -> tuple[np.ndarray, np.ndarray]:
         """The cache as host arrays (tests and debugging only)."""
-        return tuple(self._host[n].copy() if self._host[n] is not None else self._dev[n].numpy()
-                     for n in (c.PAST_KEYS, c.PAST_VALUES))
+        return self._read(c.PAST_KEYS), self._read(c.PAST_VALUES)
+
+    def read_prefix_mask(self) -> np.ndarray:
+        return self._read(c.PREFIX_MASK)
 
     def buffer_addresses(self) -> dict[str, int]:
         """Device addresses of the long-lived buffers: stable across chunks when nothing is reallocated."""
@@ -267,6 +277,16 @@ class OrtBackend:
     def close(self) -> None:
         self.prefix_session = self.denoise_session = None
         self._batch = None
+
+
+def _check_shape(manifest: Manifest, graph: str, kind: str, name: str, graph_shape: list) -> None:
+    """A static dim of the graph must equal bundle.yaml's; the graph's symbolic batch dim matches anything."""
+    recorded = manifest.graphs[graph].io(name)["shape"]
+    static = [d if isinstance(d, int) else None for d in graph_shape]
+    if len(recorded) != len(static) or any(g is not None and g != r for g, r in zip(static, recorded, strict=True)):
+        raise BundleError(f"{manifest.bundle_dir / MANIFEST_NAME}: field 'graphs.{graph}.{kind}' gives {name} shape "
+                          f"{recorded}, but {manifest.graphs[graph].file} has {list(graph_shape)}; bundle.yaml was "
+                          "edited or is corrupted: re-export the bundle")
 
 
 def bundle_graph_path(manifest: Manifest, graph: str) -> Path:

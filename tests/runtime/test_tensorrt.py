@@ -142,7 +142,7 @@ def test_read_engine_yaml_refuses_missing_unknown_and_incomplete(tmp_path):
 def test_onnx_digests_are_the_manifest_checksums_of_both_graphs(tiny_bundle_factory):
     manifest = load_manifest(tiny_bundle_factory("pi0")[0])
     digests = onnx_digests(manifest)
-    files = manifest.raw["files"]
+    files = manifest.files
     assert {"prefix.onnx", "denoise_step.onnx"} <= set(digests)
     assert all(digests[f] == files[f] for f in digests)
     assert "tokenizer.model" not in digests
@@ -301,7 +301,7 @@ def _random_inputs(manifest, batch: int, seed: int) -> dict[str, np.ndarray]:
     image_masks[:, -1] = cams == 1  # the last camera missing, as the runtime feeds it
     return {c.IMAGES: rng.integers(0, 256, (batch, cams, size, size, 3), dtype=np.uint8),
             c.IMAGE_MASKS: image_masks,
-            c.TOKENS: np.where(token_masks, rng.integers(4, int(manifest.raw["model"]["vocab_size"]),
+            c.TOKENS: np.where(token_masks, rng.integers(4, manifest.vocab_size,
                                                          (batch, length)), 0).astype(np.int64),
             c.TOKEN_MASKS: token_masks,
             "noise": rng.standard_normal((batch, manifest.action_horizon, manifest.action_dim), dtype=np.float32),
