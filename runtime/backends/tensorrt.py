@@ -362,6 +362,26 @@ class TensorRTBackend:
         self.synchronize()
         return self._actions.array.copy()
 
+    def _read_prefix_output(self, name: str) -> np.ndarray:
+        """A prefix output copied to the host through a temporary pinned buffer (debugging only)."""
+        dtype = self.manifest.graphs[c.PREFIX_GRAPH].io(name)["dtype"]
+        if dtype not in c.NUMPY_DTYPES:
+            raise BackendUnavailableError(f"{name} is {dtype}, which has no numpy dtype to copy it to the host; "
+                                          "inspect a float16 or float32 bundle instead")
+        pinned = self._pinned(c.PREFIX_GRAPH, name, self._key[0])
+        try:
+            pinned.from_device(self._dev[name], self.stream)
+            self.synchronize()
+            return pinned.array.copy()
+        finally:
+            pinned.free()
+
+    def read_kv(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._read_prefix_output(c.PAST_KEYS), self._read_prefix_output(c.PAST_VALUES)
+
+    def read_prefix_mask(self) -> np.ndarray:
+        return self._read_prefix_output(c.PREFIX_MASK)
+
     def buffer_addresses(self) -> dict[str, int]:
         """Device addresses of the long-lived buffers: stable across chunks when nothing is reallocated."""
         out = {name: buffer.ptr for name, buffer in self._dev.items()}
