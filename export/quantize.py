@@ -1,4 +1,4 @@
-"""`pi0edge quantize`: a float32 bundle -> a bundle whose graphs carry INT8 or FP8 Q/DQ nodes (issue 7, item 2).
+"""`pi0edge quantize`: a float32 bundle -> a bundle whose graphs carry INT8 or FP8 Q/DQ nodes (docs/quantization.md).
 
 TensorRT 10 builds int8/fp8 engines only from explicitly quantized graphs (QuantizeLinear/DequantizeLinear
 nodes; `pi0edge build` refuses others), so the quantization happens here, on the ONNX files, with NVIDIA
@@ -8,10 +8,11 @@ ModelOpt's post-training quantizer:
    graph is calibrated on their preprocessed inputs, the step graph on every input the Euler loop feeds it
    (x_t at each step, t/dt or step_index, the chunk's KV cache and prefix mask, the state);
 2. both graphs are quantized (activation ranges from the calibration set, weights per channel); every
-   non-quantized op stays float32, so the graph I/O, the KV cache and MODEL.md's float32 islands are unchanged;
+   non-quantized op stays float32, so the graph I/O, the KV cache and the float32 islands (docs/model.md,
+   "Float32 islands") are unchanged;
 3. the new bundle is written atomically, and the action error against the float32 bundle is MEASURED on
    held-out observations with the same noise (normalized action space, the robot's action dims) and recorded
-   in bundle.yaml under `quantization`. A precision without a measured error is not offered (issue 7).
+   in bundle.yaml under `quantization`. A precision without a measured error is not offered.
 
 The manifest's `precision` stays "float32": it names the dtype of the graphs' I/O and KV cache, which the
 runtime and `pi0edge build` read (a Q/DQ graph is float32 between its quantized ops). The quantization is
@@ -53,8 +54,9 @@ DEFAULT_CALIBRATION = {"int8": "entropy", "fp8": "max"}
 CALIBRATION_METHODS = ("entropy", "max")
 # Which ops get Q/DQ on their inputs. "gemm": the matrix products only (linear layers, attention, the patch
 # embedding), where TensorRT's INT8/FP8 kernels give the speed-up. "all": ModelOpt's default set, which also
-# quantizes Add/Mul/LayerNorm inputs and so the attention's additive mask (-2.38e38, MODEL.md): its FP8 scale
-# overflows to inf and the actions become NaN (measured on mid() pi0), and it adds error for no GEMM saved.
+# quantizes Add/Mul/LayerNorm inputs and so the attention's additive mask (-2.38e38, docs/model.md, "Mask
+# rule"): its FP8 scale overflows to inf and the actions become NaN (measured on mid() pi0), and it adds error
+# for no GEMM saved.
 OP_TYPE_SETS = {"gemm": ("MatMul", "Gemm", "Conv"), "all": None}
 GRAPHS = (c.PREFIX_GRAPH, c.DENOISE_STEP_GRAPH)
 # The step graph's boundary GEMMs stay float32: action_in_proj reads x_t (the very signal being denoised) and

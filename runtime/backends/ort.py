@@ -1,6 +1,6 @@
 """ONNX Runtime backends: `ort-cpu` (the embedded default), `ort-cuda` and `ort-trt` (onnxruntime-gpu).
 
-Zero-copy loop (DESIGN.md, "Runtime"): every tensor lives in an OrtValue allocated once per batch
+Zero-copy loop (docs/runtime.md, "One chunk"): every tensor lives in an OrtValue allocated once per batch
 size on the backend's device. The prefix writes the KV cache straight into the OrtValues the step graph
 reads; x_t ping-pongs between two OrtValues; one IOBinding per Euler step is built in `prepare`, so a
 step is a single `run_with_iobinding` call with no allocation, no binding and no copy.

@@ -1,6 +1,6 @@
 """The native TensorRT backend (`tensorrt`): engines from `pi0edge build`, TensorRT 10's tensor API, cuda-python.
 
-Zero-copy loop (DESIGN.md, "Runtime"), as in the ORT backend but with raw device addresses:
+Zero-copy loop (docs/runtime.md, "One chunk"), as in the ORT backend but with raw device addresses:
 - every device buffer is cudaMalloc'd once per batch size in `prepare`; the prefix engine writes the KV cache
   and prefix mask straight into the buffers the step engine reads;
 - x_t ping-pongs between two buffers; the per-step t/dt (or step_index) are device constants uploaded once;
