@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pi0edge.atomic import make_staging_dir, swap_dir_into_place, write_text_atomic
+from pi0edge.atomic import staged_dir, write_text_atomic
 from pi0edge.errors import BundleError
 from pi0edge.export.external_data import PAGE_BYTES, all_tensors
 from pi0edge.manifest import MANIFEST_NAME, load_manifest, sha256_file
@@ -316,11 +316,10 @@ def write_emulated_bundle(bundle_dir: str | Path, out_dir: str | Path, *, overwr
     if out_dir.exists() and not overwrite:
         raise BundleError(f"{out_dir} already exists; pass overwrite=True to replace it")
     start = time.perf_counter()
-    raw = manifest.raw
+    raw = manifest.to_document()
     graph_files = {name: entry.file for name, entry in manifest.graphs.items()}
     graph_owned = set().union(*(_graph_files(bundle_dir, f) for f in graph_files.values()))
-    staging = make_staging_dir(out_dir)
-    try:
+    with staged_dir(out_dir) as staging:
         results = {name: emulate_graph(bundle_dir / file, staging / file) for name, file in graph_files.items()}
         for name in raw["files"]:
             if name not in graph_owned:
@@ -335,10 +334,6 @@ def write_emulated_bundle(bundle_dir: str | Path, out_dir: str | Path, *, overwr
         raw["files"] = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
         write_text_atomic(staging / MANIFEST_NAME, yaml.safe_dump(raw, sort_keys=False))
         load_manifest(staging, verify_checksums=False)  # the reader accepts what we wrote
-        swap_dir_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     results = {name: GraphEmulation(out_dir / r.graph_path.name, r.data_path and out_dir / r.data_path.name,
                                     r.rounded_tensors, r.converted_tensors) for name, r in results.items()}
     size = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file())

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 import pi0edge
-from pi0edge.atomic import make_staging_dir, swap_dir_into_place, write_text_atomic
+from pi0edge.atomic import staged_dir, write_text_atomic
 from pi0edge.errors import BundleError, CheckpointError
 from pi0edge.export.config import Pi0Config
 from pi0edge.export.graphs import OPSET, export_graphs
@@ -70,8 +70,7 @@ def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path:
                               f"only {cfg.state_dim} / {cfg.action_dim} (robot vectors are zero-padded, never cut)")
     check_tokenizer(tokenizer_path, cfg.vocab_size)
     start = time.perf_counter()
-    staging = make_staging_dir(out_dir)
-    try:
+    with staged_dir(out_dir) as staging:
         graphs = export_graphs(model, staging, precision, with_velocity=with_velocity, optimize=optimize)
         shutil.copyfile(tokenizer_path, staging / TOKENIZER_NAME)
         files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
@@ -94,10 +93,6 @@ def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path:
         }
         write_text_atomic(staging / MANIFEST_NAME, yaml.safe_dump(manifest, sort_keys=False))
         load_manifest(staging, verify_checksums=False)  # the reader accepts what we wrote
-        swap_dir_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     size = sum(p.stat().st_size for p in out_dir.iterdir())
     return ExportReport(out_dir, precision, time.perf_counter() - start, size)
 

@@ -1,14 +1,10 @@
-"""`pi0edge build`: a bundle's two ONNX graphs -> TensorRT engines for the GPU it runs on (DESIGN.md, "Engines").
+"""`pi0edge build`: a bundle's two ONNX graphs -> TensorRT engines for the GPU it runs on (docs/tensorrt.md).
 
 Engines are specific to one GPU model and one TensorRT version, so they are built on the target (a Jetson
-builds its own) and stored in the bundle beside the graphs:
-
-    BUNDLE/engines/<gpu-slug>-trt<version>/{prefix.plan, denoise_step.plan, engine.yaml}
-
-engine.yaml holds the fingerprint (TensorRT version, GPU name, compute capability, the graphs' sha256,
-precision, max batch). The runtime recomputes what it can and refuses an engine whose fingerprint differs,
-with the command that rebuilds it. The folder is written into a hidden staging folder and renamed into
-place, so a failed build never leaves plans that do not match their engine.yaml.
+builds its own) and stored in the bundle beside the graphs, in the folder whose layout and fingerprint
+runtime/backends/engine_fingerprint.py defines (the runtime checks it; it never imports this module). The
+folder is written into a hidden staging folder and renamed into place, so a failed build never leaves plans
+that do not match their engine.yaml.
 
 This module runs on the robot: it must not import torch. TensorRT and cuda-python are imported inside
 `build_engines`; everything else here is plain Python, tested without a GPU.
@@ -20,122 +16,52 @@ import argparse
 import datetime
 import hashlib
 import logging
-import re
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import yaml
 
 import pi0edge
-from pi0edge import contract as c
-from pi0edge.atomic import make_staging_dir, swap_dir_into_place, write_bytes_atomic, write_text_atomic
-from pi0edge.errors import BundleError, ConfigError, MissingExtraError, Pi0EdgeError
-from pi0edge.manifest import GraphEntry, Manifest, load_manifest, read_yaml_mapping
+from pi0edge.atomic import staged_dir, write_bytes_atomic, write_text_atomic
+from pi0edge.errors import BundleError, ConfigError, Pi0EdgeError
+from pi0edge.manifest import GraphEntry, Manifest, load_manifest
+
+# The engine folder's layout and fingerprint are the runtime's (re-exported here for the build's callers).
+from pi0edge.runtime.backends.engine_fingerprint import (  # noqa: F401
+    ENGINE_FORMAT_VERSION,
+    ENGINES_DIR,
+    FINGERPRINT_FIELDS,
+    FINGERPRINT_NAME,
+    GRAPHS,
+    NATIVE_PRECISION,
+    TENSORRT_HINT,
+    EngineFingerprint,
+    TensorRTMissingError,
+    default_engine_dir,
+    engine_dir_name,
+    fingerprint_mismatches,
+    gpu_slug,
+    import_tensorrt,
+    onnx_digests,
+    read_engine_yaml,
+    rebuild_command,
+    stale_engine_message,
+)
 
 log = logging.getLogger(__name__)
 
-ENGINES_DIR = "engines"
-FINGERPRINT_NAME = "engine.yaml"
-ENGINE_FORMAT_VERSION = 1
-GRAPHS = (c.PREFIX_GRAPH, c.DENOISE_STEP_GRAPH)
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8")
 QUANTIZED = ("fp8", "int8")
-# The precision a bundle's graphs carry in their ONNX dtypes (bundle.yaml "precision").
-NATIVE_PRECISION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 # Lowest compute capability with fast kernels for the type (bf16: Ampere; fp8: Ada / Hopper / Thor).
 MIN_COMPUTE_CAPABILITY = {"bf16": (8, 0), "fp8": (8, 9)}
-FINGERPRINT_FIELDS = ("tensorrt_version", "gpu_name", "compute_capability", "onnx_sha256", "precision", "max_batch")
-TENSORRT_HINT = ("on a Jetson, TensorRT comes with JetPack: apt install python3-libnvinfer; on a desktop, from "
-                 "NVIDIA's tensorrt wheels or tarball")
 
 
 class EngineBuildError(Pi0EdgeError):
     """TensorRT could not parse or build a graph; the message carries TensorRT's own errors."""
 
 
-# ---- pure functions: fingerprint, naming, staleness, precision, profile (no TensorRT needed) ------------
-
-
-@dataclass(frozen=True)
-class EngineFingerprint:
-    """What an engine depends on. Any field that differs from this machine and bundle makes it stale."""
-
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
-    onnx_sha256: dict[str, str] = field(hash=False)  # graph file (and its .data) -> sha256, from bundle.yaml
-    precision: str
-    max_batch: int
-
-    def to_dict(self) -> dict:
-        return {"tensorrt_version": self.tensorrt_version, "gpu_name": self.gpu_name,
-                "compute_capability": self.compute_capability, "onnx_sha256": dict(self.onnx_sha256),
-                "precision": self.precision, "max_batch": self.max_batch}
-
-    @classmethod
-    def from_dict(cls, d: dict, where: Path) -> EngineFingerprint:
-        if not isinstance(d, dict):
-            raise BundleError(f"{where}: 'fingerprint' must be a mapping")
-        missing = [name for name in FINGERPRINT_FIELDS if name not in d]
-        if missing:
-            raise BundleError(f"{where}: fingerprint field(s) {missing} missing; rebuild the engines")
-        if not isinstance(d["onnx_sha256"], dict):
-            raise BundleError(f"{where}: fingerprint field 'onnx_sha256' must map file names to sha256")
-        return cls(str(d["tensorrt_version"]), str(d["gpu_name"]), str(d["compute_capability"]),
-                   {str(k): str(v) for k, v in d["onnx_sha256"].items()}, str(d["precision"]), int(d["max_batch"]))
-
-
-def gpu_slug(gpu_name: str) -> str:
-    """'NVIDIA GeForce RTX 4090' -> 'nvidia-geforce-rtx-4090'; Jetson AGX Orin reports 'Orin' -> 'orin'."""
-    slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
-    return slug or "unknown-gpu"
-
-
-def engine_dir_name(gpu_name: str, tensorrt_version: str) -> str:
-    return f"{gpu_slug(gpu_name)}-trt{tensorrt_version}"
-
-
-def default_engine_dir(bundle_dir: str | Path, gpu_name: str, tensorrt_version: str) -> Path:
-    return Path(bundle_dir) / ENGINES_DIR / engine_dir_name(gpu_name, tensorrt_version)
-
-
-def onnx_digests(manifest: Manifest) -> dict[str, str]:
-    """The sha256 of each graph file and of its external-data file (`<graph>.onnx.data`), from bundle.yaml."""
-    files = manifest.raw.get("files", {})
-    out = {}
-    for graph in GRAPHS:
-        name = manifest.graphs[graph].file
-        for f in (name, name + ".data"):
-            if f in files:
-                out[f] = str(files[f])
-    return out
-
-
-def rebuild_command(bundle_dir: str | Path, precision: str, max_batch: int) -> str:
-    return f"pi0edge build {bundle_dir} --precision {precision} --max-batch {max_batch}"
-
-
-def fingerprint_mismatches(engine: EngineFingerprint, expected: EngineFingerprint) -> list[str]:
-    """One line per fingerprint field where the engine differs from what this machine and bundle need."""
-    problems = []
-    for name in FINGERPRINT_FIELDS:
-        got, want = getattr(engine, name), getattr(expected, name)
-        if name == "onnx_sha256":
-            changed = sorted(f for f in set(got) | set(want) if got.get(f) != want.get(f))
-            if changed:
-                problems.append(f"onnx_sha256: {', '.join(changed)} changed since the engine was built")
-        elif got != want:
-            problems.append(f"{name}: engine has {got!r}, needed {want!r}")
-    return problems
-
-
-def stale_engine_message(engine_dir: Path, bundle_dir: str | Path, problems: list[str], precision: str,
-                         max_batch: int) -> str:
-    return (f"{engine_dir}: the TensorRT engines are stale ({'; '.join(problems)}); rebuild them on this machine: "
-            f"{rebuild_command(bundle_dir, precision, max_batch)}")
+# ---- pure functions: precision, profile (no TensorRT needed) ---------------------------------------------
 
 
 def profile_shapes(entry: GraphEntry, max_batch: int, opt_batch: int | None = None
@@ -205,40 +131,7 @@ def check_gpu_supports(precision: str, compute_capability: str, gpu_name: str) -
                           f"{compute_capability}{alternative}")
 
 
-def read_engine_yaml(engine_dir: Path) -> tuple[EngineFingerprint, dict]:
-    """-> (the fingerprint, the whole engine.yaml); a missing, unreadable or unknown-format file -> BundleError."""
-    path = engine_dir / FINGERPRINT_NAME
-    if not path.is_file():
-        raise BundleError(f"{engine_dir}: no {FINGERPRINT_NAME}; the engine folder is incomplete")
-    raw = read_yaml_mapping(path)
-    version = raw.get("format_version")
-    if version != ENGINE_FORMAT_VERSION:
-        raise BundleError(f"{path}: engine format version {version!r} is not the one this pi0edge reads "
-                          f"({ENGINE_FORMAT_VERSION}); rebuild the engines")
-    for key in ("fingerprint", "plans"):
-        if not isinstance(raw.get(key), dict):
-            raise BundleError(f"{path}: field '{key}' is missing")
-    return EngineFingerprint.from_dict(raw["fingerprint"], path), raw
-
-
 # ---- the build (TensorRT + cuda-python, imported lazily) ------------------------------------------------
-
-
-class TensorRTMissingError(MissingExtraError):
-    """MissingExtraError plus where TensorRT really comes from: pip alone does not reach NVIDIA's libraries."""
-
-    def __init__(self, purpose: str):
-        super().__init__("tensorrt", "trt", purpose)
-        self.msg = f"{self.args[0]} ({TENSORRT_HINT})"  # ImportError's __str__ prints msg
-        self.args = (self.msg,)
-
-
-def import_tensorrt(purpose: str) -> ModuleType:
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise TensorRTMissingError(purpose) from exc
-    return tensorrt
 
 
 @dataclass(frozen=True)
@@ -365,15 +258,10 @@ def _has_qdq(trt, network) -> bool:
 
 def _write_engine_dir(out_dir: Path, plans: dict[str, bytes], engine_yaml: dict) -> None:
     """Write the plans and engine.yaml into a staging folder, then rename it into place (old one removed last)."""
-    staging = make_staging_dir(out_dir)
-    try:
+    with staged_dir(out_dir) as staging:
         for graph, plan in plans.items():
             write_bytes_atomic(staging / f"{graph}.plan", plan)
         write_text_atomic(staging / FINGERPRINT_NAME, yaml.safe_dump(engine_yaml, sort_keys=False))
-        swap_dir_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 # ---- the command ---------------------------------------------------------------------------------------

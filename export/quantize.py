@@ -1,4 +1,4 @@
-"""`pi0edge quantize`: a float32 bundle -> a bundle whose graphs carry INT8 or FP8 Q/DQ nodes (issue 7, item 2).
+"""`pi0edge quantize`: a float32 bundle -> a bundle whose graphs carry INT8 or FP8 Q/DQ nodes (docs/quantization.md).
 
 TensorRT 10 builds int8/fp8 engines only from explicitly quantized graphs (QuantizeLinear/DequantizeLinear
 nodes; `pi0edge build` refuses others), so the quantization happens here, on the ONNX files, with NVIDIA
@@ -8,10 +8,11 @@ ModelOpt's post-training quantizer:
    graph is calibrated on their preprocessed inputs, the step graph on every input the Euler loop feeds it
    (x_t at each step, t/dt or step_index, the chunk's KV cache and prefix mask, the state);
 2. both graphs are quantized (activation ranges from the calibration set, weights per channel); every
-   non-quantized op stays float32, so the graph I/O, the KV cache and MODEL.md's float32 islands are unchanged;
+   non-quantized op stays float32, so the graph I/O, the KV cache and the float32 islands (docs/model.md,
+   "Float32 islands") are unchanged;
 3. the new bundle is written atomically, and the action error against the float32 bundle is MEASURED on
    held-out observations with the same noise (normalized action space, the robot's action dims) and recorded
-   in bundle.yaml under `quantization`. A precision without a measured error is not offered (issue 7).
+   in bundle.yaml under `quantization`. A precision without a measured error is not offered.
 
 The manifest's `precision` stays "float32": it names the dtype of the graphs' I/O and KV cache, which the
 runtime and `pi0edge build` read (a Q/DQ graph is float32 between its quantized ops). The quantization is
@@ -21,7 +22,6 @@ recorded beside it. No torch here: this works on ONNX files.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import re
 import shutil
@@ -34,7 +34,7 @@ import numpy as np
 import yaml
 
 from pi0edge import contract as c
-from pi0edge.atomic import make_staging_dir, swap_dir_into_place, write_text_atomic
+from pi0edge.atomic import staged_dir, write_text_atomic
 from pi0edge.errors import BundleError, ConfigError, require
 from pi0edge.export.loop_graph import write_loop_graph
 from pi0edge.manifest import MANIFEST_NAME, Manifest, load_manifest, sha256_file
@@ -54,8 +54,9 @@ DEFAULT_CALIBRATION = {"int8": "entropy", "fp8": "max"}
 CALIBRATION_METHODS = ("entropy", "max")
 # Which ops get Q/DQ on their inputs. "gemm": the matrix products only (linear layers, attention, the patch
 # embedding), where TensorRT's INT8/FP8 kernels give the speed-up. "all": ModelOpt's default set, which also
-# quantizes Add/Mul/LayerNorm inputs and so the attention's additive mask (-2.38e38, MODEL.md): its FP8 scale
-# overflows to inf and the actions become NaN (measured on mid() pi0), and it adds error for no GEMM saved.
+# quantizes Add/Mul/LayerNorm inputs and so the attention's additive mask (-2.38e38, docs/model.md, "Mask
+# rule"): its FP8 scale overflows to inf and the actions become NaN (measured on mid() pi0), and it adds error
+# for no GEMM saved.
 OP_TYPE_SETS = {"gemm": ("MatMul", "Gemm", "Conv"), "all": None}
 GRAPHS = (c.PREFIX_GRAPH, c.DENOISE_STEP_GRAPH)
 # The step graph's boundary GEMMs stay float32: action_in_proj reads x_t (the very signal being denoised) and
@@ -173,17 +174,12 @@ def run_chunk_recording(policy, observation, noise: np.ndarray) -> tuple[dict, l
     feeds = policy.preprocess([observation])
     prefix_feeds = {name: feeds[name] for name in prefix_names}
     keys, values, prefix_mask = backend.prefix_session.run([c.PAST_KEYS, c.PAST_VALUES, c.PREFIX_MASK], prefix_feeds)
-    fixed = (m.raw.get("optimizations") or {}).get("fixed_num_steps")
-    times, dt = euler_schedule(fixed or m.num_steps)
+    times, dt = euler_schedule(m.fixed_num_steps or m.num_steps)
     x = np.asarray(noise, np.float32).reshape(1, m.action_horizon, m.action_dim)
     steps = []
-    for k, t in enumerate(times):
-        step = {c.X_T: x, c.PAST_KEYS: keys, c.PAST_VALUES: values, c.PREFIX_MASK: prefix_mask}
-        if c.STEP_INDEX in step_names:
-            step[c.STEP_INDEX] = np.full(1, k, np.int64)
-        else:
-            step[c.TIME] = np.full(1, t, np.float32)
-            step[c.DT] = np.full(1, dt, np.float32)
+    for k in range(len(times)):
+        step = {c.X_T: x, c.PAST_KEYS: keys, c.PAST_VALUES: values, c.PREFIX_MASK: prefix_mask,
+                **c.step_time_feeds(step_names, k, times, dt, batch=1)}
         if c.STATE in step_names:
             step[c.STATE] = feeds["state"]
         steps.append({name: step[name] for name in step_names})
@@ -242,8 +238,8 @@ def action_error(reference: np.ndarray, quantized: np.ndarray) -> ActionError:
 def check_source(manifest: Manifest) -> None:
     """Only float32 graphs are quantized: ModelOpt calibrates in float32 and a float16 bundle's KV dtype
     would leak into the Q/DQ graph; a quantized bundle is not quantized twice."""
-    if manifest.raw.get("quantization"):
-        raise BundleError(f"{manifest.bundle_dir}: already quantized ({manifest.raw['quantization'].get('mode')}); "
+    if manifest.quantization:
+        raise BundleError(f"{manifest.bundle_dir}: already quantized ({manifest.quantization.get('mode')}); "
                           "quantize the float32 bundle it was made from")
     if manifest.precision != "float32":
         raise BundleError(f"{manifest.bundle_dir}: precision {manifest.precision!r}; quantization needs a float32 "
@@ -372,11 +368,10 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, options: Quanti
     reference, float_ms = evaluate_actions(bundle_dir, options.eval_chunks, options.seed, verify_checksums=False)
 
     counts = {graph: len(samples[graph]) for graph in GRAPHS}
-    staging = make_staging_dir(out_dir)
-    try:
+    with staged_dir(out_dir) as staging:
         graph_files = {entry.file for entry in manifest.graphs.values()}  # the loop graph is rebuilt below
         graph_files |= {f + ".data" for f in graph_files}
-        for name in manifest.raw["files"]:
+        for name in manifest.files:
             if name not in graph_files:
                 shutil.copyfile(bundle_dir / name, staging / name)
         seconds = {}
@@ -389,7 +384,7 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, options: Quanti
         loop = manifest.graphs.get(c.DENOISE_LOOP_GRAPH)
         if loop is not None:  # unrolled again from the quantized step graph (export/loop_graph.py)
             write_loop_graph(staging / manifest.graphs[c.DENOISE_STEP_GRAPH].file, staging / loop.file, loop.num_steps)
-        raw = copy.deepcopy(manifest.raw)
+        raw = manifest.to_document()
         raw["files"] = {p.name: sha256_file(p) for p in sorted(staging.iterdir())
                         if p.is_file() and p.name != MANIFEST_NAME}
         raw["quantization"] = _quantization_entry(manifest, options, counts)
@@ -404,10 +399,6 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, options: Quanti
         raw["quantization"]["measured"] = error.to_dict() | {"backend": "ort-cpu"}
         write_text_atomic(staging / MANIFEST_NAME, yaml.safe_dump(raw, sort_keys=False))
         load_manifest(staging)  # the reader accepts what we wrote, hashes included
-        swap_dir_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return QuantizeReport(out_dir, options.mode, error, seconds, counts, float_ms, quant_ms,
                           time.perf_counter() - start)
 
@@ -421,7 +412,7 @@ def _quantization_entry(manifest: Manifest, options: QuantizeOptions, counts: di
             "calibration": "synthetic observations (runtime/profile.py)",
             "calib_chunks": options.calib_chunks, "calibration_samples": counts, "seed": options.seed,
             "high_precision_dtype": "float32", "source_bundle": str(manifest.bundle_dir.resolve()),
-            "source_files": dict(manifest.raw["files"])}
+            "source_files": dict(manifest.files)}
 
 
 # ---- the command -------------------------------------------------------------------------------------------

@@ -6,10 +6,12 @@ staging folder, then renamed into place; an old folder is moved aside first and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -103,3 +105,19 @@ def swap_dir_into_place(staging: Path, out_dir: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: Path) -> Iterator[Path]:
+    """Build a folder atomically: `with staged_dir(out) as staging:` write into `staging`. A normal exit renames
+    it into place (an old out_dir is moved aside first and removed last); any exception, Ctrl-C included,
+    removes it and leaves out_dir as it was. Every writer of a folder (bundle, quantized bundle, engines) uses
+    this one rule."""
+    out_dir = Path(out_dir)
+    staging = make_staging_dir(out_dir)
+    try:
+        yield staging
+        swap_dir_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -10,13 +10,16 @@ layers (VLM depth), K kv heads, D head dim, H action horizon, A model action dim
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 PREFIX_GRAPH = "prefix"
 DENOISE_STEP_GRAPH = "denoise_step"
 DENOISE_LOOP_GRAPH = "denoise_loop"  # optional: the step graph unrolled over the fixed schedule
 
-# prefix graph (images + prompt -> KV cache); MODEL.md, "Prefix".
+# prefix graph (images + prompt -> KV cache); docs/model.md, "Prefix".
 IMAGES = "images"
 IMAGE_MASKS = "image_masks"
 TOKENS = "tokens"
@@ -25,7 +28,7 @@ PAST_KEYS = "past_keys"
 PAST_VALUES = "past_values"
 PREFIX_MASK = "prefix_mask"
 
-# denoise_step graph (x_t, t, KV cache -> x_{t+dt}); MODEL.md, "Suffix and one denoise step".
+# denoise_step graph (x_t, t, KV cache -> x_{t+dt}); docs/model.md, "Suffix and one denoise step".
 X_T = "x_t"
 TIME = "t"
 DT = "dt"
@@ -36,6 +39,10 @@ VELOCITY = "velocity"  # optional, for tests
 ACTIONS = "actions"  # denoise_loop graph: x after the last step (normalized actions, model dims)
 
 KV_DTYPE = "kv"  # placeholder resolved to the graph precision's float type
+
+# bundle.yaml dtype name -> numpy dtype of a host buffer. bfloat16 has none: it never crosses to the host.
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "bool": np.bool_, "int64": np.int64,
+                "int32": np.int32, "uint8": np.uint8}
 
 
 @dataclass(frozen=True)
@@ -97,5 +104,14 @@ def denoise_loop_inputs(has_state_input: bool) -> tuple[TensorSpec, ...]:
 DENOISE_LOOP_OUTPUTS = (TensorSpec(ACTIONS, "float32", ("B", "H", "A")),)
 
 
-# The camera order the checkpoints were trained with (MODEL.md, "Prefix").
+def step_time_feeds(step_input_names: Collection[str], step: int, times: Sequence[float], dt: float,
+                    batch: int) -> dict[str, np.ndarray]:
+    """The time inputs of Euler step `step` (docs/model.md, "Sampling"): `step_index` [B] int64 for a
+    step-indexed graph (its time tables hold times[step]), else `t` = times[step] and `dt`, [B] float32."""
+    if STEP_INDEX in step_input_names:
+        return {STEP_INDEX: np.full(batch, step, np.int64)}
+    return {TIME: np.full(batch, times[step], np.float32), DT: np.full(batch, dt, np.float32)}
+
+
+# The camera order the checkpoints were trained with (docs/model.md, "Prefix").
 DEFAULT_CAMERAS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")

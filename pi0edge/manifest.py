@@ -1,11 +1,13 @@
 """bundle.yaml: what a bundle holds and how to check it. Export writes it, the runtime reads it.
 
 Torch-free. A bundle is refused, with the file named, when its format version is unknown, a listed
-file is missing, or a file's sha256 differs from the manifest (tampered or corrupted).
+file is missing, a file's sha256 differs from the manifest (tampered or corrupted), or a field contradicts
+the graphs' recorded I/O or another field (an edited bundle.yaml; the field is named).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,15 +56,17 @@ class GraphEntry:
 
 @dataclass(frozen=True)
 class Manifest:
-    """The parsed bundle.yaml (the raw dict stays available as `raw`)."""
+    """The parsed and checked bundle.yaml: every field a reader needs, typed. Nothing outside this module
+    indexes the YAML document itself; a writer deriving a new bundle.yaml starts from `to_document()`."""
 
     bundle_dir: Path
-    raw: dict
+    raw: dict  # the YAML document as read; use the typed fields (writers: to_document())
     model_type: str
     precision: str
     cameras: tuple[str, ...]
     image_size: int
     max_token_len: int
+    vocab_size: int | None
     action_dim: int
     state_dim: int
     action_horizon: int
@@ -72,6 +76,10 @@ class Manifest:
     norm_stats: NormStats
     tokenizer_file: str
     graphs: dict[str, GraphEntry]
+    files: dict[str, str]  # file name -> sha256
+    fixed_num_steps: int | None = None  # optimized step graphs: the only step count they can run
+    quantization: dict | None = None  # `pi0edge quantize`: mode, tool, measured error...
+    emulates: str | None = None  # float32 graphs computing what graphs of this precision compute
 
     @property
     def is_pi05(self) -> bool:
@@ -79,6 +87,10 @@ class Manifest:
 
     def path(self, name: str) -> Path:
         return self.bundle_dir / name
+
+    def to_document(self) -> dict:
+        """A deep copy of the YAML document, for a writer that derives a new bundle from this one."""
+        return copy.deepcopy(self.raw)
 
 
 def _field(d: dict, dotted: str, where: Path):
@@ -88,6 +100,13 @@ def _field(d: dict, dotted: str, where: Path):
             raise BundleError(f"{where}: field '{dotted}' is missing")
         cur = cur[part]
     return cur
+
+
+def _int_field(d: dict, dotted: str, where: Path, minimum: int = 1) -> int:
+    value = _field(d, dotted, where)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BundleError(f"{where}: field '{dotted}' must be an integer >= {minimum}, got {value!r}")
+    return value
 
 
 def read_yaml_mapping(path: Path) -> dict:
@@ -102,7 +121,11 @@ def read_yaml_mapping(path: Path) -> dict:
 
 
 def load_manifest(bundle_dir: str | Path, verify_checksums: bool = True) -> Manifest:
-    """Read and check a bundle's manifest; with verify_checksums, hash every listed file."""
+    """Read and check a bundle's manifest; with verify_checksums, hash every listed file.
+
+    The sha256 check covers the graph files, not bundle.yaml itself: every field is also checked against
+    the graphs' recorded I/O (`check_manifest`), so an edited manifest is refused here, naming
+    the field, instead of failing at inference."""
     bundle_dir = Path(bundle_dir)
     path = bundle_dir / MANIFEST_NAME
     if not bundle_dir.is_dir():
@@ -114,7 +137,15 @@ def load_manifest(bundle_dir: str | Path, verify_checksums: bool = True) -> Mani
     if version != FORMAT_VERSION:
         raise BundleError(f"{path}: bundle format version {version!r} is not supported by this runtime "
                           f"(it reads version {FORMAT_VERSION}); re-export the bundle with this pi0edge version")
-    files = _field(raw, "files", path)
+    files = _checked_files(bundle_dir, _field(raw, "files", path), verify_checksums, path)
+    manifest = _parse(bundle_dir, raw, files, _graphs(raw, files, path), path)
+    check_manifest(manifest, path)
+    return manifest
+
+
+def _checked_files(bundle_dir: Path, files, verify_checksums: bool, path: Path) -> dict[str, str]:
+    if not isinstance(files, dict):
+        raise BundleError(f"{path}: field 'files' must map file names to sha256")
     for name, digest in files.items():
         file_path = bundle_dir / name
         if not file_path.is_file():
@@ -122,28 +153,145 @@ def load_manifest(bundle_dir: str | Path, verify_checksums: bool = True) -> Mani
         if verify_checksums and sha256_file(file_path) != digest:
             raise BundleError(f"{file_path}: sha256 differs from {MANIFEST_NAME}: the file is corrupted or was "
                               "modified after export; re-export the bundle")
+    return {str(k): str(v) for k, v in files.items()}
+
+
+def _graphs(raw: dict, files: dict[str, str], path: Path) -> dict[str, GraphEntry]:
     graphs = {}
     optional = (c.DENOISE_LOOP_GRAPH,) if c.DENOISE_LOOP_GRAPH in (raw.get("graphs") or {}) else ()
     for graph in (c.PREFIX_GRAPH, c.DENOISE_STEP_GRAPH, *optional):
         g = _field(raw, f"graphs.{graph}", path)
-        steps = g.get("num_steps") if graph == c.DENOISE_LOOP_GRAPH else None
-        if graph == c.DENOISE_LOOP_GRAPH and not (isinstance(steps, int) and steps >= 1):
-            raise BundleError(f"{path}: field 'graphs.{graph}.num_steps' must be a positive integer, got {steps!r}")
-        graphs[graph] = GraphEntry(g["file"], tuple(g["inputs"]), tuple(g["outputs"]), steps)
+        steps = _int_field(raw, f"graphs.{graph}.num_steps", path) if graph == c.DENOISE_LOOP_GRAPH else None
+        for key in ("inputs", "outputs"):
+            ios = _field(raw, f"graphs.{graph}.{key}", path)
+            if not isinstance(ios, list) or not all(isinstance(io, dict) and {"name", "dtype", "shape"} <= set(io)
+                                                    and isinstance(io["shape"], list) for io in ios):
+                raise BundleError(f"{path}: field 'graphs.{graph}.{key}' must be a list of name/dtype/shape entries")
+        graphs[graph] = GraphEntry(_field(raw, f"graphs.{graph}.file", path), tuple(g["inputs"]),
+                                   tuple(g["outputs"]), steps)
         if g["file"] not in files:
             raise BundleError(f"{path}: graph file {g['file']} has no checksum in 'files'")
-    model = _field(raw, "model", path)
+    return graphs
+
+
+def _parse(bundle_dir: Path, raw: dict, files: dict[str, str], graphs: dict[str, GraphEntry],
+           path: Path) -> Manifest:
     try:
         norm_stats = NormStats.from_dict(_field(raw, "normalization", path))
     except NormStatsError as exc:
         raise BundleError(f"{path}: field 'normalization': {exc}") from exc
+    cameras = _field(raw, "model.cameras", path)
+    if not isinstance(cameras, list):
+        raise BundleError(f"{path}: field 'model.cameras' must be a list of camera names, got {cameras!r}")
+    optimizations = raw.get("optimizations") or {}
+    fixed = optimizations.get("fixed_num_steps") if isinstance(optimizations, dict) else None
+    if fixed is not None:
+        fixed = _int_field(raw, "optimizations.fixed_num_steps", path)
+    model = _field(raw, "model", path)
+    vocab = model.get("vocab_size") if isinstance(model, dict) else None
     return Manifest(
-        bundle_dir=bundle_dir, raw=raw, model_type=_field(model, "type", path),
-        precision=_field(raw, "precision", path),
-        cameras=tuple(_field(model, "cameras", path)), image_size=int(_field(model, "image_size", path)),
-        max_token_len=int(_field(model, "max_token_len", path)), action_dim=int(_field(model, "action_dim", path)),
-        state_dim=int(_field(model, "state_dim", path)), action_horizon=int(_field(model, "action_horizon", path)),
-        num_steps=int(_field(model, "num_steps", path)),
-        robot_state_dim=int(_field(raw, "robot.state_dim", path)),
-        robot_action_dim=int(_field(raw, "robot.action_dim", path)),
-        norm_stats=norm_stats, tokenizer_file=_field(raw, "tokenizer.file", path), graphs=graphs)
+        bundle_dir=bundle_dir, raw=raw, model_type=_field(raw, "model.type", path),
+        precision=_field(raw, "precision", path), cameras=tuple(cameras),
+        image_size=_int_field(raw, "model.image_size", path),
+        max_token_len=_int_field(raw, "model.max_token_len", path),
+        vocab_size=None if vocab is None else _int_field(raw, "model.vocab_size", path),
+        action_dim=_int_field(raw, "model.action_dim", path), state_dim=_int_field(raw, "model.state_dim", path),
+        action_horizon=_int_field(raw, "model.action_horizon", path),
+        num_steps=_int_field(raw, "model.num_steps", path),
+        robot_state_dim=_int_field(raw, "robot.state_dim", path),
+        robot_action_dim=_int_field(raw, "robot.action_dim", path),
+        norm_stats=norm_stats, tokenizer_file=_field(raw, "tokenizer.file", path), graphs=graphs, files=files,
+        fixed_num_steps=fixed, quantization=raw.get("quantization") or None, emulates=raw.get("emulates"))
+
+
+# ---- the checks: every field against the graphs' recorded I/O and the other fields ---------------------
+
+PRECISIONS = ("float32", "float16", "bfloat16")
+MODEL_TYPES = ("pi0", "pi05")
+# Where each model field shows in the graphs: (graph, tensor, axis).
+_FIELD_IN_GRAPHS = {
+    "model.image_size": ((c.PREFIX_GRAPH, c.IMAGES, 2), (c.PREFIX_GRAPH, c.IMAGES, 3)),
+    "model.max_token_len": ((c.PREFIX_GRAPH, c.TOKENS, 1), (c.PREFIX_GRAPH, c.TOKEN_MASKS, 1)),
+    "model.cameras": ((c.PREFIX_GRAPH, c.IMAGES, 1), (c.PREFIX_GRAPH, c.IMAGE_MASKS, 1)),
+    "model.action_horizon": ((c.DENOISE_STEP_GRAPH, c.X_T, 1), (c.DENOISE_STEP_GRAPH, c.X_NEXT, 1)),
+    "model.action_dim": ((c.DENOISE_STEP_GRAPH, c.X_T, 2), (c.DENOISE_STEP_GRAPH, c.X_NEXT, 2)),
+    "model.state_dim": ((c.DENOISE_STEP_GRAPH, c.STATE, 1),),
+}
+
+
+def _refuse(path: Path, field: str, problem: str) -> BundleError:
+    return BundleError(f"{path}: field '{field}' {problem}; bundle.yaml was edited or is corrupted: "
+                       "re-export the bundle (bundle.yaml must describe the graphs as exported)")
+
+
+def check_manifest(m: Manifest, path: Path) -> None:
+    """Refuse a manifest whose fields contradict each other or the graphs' I/O, naming the field."""
+    if m.precision not in PRECISIONS:
+        raise _refuse(path, "precision", f"is {m.precision!r}, not one of {list(PRECISIONS)}")
+    if m.model_type not in MODEL_TYPES:
+        raise _refuse(path, "model.type", f"is {m.model_type!r}, not one of {list(MODEL_TYPES)}")
+    if not all(isinstance(name, str) and name for name in m.cameras) or len(set(m.cameras)) != len(m.cameras):
+        raise _refuse(path, "model.cameras", f"must name each camera once, got {list(m.cameras)}")
+    _check_dims_against_graphs(m, path)
+    _check_graph_io(m, path)
+    for field, robot, model in (("robot.state_dim", m.robot_state_dim, m.state_dim),
+                                ("robot.action_dim", m.robot_action_dim, m.action_dim)):
+        if robot > model:
+            raise _refuse(path, field, f"is {robot}, more than the model's {model} (robot vectors are padded, "
+                                       "never cut)")
+    _check_norm_stats(m, path)
+
+
+def _check_dims_against_graphs(m: Manifest, path: Path) -> None:
+    values = {"model.image_size": m.image_size, "model.max_token_len": m.max_token_len,
+              "model.cameras": len(m.cameras), "model.action_horizon": m.action_horizon,
+              "model.action_dim": m.action_dim, "model.state_dim": m.state_dim}
+    for field, places in _FIELD_IN_GRAPHS.items():
+        for graph, tensor, axis in places:
+            if tensor not in (*m.graphs[graph].input_names, *m.graphs[graph].output_names):
+                continue  # pi0.5 has no state input
+            shape = m.graphs[graph].io(tensor)["shape"]
+            if len(shape) <= axis or shape[axis] != values[field]:
+                raise _refuse(path, field, f"gives {values[field]}, but graphs.{graph} {tensor} has shape {shape}")
+    loop = m.graphs.get(c.DENOISE_LOOP_GRAPH)
+    if m.fixed_num_steps is not None and loop is not None and loop.num_steps != m.fixed_num_steps:
+        raise _refuse(path, f"graphs.{c.DENOISE_LOOP_GRAPH}.num_steps",
+                      f"is {loop.num_steps}, but optimizations.fixed_num_steps is {m.fixed_num_steps}")
+
+
+def _check_graph_io(m: Manifest, path: Path) -> None:
+    """Each graph's inputs are the contract's, every dtype is known, and the KV cache is the precision's."""
+    expected = {c.PREFIX_GRAPH: {s.name for s in c.PREFIX_INPUTS},
+                c.DENOISE_STEP_GRAPH: {s.name for s in c.denoise_step_inputs(
+                    not m.is_pi05, c.STEP_INDEX in m.graphs[c.DENOISE_STEP_GRAPH].input_names)},
+                c.DENOISE_LOOP_GRAPH: {s.name for s in c.denoise_loop_inputs(not m.is_pi05)}}
+    kv_dtype = m.precision
+    for graph, entry in m.graphs.items():
+        if set(entry.input_names) != expected[graph]:
+            raise _refuse(path, f"graphs.{graph}.inputs", f"name {sorted(entry.input_names)}, the contract for "
+                                                          f"{m.model_type} gives {sorted(expected[graph])}")
+        for io in (*entry.inputs, *entry.outputs):
+            if io["dtype"] not in (*c.NUMPY_DTYPES, "bfloat16"):
+                raise _refuse(path, f"graphs.{graph}", f"gives {io['name']} the unknown dtype {io['dtype']!r}")
+            if io["name"] in (c.PAST_KEYS, c.PAST_VALUES) and io["dtype"] != kv_dtype:
+                raise _refuse(path, f"graphs.{graph}", f"gives {io['name']} dtype {io['dtype']}, but precision "
+                                                       f"{m.precision} means {kv_dtype}")
+    prefix, step = m.graphs[c.PREFIX_GRAPH], m.graphs[c.DENOISE_STEP_GRAPH]
+    for name in (c.PAST_KEYS, c.PAST_VALUES, c.PREFIX_MASK):
+        if prefix.io(name)["shape"] != step.io(name)["shape"]:
+            raise _refuse(path, f"graphs.{c.DENOISE_STEP_GRAPH}.inputs",
+                          f"give {name} shape {step.io(name)['shape']}, the prefix graph outputs "
+                          f"{prefix.io(name)['shape']}")
+
+
+def _check_norm_stats(m: Manifest, path: Path) -> None:
+    stats = m.norm_stats
+    first, second = ("mean", "std") if stats.kind == "mean_std" else ("q01", "q99")
+    for name, vec, dim in (("state", stats.state, m.robot_state_dim), ("action", stats.action, m.robot_action_dim)):
+        if vec.dim != dim:
+            raise _refuse(path, f"normalization.{name}", f"has {vec.dim} dims, robot.{name}_dim is {dim}")
+        if stats.kind == "mean_std" and not (vec.b > 0).all():
+            raise _refuse(path, f"normalization.{name}.std", "must be > 0 in every dim, got "
+                                                             f"{vec.b[vec.b <= 0].tolist()}")
+        if stats.kind == "quantile" and not (vec.b >= vec.a).all():
+            raise _refuse(path, f"normalization.{name}.{second}", f"must be >= {first} in every dim")

@@ -1,8 +1,8 @@
-"""The lean runtime: bundle -> actions, with no torch. See DESIGN.md, "Runtime"."""
+"""The lean runtime: bundle -> actions, with no torch. See docs/runtime.md."""
 
-from pi0edge.runtime.types import ActionChunk, Observation
+from pi0edge.runtime.types import ActionChunk, ChunkInternals, ChunkTimings, Observation
 
-__all__ = ["ActionChunk", "Observation", "Policy"]
+__all__ = ["ActionChunk", "ChunkInternals", "ChunkTimings", "Observation", "Policy"]
 
 
 def __getattr__(name: str):

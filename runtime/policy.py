@@ -1,7 +1,8 @@
 """`Policy`: a bundle on a backend; observation(s) in, an action chunk in robot units out.
 
-Per chunk (DESIGN.md, "Runtime"): preprocess (resize-with-pad, tokenize, normalize state) -> prefix once
--> num_steps calls of the step graph over the KV buffers -> unnormalize and crop to the robot's dims.
+Per chunk (docs/runtime.md, "One chunk"): preprocess (resize-with-pad, tokenize, normalize state) -> prefix once
+-> the Euler loop over the KV buffers (one loop-graph call, or num_steps step-graph calls) -> crop to the
+robot's dims and unnormalize.
 The per-stage wall times are measured here, so `profile`, `run` and the benchmarks read the same numbers.
 """
 
@@ -16,8 +17,9 @@ import numpy as np
 
 from pi0edge.errors import BackendUnavailableError, ObservationError
 from pi0edge.manifest import Manifest, load_manifest
+from pi0edge.runtime.backends.base import Backend
 from pi0edge.runtime.preprocess import AssembleImages, FinishActions, PrepareState, PromptTokenizer, normalize_state
-from pi0edge.runtime.types import ActionChunk, Observation
+from pi0edge.runtime.types import ActionChunk, ChunkInternals, ChunkTimings, Observation, PolicyInputs
 from pi0edge.schedule import euler_schedule
 
 log = logging.getLogger(__name__)
@@ -73,14 +75,14 @@ class Policy:
                  seed: int | None = None, **backend_options):
         self.manifest = load_manifest(bundle_dir, verify_checksums=verify_checksums)
         m = self.manifest
-        self.backend = make_backend(m, backend, **backend_options)
+        self.backend: Backend = make_backend(m, backend, **backend_options)
         self.assemble_images = AssembleImages(m.cameras, m.image_size)
         self.tokenizer = PromptTokenizer(m.path(m.tokenizer_file), m.max_token_len, m.model_type)
         self.prepare_state = PrepareState(m.norm_stats, m.state_dim)
         self.finish_actions = FinishActions(m.norm_stats, m.robot_action_dim)
         self.rng = np.random.default_rng(seed)
         # Optimized step graphs carry the schedule (time tables, folded dt): only this step count is valid.
-        self.fixed_num_steps = (m.raw.get("optimizations") or {}).get("fixed_num_steps")
+        self.fixed_num_steps = m.fixed_num_steps
         log.info("policy %s (%s, %s) on %s", m.bundle_dir, m.model_type, m.precision, self.backend.name)
 
     # what robot_io needs to know about a policy
@@ -100,7 +102,7 @@ class Policy:
     def robot_action_dim(self) -> int:
         return self.manifest.robot_action_dim
 
-    def preprocess(self, observations: Sequence[Observation]) -> dict[str, np.ndarray]:
+    def preprocess(self, observations: Sequence[Observation]) -> PolicyInputs:
         """Observations -> the prefix graph's inputs and the step graph's state, batched."""
         images, image_masks, tokens, token_masks, states = [], [], [], [], []
         for obs in observations:
@@ -116,62 +118,86 @@ class Policy:
                 tok, tok_mask = self.tokenizer(obs.prompt)
             tokens.append(tok)
             token_masks.append(tok_mask)
-        return {"images": np.stack(images), "image_masks": np.stack(image_masks), "tokens": np.stack(tokens),
-                "token_masks": np.stack(token_masks), "state": np.stack(states) if states else None}
+        return PolicyInputs(images=np.stack(images), image_masks=np.stack(image_masks), tokens=np.stack(tokens),
+                            token_masks=np.stack(token_masks), state=np.stack(states) if states else None)
 
     def infer(self, observation: Observation | Sequence[Observation], noise: np.ndarray | None = None,
               num_steps: int | None = None) -> ActionChunk:
         """One action chunk. A single observation gives actions [H, robot_action_dim]; a list of B
         observations (several robots) gives [B, H, robot_action_dim]. noise [B, H, A] (or [H, A]) makes the
-        result reproducible; otherwise it comes from the policy's seeded generator."""
+        result reproducible; otherwise it comes from the policy's seeded generator. num_steps: Euler steps
+        (default: the bundle's; a bundle exported for a fixed count refuses another)."""
+        chunk, _ = self._infer(observation, noise, num_steps)
+        return chunk
+
+    def infer_internals(self, observation: Observation | Sequence[Observation], noise: np.ndarray | None = None,
+                        num_steps: int | None = None) -> tuple[ActionChunk, ChunkInternals]:
+        """`infer`, plus what the chunk computed on the way (ChunkInternals: the normalized actions and the
+        prefix KV cache), for debugging. Costs a host copy of the whole cache: not for the control loop."""
+        chunk, normalized = self._infer(observation, noise, num_steps)
+        past_keys, past_values = self.backend.read_kv()
+        return chunk, ChunkInternals(normalized, past_keys, past_values, self.backend.read_prefix_mask())
+
+    def _infer(self, observation, noise, num_steps) -> tuple[ActionChunk, np.ndarray]:
+        """-> (the chunk, the normalized actions [B, H, A] it was made from)."""
         t0 = time.perf_counter()
         single = isinstance(observation, Observation)
         observations = [observation] if single else list(observation)
         if not observations:
             raise ObservationError("infer() needs at least one observation")
-        batch = len(observations)
-        m = self.manifest
         feeds = self.preprocess(observations)
-        noise_shape = (batch, m.action_horizon, m.action_dim)
-        if noise is None:
-            noise = self.rng.standard_normal(noise_shape, dtype=np.float32)
-        else:
-            noise = np.asarray(noise, np.float32)
-            if noise.size != np.prod(noise_shape):
-                raise ObservationError(f"noise has shape {noise.shape}, expected {noise_shape[1:]} per observation")
-            noise = noise.reshape(noise_shape)
-        fixed = self.fixed_num_steps
-        if fixed is not None and num_steps not in (None, fixed):
-            # Optimized step graphs carry per-step time tables and dt folded in: another count would index
-            # past the table or silently integrate the wrong schedule.
-            raise ObservationError(f"{m.bundle_dir}: this bundle's step graph was exported for num_steps={fixed} "
-                                   f"(bundle.yaml optimizations.fixed_num_steps), got num_steps={num_steps}; "
-                                   "re-export with --num-steps N, or with --disable precompute_time --disable fold_dt")
-        times, dt = euler_schedule(num_steps or m.num_steps)
-        self.backend.prepare(batch, times, dt)
+        noise = self._noise(len(observations), noise)
+        times, dt = euler_schedule(self._num_steps(num_steps))
+        self.backend.prepare(len(observations), times, dt)
         t1 = time.perf_counter()
 
         self.backend.run_prefix(feeds["images"], feeds["image_masks"], feeds["tokens"], feeds["token_masks"])
         self.backend.set_noise(noise, feeds["state"])
         self.backend.synchronize()
         t2 = time.perf_counter()
-        step_ms = []
-        if getattr(self.backend, "whole_loop", False):
+        step_ms = self._denoise(len(times))
+        t3 = time.perf_counter()
+        normalized = self.backend.read_actions()
+        actions = self.finish_actions(normalized)
+        t4 = time.perf_counter()
+        timings = ChunkTimings(preprocess_ms=(t1 - t0) * 1e3, prefix_ms=(t2 - t1) * 1e3, step_ms=step_ms,
+                               denoise_ms=(t3 - t2) * 1e3, postprocess_ms=(t4 - t3) * 1e3, total_ms=(t4 - t0) * 1e3)
+        return ActionChunk(actions[0] if single else actions, timings), normalized
+
+    def _noise(self, batch: int, noise: np.ndarray | None) -> np.ndarray:
+        noise_shape = (batch, self.manifest.action_horizon, self.manifest.action_dim)
+        if noise is None:
+            return self.rng.standard_normal(noise_shape, dtype=np.float32)
+        noise = np.asarray(noise, np.float32)
+        if noise.size != np.prod(noise_shape):
+            raise ObservationError(f"noise has shape {noise.shape}, expected {noise_shape[1:]} per observation")
+        return noise.reshape(noise_shape)
+
+    def _num_steps(self, num_steps: int | None) -> int:
+        fixed = self.fixed_num_steps
+        if fixed is not None and num_steps not in (None, fixed):
+            # Optimized step graphs carry per-step time tables and dt folded in: another count would index
+            # past the table or silently integrate the wrong schedule.
+            raise ObservationError(f"{self.manifest.bundle_dir}: this bundle's step graph was exported for "
+                                   f"num_steps={fixed} (bundle.yaml optimizations.fixed_num_steps), got "
+                                   f"num_steps={num_steps}; re-export with --num-steps N, or with "
+                                   "--disable precompute_time --disable fold_dt")
+        return num_steps or self.manifest.num_steps
+
+    def _denoise(self, num_steps: int) -> list[float]:
+        """The Euler loop on the backend; -> per-step wall times in ms (none when it runs as one call)."""
+        if self.backend.whole_loop:
             # The whole loop in one call (one CUDA graph on a GPU): per-step times do not exist, only the loop's.
             self.backend.run_loop()
             self.backend.synchronize()
-        else:
-            for k in range(len(times)):
-                s0 = time.perf_counter()
-                self.backend.run_step(k)
-                self.backend.synchronize()
-                step_ms.append((time.perf_counter() - s0) * 1e3)
-        t3 = time.perf_counter()
-        actions = self.finish_actions(self.backend.read_actions())
-        t4 = time.perf_counter()
-        timings = {"preprocess_ms": (t1 - t0) * 1e3, "prefix_ms": (t2 - t1) * 1e3, "step_ms": step_ms,
-                   "denoise_ms": (t3 - t2) * 1e3, "postprocess_ms": (t4 - t3) * 1e3, "total_ms": (t4 - t0) * 1e3}
-        return ActionChunk(actions[0] if single else actions, timings)
+            return []
+        step_ms = []
+        for k in range(num_steps):
+            s0 = time.perf_counter()
+            self.backend.run_step(k)
+            self.backend.synchronize()
+            step_ms.append((time.perf_counter() - s0) * 1e3)
+        return step_ms
 
     def close(self) -> None:
         self.backend.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import numpy as np
 
@@ -21,13 +22,49 @@ class Observation:
     prompt: str
 
 
+class ChunkTimings(TypedDict, total=False):
+    """Per-stage wall time of one `Policy.infer` call, in milliseconds (a plain dict at run time, so the
+    control loop and the benchmarks read it as before). A test double may fill only `total_ms`."""
+
+    preprocess_ms: float
+    prefix_ms: float  # the prefix graph, KV cache written
+    step_ms: list[float]  # one per Euler step; empty when the whole loop runs as one call
+    denoise_ms: float  # all steps
+    postprocess_ms: float  # crop and unnormalize
+    total_ms: float
+
+
+class PolicyInputs(TypedDict):
+    """`Policy.preprocess`: the prefix graph's four inputs (pi0edge/contract.py names) and the step graph's
+    state, batched. state is None for pi0.5 (its state is written into the prompt tokens)."""
+
+    images: np.ndarray  # [B, N_cam, S, S, 3] uint8
+    image_masks: np.ndarray  # [B, N_cam] bool
+    tokens: np.ndarray  # [B, L] int64
+    token_masks: np.ndarray  # [B, L] bool
+    state: np.ndarray | None  # [B, state_dim] float32, normalized and zero-padded (pi0)
+
+
 @dataclass(frozen=True)
 class ActionChunk:
     """actions: [H, robot_action_dim] float32 in robot units (batch 1), or [B, H, robot_action_dim].
 
-    timings_ms: per-stage wall time of this call: preprocess_ms, prefix_ms, step_ms (list, one per
-    denoise step), postprocess_ms, total_ms.
-    """
+    timings_ms: per-stage wall time of this call (ChunkTimings)."""
 
     actions: np.ndarray
-    timings_ms: dict = field(default_factory=dict)
+    timings_ms: ChunkTimings = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChunkInternals:
+    """What a chunk computed on the way to its actions (`Policy.infer_internals`), for debugging and parity
+    checks against another implementation: host copies, batch axis always present.
+
+    normalized_actions: [B, H, action_dim] float32, the Euler loop's result in the model's normalized space,
+    before the crop to the robot's dims and the unnormalization. past_keys / past_values: the prefix's KV
+    cache, [layers, B, T, kv_heads, head_dim] in the bundle's precision. prefix_mask: [B, T] bool."""
+
+    normalized_actions: np.ndarray
+    past_keys: np.ndarray
+    past_values: np.ndarray
+    prefix_mask: np.ndarray

@@ -1,9 +1,10 @@
-"""The backend interface: the few calls a policy makes per chunk. No inheritance tree: a backend is any
-object with these methods; `Policy` wraps what is common (preprocessing, timing, validation).
+"""The backend interface: every call and attribute `Policy` uses. No inheritance tree: a backend is any object
+with these members; `Policy` wraps what is common (preprocessing, timing, validation).
 
-Per chunk: `run_prefix` once (the KV cache stays in the backend's own buffers), `set_noise`, then
-`run_step(k)` for each Euler step k (x_t ping-pongs between two buffers inside the backend), then
-`read_actions`. Buffers are allocated in `prepare(batch)` and reused while the batch size is unchanged.
+Per chunk: `run_prefix` once (the KV cache stays in the backend's own buffers), `set_noise`, then either
+`run_loop` (all Euler steps in one call, when `whole_loop` is true) or `run_step(k)` for each step k (x_t
+ping-pongs between two buffers inside the backend), then `read_actions`. Buffers are allocated in
+`prepare(batch)` and reused while the batch size is unchanged.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import numpy as np
 
 
 class Backend(Protocol):
-    name: str
+    name: str  # "ort-cpu", "ort-cuda", "ort-trt", "tensorrt"
     device: str  # "cpu" or "cuda"
+    whole_loop: bool  # True: Policy calls run_loop once per chunk, never run_step
 
     def prepare(self, batch: int, times: np.ndarray, dt: float) -> None:
         """Allocate and bind every buffer for this batch size and step schedule (idempotent)."""
@@ -30,8 +32,17 @@ class Backend(Protocol):
     def run_step(self, step: int) -> None:
         """One Euler step at times[step]: x <- x + dt * v(x, t)."""
 
+    def run_loop(self) -> None:
+        """All Euler steps of the prepared schedule (whole_loop backends)."""
+
     def read_actions(self) -> np.ndarray:
         """The current x [B, H, A] as a host float32 array (one copy per chunk)."""
+
+    def read_kv(self) -> tuple[np.ndarray, np.ndarray]:
+        """The prefix's (past_keys, past_values) as host arrays: debugging only, a copy of the whole cache."""
+
+    def read_prefix_mask(self) -> np.ndarray:
+        """The prefix's mask [B, T] bool as a host array: debugging only."""
 
     def synchronize(self) -> None:
         """Wait for queued device work (for honest timings); a no-op on CPU."""

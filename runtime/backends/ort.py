@@ -1,6 +1,6 @@
 """ONNX Runtime backends: `ort-cpu` (the embedded default), `ort-cuda` and `ort-trt` (onnxruntime-gpu).
 
-Zero-copy loop (DESIGN.md, "Runtime"): every tensor lives in an OrtValue allocated once per batch
+Zero-copy loop (docs/runtime.md, "One chunk"): every tensor lives in an OrtValue allocated once per batch
 size on the backend's device. The prefix writes the KV cache straight into the OrtValues the step graph
 reads; x_t ping-pongs between two OrtValues; one IOBinding per Euler step is built in `prepare`, so a
 step is a single `run_with_iobinding` call with no allocation, no binding and no copy.
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from pi0edge import contract as c
-from pi0edge.errors import BackendUnavailableError
-from pi0edge.manifest import Manifest
+from pi0edge.errors import BackendUnavailableError, BundleError
+from pi0edge.manifest import MANIFEST_NAME, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,6 @@ PROVIDERS = {
     "ort-cuda": "CUDAExecutionProvider",
     "ort-trt": "TensorrtExecutionProvider",
 }
-NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "bool": np.bool_, "int64": np.int64,
-                "uint8": np.uint8}
 
 
 def available_ort_backends() -> list[str]:
@@ -116,7 +114,8 @@ class OrtBackend:
         return [trt, cuda]
 
     def _check_io(self) -> None:
-        """The sessions' I/O must be what bundle.yaml promises (DESIGN.md: checked at load)."""
+        """The sessions' I/O must be what bundle.yaml promises (checked at load, docs/runtime.md): names, then
+        every static dim, so an edited manifest fails here, naming the field, never inside a run."""
         for graph, session in ((c.PREFIX_GRAPH, self.prefix_session), (self._denoise_graph, self.denoise_session)):
             entry = self.manifest.graphs[graph]
             got_in = tuple(i.name for i in session.get_inputs())
@@ -125,11 +124,14 @@ class OrtBackend:
                 raise BackendUnavailableError(
                     f"{self.manifest.path(entry.file)}: graph I/O {got_in} -> {got_out} differs from bundle.yaml "
                     f"{entry.input_names} -> {entry.output_names}")
+            for kind, args in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
+                for arg in args:
+                    _check_shape(self.manifest, graph, kind, arg.name, arg.shape)
 
     def _alloc(self, graph: str, name: str, batch: int):
         spec = self.manifest.graphs[graph].io(name)
         shape = [batch if d == "B" else d for d in spec["shape"]]
-        dtype = NUMPY_DTYPES[spec["dtype"]]
+        dtype = c.NUMPY_DTYPES[spec["dtype"]]
         self._dtypes[name] = dtype
         if self.device == "cpu":
             # A numpy array owned by us, wrapped without copy: host writes land in the bound tensor.
@@ -191,14 +193,10 @@ class OrtBackend:
 
     def _bind_steps(self, batch: int, times: np.ndarray, dt: float) -> None:
         sg = c.DENOISE_STEP_GRAPH
-        uses_index = c.STEP_INDEX in self.manifest.graphs[sg].input_names
-        per_step = []
-        for k, t_value in enumerate(times):
-            if uses_index:
-                per_step.append({c.STEP_INDEX: self._const(np.full(batch, k, np.int64))})
-            else:
-                per_step.append({c.TIME: self._const(np.full(batch, t_value, np.float32)),
-                                 c.DT: self._const(np.full(batch, dt, np.float32))})
+        step_inputs = self.manifest.graphs[sg].input_names
+        per_step = [{name: self._const(value)
+                     for name, value in c.step_time_feeds(step_inputs, k, times, dt, batch).items()}
+                    for k in range(len(times))]
         self._per_step_values = per_step  # keep the constants alive while bound
         velocity = c.VELOCITY in self.manifest.graphs[sg].output_names
         if velocity:
@@ -256,10 +254,16 @@ class OrtBackend:
         host, dev = self._actions_slot
         return host.copy() if host is not None else dev.numpy()
 
+    def _read(self, name: str) -> np.ndarray:
+        host, dev = self._host[name], self._dev[name]
+        return host.copy() if host is not None else dev.numpy()
+
     def read_kv(self) -> tuple[np.ndarray, np.ndarray]:
         """The cache as host arrays (tests and debugging only)."""
-        return tuple(self._host[n].copy() if self._host[n] is not None else self._dev[n].numpy()
-                     for n in (c.PAST_KEYS, c.PAST_VALUES))
+        return self._read(c.PAST_KEYS), self._read(c.PAST_VALUES)
+
+    def read_prefix_mask(self) -> np.ndarray:
+        return self._read(c.PREFIX_MASK)
 
     def buffer_addresses(self) -> dict[str, int]:
         """Device addresses of the long-lived buffers: stable across chunks when nothing is reallocated."""
@@ -273,6 +277,16 @@ class OrtBackend:
     def close(self) -> None:
         self.prefix_session = self.denoise_session = None
         self._batch = None
+
+
+def _check_shape(manifest: Manifest, graph: str, kind: str, name: str, graph_shape: list) -> None:
+    """A static dim of the graph must equal bundle.yaml's; the graph's symbolic batch dim matches anything."""
+    recorded = manifest.graphs[graph].io(name)["shape"]
+    static = [d if isinstance(d, int) else None for d in graph_shape]
+    if len(recorded) != len(static) or any(g is not None and g != r for g, r in zip(static, recorded, strict=True)):
+        raise BundleError(f"{manifest.bundle_dir / MANIFEST_NAME}: field 'graphs.{graph}.{kind}' gives {name} shape "
+                          f"{recorded}, but {manifest.graphs[graph].file} has {list(graph_shape)}; bundle.yaml was "
+                          "edited or is corrupted: re-export the bundle")
 
 
 def bundle_graph_path(manifest: Manifest, graph: str) -> Path:

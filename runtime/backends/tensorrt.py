@@ -1,6 +1,6 @@
 """The native TensorRT backend (`tensorrt`): engines from `pi0edge build`, TensorRT 10's tensor API, cuda-python.
 
-Zero-copy loop (DESIGN.md, "Runtime"), as in the ORT backend but with raw device addresses:
+Zero-copy loop (docs/runtime.md, "One chunk"), as in the ORT backend but with raw device addresses:
 - every device buffer is cudaMalloc'd once per batch size in `prepare`; the prefix engine writes the KV cache
   and prefix mask straight into the buffers the step engine reads;
 - x_t ping-pongs between two buffers; the per-step t/dt (or step_index) are device constants uploaded once;
@@ -13,7 +13,8 @@ Zero-copy loop (DESIGN.md, "Runtime"), as in the ORT backend but with raw device
 - optionally the whole step loop is captured as one CUDA graph (`run_loop`): one launch for all steps.
 
 The engine folder is chosen by GPU and TensorRT version, and its fingerprint checked against this machine
-and bundle (export/engine_build.py); a stale or missing engine is refused with the command that rebuilds it.
+and bundle (runtime/backends/engine_fingerprint.py); a stale or missing engine is refused with the command
+that rebuilds it.
 Not thread-safe: one backend per thread, as with any TensorRT execution context.
 """
 
@@ -27,7 +28,17 @@ import numpy as np
 
 from pi0edge import contract as c
 from pi0edge.errors import BackendUnavailableError, BundleError, MissingExtraError
-from pi0edge.export.engine_build import (
+from pi0edge.manifest import Manifest
+from pi0edge.runtime.backends.cuda_runtime import (
+    CudaError,
+    CudaGraph,
+    DeviceBuffer,
+    PinnedArray,
+    Stream,
+    device_info,
+    load_cudart,
+)
+from pi0edge.runtime.backends.engine_fingerprint import (
     ENGINES_DIR,
     GRAPHS,
     NATIVE_PRECISION,
@@ -40,16 +51,6 @@ from pi0edge.export.engine_build import (
     rebuild_command,
     stale_engine_message,
 )
-from pi0edge.manifest import Manifest
-from pi0edge.runtime.backends.cuda_runtime import (
-    CudaError,
-    CudaGraph,
-    DeviceBuffer,
-    PinnedArray,
-    Stream,
-    device_info,
-    load_cudart,
-)
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ log = logging.getLogger(__name__)
 TRT_DTYPES = {"float32": "FLOAT", "float16": "HALF", "bfloat16": "BF16", "bool": "BOOL", "int64": "INT64",
               "int32": "INT32", "uint8": "UINT8"}
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "bool": 1, "int64": 8, "int32": 4, "uint8": 1}
-NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "bool": np.bool_, "int64": np.int64,
-                "int32": np.int32, "uint8": np.uint8}
 
 _TRT_LOGGER = None  # TensorRT wants one logger per process
 
@@ -210,7 +209,7 @@ class TensorRTBackend:
 
     def _pinned(self, graph: str, name: str, batch: int) -> PinnedArray:
         dtype = self.manifest.graphs[graph].io(name)["dtype"]
-        return PinnedArray(self._rt, self._shape(graph, name, batch), NUMPY_DTYPES[dtype], name)
+        return PinnedArray(self._rt, self._shape(graph, name, batch), c.NUMPY_DTYPES[dtype], name)
 
     def _bind(self, ctx, graph: str, addresses: dict[str, int], batch: int) -> None:
         """Set every input shape, check the output shapes TensorRT infers, set every tensor address."""
@@ -259,12 +258,9 @@ class TensorRTBackend:
             dev[c.VELOCITY] = DeviceBuffer(self._rt, self._nbytes(sg, c.VELOCITY, batch), c.VELOCITY)
 
         # per-step constants, uploaded once: the loop never writes t or dt
-        uses_index = c.STEP_INDEX in step.input_names
-        for k, t_value in enumerate(times):
-            values = ({c.STEP_INDEX: np.full(batch, k, np.int64)} if uses_index else
-                      {c.TIME: np.full(batch, t_value, np.float32), c.DT: np.full(batch, dt, np.float32)})
+        for k in range(len(times)):
             consts = {}
-            for name, value in values.items():
+            for name, value in c.step_time_feeds(step.input_names, k, times, dt, batch).items():
                 consts[name] = DeviceBuffer(self._rt, value.nbytes, f"{name}[{k}]")
                 consts[name].upload(value)
             self._consts.append(consts)
@@ -365,6 +361,26 @@ class TensorRTBackend:
         self._actions.from_device(self._x[self._num_steps % 2], self.stream)
         self.synchronize()
         return self._actions.array.copy()
+
+    def _read_prefix_output(self, name: str) -> np.ndarray:
+        """A prefix output copied to the host through a temporary pinned buffer (debugging only)."""
+        dtype = self.manifest.graphs[c.PREFIX_GRAPH].io(name)["dtype"]
+        if dtype not in c.NUMPY_DTYPES:
+            raise BackendUnavailableError(f"{name} is {dtype}, which has no numpy dtype to copy it to the host; "
+                                          "inspect a float16 or float32 bundle instead")
+        pinned = self._pinned(c.PREFIX_GRAPH, name, self._key[0])
+        try:
+            pinned.from_device(self._dev[name], self.stream)
+            self.synchronize()
+            return pinned.array.copy()
+        finally:
+            pinned.free()
+
+    def read_kv(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._read_prefix_output(c.PAST_KEYS), self._read_prefix_output(c.PAST_VALUES)
+
+    def read_prefix_mask(self) -> np.ndarray:
+        return self._read_prefix_output(c.PREFIX_MASK)
 
     def buffer_addresses(self) -> dict[str, int]:
         """Device addresses of the long-lived buffers: stable across chunks when nothing is reallocated."""

@@ -40,12 +40,9 @@ def run_onnx(graph_dir, obs: dict, noise: np.ndarray, num_steps: int = NUM_STEPS
     times, dt = euler_schedule(num_steps)
     batch = noise.shape[0]
     x = noise
-    for k, t in enumerate(times):
-        feeds = {c.X_T: x, c.PAST_KEYS: past_keys, c.PAST_VALUES: past_values, c.PREFIX_MASK: prefix_mask}
-        if c.STEP_INDEX in step_inputs:
-            feeds[c.STEP_INDEX] = np.full(batch, k, np.int64)
-        else:
-            feeds.update({c.TIME: np.full(batch, t, np.float32), c.DT: np.full(batch, dt, np.float32)})
+    for k in range(len(times)):
+        feeds = {c.X_T: x, c.PAST_KEYS: past_keys, c.PAST_VALUES: past_values, c.PREFIX_MASK: prefix_mask,
+                 **c.step_time_feeds(step_inputs, k, times, dt, batch)}
         if c.STATE in step_inputs:
             feeds[c.STATE] = obs["state"].numpy()
         (x,) = sessions[c.DENOISE_STEP_GRAPH].run([c.X_NEXT], feeds)

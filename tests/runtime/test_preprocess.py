@@ -1,7 +1,7 @@
 """The runtime's numpy preprocessing equals the export side's torch reference, and refuses bad input.
 
 Reference: pi0edge.export.preprocess_reference (openpi `resize_with_pad_torch`, `PaligemmaTokenizer.tokenize`,
-MODEL.md "Normalization"). Tokenizer: a tiny SentencePiece model trained here, shaped like PaliGemma's
+docs/model.md, "Normalization"). Tokenizer: a tiny SentencePiece model trained here, shaped like PaliGemma's
 (identity normalizer, no dummy prefix, "\\n" a piece of its own, digits split, pad 0 / eos 1 / bos 2).
 """
 
@@ -42,7 +42,7 @@ from pi0edge.runtime.preprocess import (
     resized_hw,
 )
 
-RESIZE_MAX_LEVELS = 1.0  # issue 4, item 2: within one uint8 level of the reference
+RESIZE_MAX_LEVELS = 1.0  # within one uint8 level of the reference
 NORM_ATOL = 1e-6
 NORM_RTOL = 1e-6
 REPO = Path(__file__).resolve().parents[2]
@@ -165,7 +165,7 @@ def test_assemble_images_orders_cameras_and_masks_a_missing_one_as_zeros():
     assert images.shape == (3, 224, 224, 3) and images.dtype == np.uint8
     assert masks.dtype == bool and masks.tolist() == [True, False, True]
     np.testing.assert_array_equal(images[0], ResizeWithPad(224)(base))
-    assert (images[1] == 0).all()  # -> all -1.0 in the graph (MODEL.md, "Prefix")
+    assert (images[1] == 0).all()  # -> all -1.0 in the graph (docs/model.md, "Prefix")
     np.testing.assert_array_equal(images[2], right)
 
 

@@ -22,24 +22,26 @@ import yaml
 from pi0edge import contract as c
 from pi0edge.errors import BackendUnavailableError, BundleError, ConfigError, MissingExtraError
 from pi0edge.export.engine_build import (
-    FINGERPRINT_NAME,
     BuildMode,
-    EngineFingerprint,
     build_engines,
     check_gpu_supports,
+    profile_shapes,
+    register_build,
+    resolve_precision,
+)
+from pi0edge.manifest import load_manifest
+from pi0edge.runtime.backends.engine_fingerprint import (
+    FINGERPRINT_NAME,
+    EngineFingerprint,
     default_engine_dir,
     engine_dir_name,
     fingerprint_mismatches,
     gpu_slug,
     onnx_digests,
-    profile_shapes,
     read_engine_yaml,
     rebuild_command,
-    register_build,
-    resolve_precision,
     stale_engine_message,
 )
-from pi0edge.manifest import load_manifest
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 NO_TENSORRT_REASON = ("TensorRT is not installed (PyPI has only placeholders; it comes with JetPack or NVIDIA's "
@@ -140,7 +142,7 @@ def test_read_engine_yaml_refuses_missing_unknown_and_incomplete(tmp_path):
 def test_onnx_digests_are_the_manifest_checksums_of_both_graphs(tiny_bundle_factory):
     manifest = load_manifest(tiny_bundle_factory("pi0")[0])
     digests = onnx_digests(manifest)
-    files = manifest.raw["files"]
+    files = manifest.files
     assert {"prefix.onnx", "denoise_step.onnx"} <= set(digests)
     assert all(digests[f] == files[f] for f in digests)
     assert "tokenizer.model" not in digests
@@ -250,7 +252,7 @@ def test_backend_without_tensorrt_is_unavailable_and_auto_falls_back(tiny_bundle
 
 
 def test_missing_tensorrt_error_is_a_missing_extra():
-    from pi0edge.export.engine_build import TensorRTMissingError
+    from pi0edge.runtime.backends.engine_fingerprint import TensorRTMissingError
 
     error = TensorRTMissingError("pi0edge build")
     assert isinstance(error, MissingExtraError) and error.extra == "trt"
@@ -299,7 +301,7 @@ def _random_inputs(manifest, batch: int, seed: int) -> dict[str, np.ndarray]:
     image_masks[:, -1] = cams == 1  # the last camera missing, as the runtime feeds it
     return {c.IMAGES: rng.integers(0, 256, (batch, cams, size, size, 3), dtype=np.uint8),
             c.IMAGE_MASKS: image_masks,
-            c.TOKENS: np.where(token_masks, rng.integers(4, int(manifest.raw["model"]["vocab_size"]),
+            c.TOKENS: np.where(token_masks, rng.integers(4, manifest.vocab_size,
                                                          (batch, length)), 0).astype(np.int64),
             c.TOKEN_MASKS: token_masks,
             "noise": rng.standard_normal((batch, manifest.action_horizon, manifest.action_dim), dtype=np.float32),
