@@ -290,8 +290,9 @@ def _check_norm_stats(m: Manifest, path: Path) -> None:
     for name, vec, dim in (("state", stats.state, m.robot_state_dim), ("action", stats.action, m.robot_action_dim)):
         if vec.dim != dim:
             raise _refuse(path, f"normalization.{name}", f"has {vec.dim} dims, robot.{name}_dim is {dim}")
-        if stats.kind == "mean_std" and not (vec.b > 0).all():
-            raise _refuse(path, f"normalization.{name}.std", "must be > 0 in every dim, got "
-                                                             f"{vec.b[vec.b <= 0].tolist()}")
+        # std 0 is valid: a joint that never moved in the data (the eps in the denominator keeps it finite).
+        if stats.kind == "mean_std" and not (vec.b >= 0).all():
+            raise _refuse(path, f"normalization.{name}.std", "must be >= 0 in every dim, got "
+                                                             f"{vec.b[vec.b < 0].tolist()}")
         if stats.kind == "quantile" and not (vec.b >= vec.a).all():
             raise _refuse(path, f"normalization.{name}.{second}", f"must be >= {first} in every dim")

@@ -51,7 +51,7 @@ PI0_EDITS = {
     "model.num_steps": _set("model.num_steps", 0),
     "model.cameras": _set("model.cameras", lambda v: [v[0], v[0], *v[2:]]),
     "robot.action_dim": _set("robot.action_dim", 99),
-    "normalization.state.std": _set("normalization.state.std", lambda v: [0.0, *v[1:]]),
+    "normalization.state.std": _set("normalization.state.std", lambda v: [-0.5, *v[1:]]),
     "normalization.action.std": _set("normalization.action.std", lambda v: [-1.0, *v[1:]]),
     "graphs.prefix": lambda raw: _io(raw, "prefix", "outputs", "past_keys").update(dtype="float16"),
     "graphs.denoise_step": lambda raw: _io(raw, "denoise_step", "inputs", "x_t").update(dtype="complex64"),
@@ -111,3 +111,10 @@ def test_typed_manifest_fields_carry_what_readers_used_to_index(tiny_bundle_fact
     document = m.to_document()
     document["files"].clear()
     assert m.files and m.raw["files"]  # a writer's copy never changes the loaded manifest
+
+
+def test_a_zero_std_joint_is_accepted_since_eps_keeps_normalization_finite(tiny_bundle_factory, tmp_path):
+    # A joint that never moved in the training data has std 0; refusing it would refuse valid checkpoints.
+    bundle = _copy(tiny_bundle_factory("pi0")[0], tmp_path)
+    _edit(bundle, _set("normalization.state.std", lambda v: [0.0, *v[1:]]))
+    assert load_manifest(bundle).norm_stats.state.b[0] == 0.0
