@@ -423,14 +423,14 @@ def run_loop(config: RobotConfig, policy, prompt: str, duration_s: float | None 
             recorder = None
             if record_path:
                 recorder = EpisodeRecorder(record_path, _episode_meta(config, policy, prompt), config.recording.frames)
-            loop = ControlLoop(config, policy, prompt, arm, cameras,
-                               estop=estop or EStop.from_config(config.estop), recorder=recorder, on_status=on_status)
+            loop = None
             try:
-                stats = loop.run(duration_s, stop=stop)
+                loop = ControlLoop(config, policy, prompt, arm, cameras, estop=estop or EStop.from_config(config.estop),
+                                   recorder=recorder, on_status=on_status)
+                return loop.run(duration_s, stop=stop)
             finally:
-                if recorder is not None:
-                    recorder.save(loop.stats.events)
-            return stats
+                if recorder is not None:  # also when the loop refused to start: the writer thread and file close
+                    recorder.save(loop.stats.events if loop is not None else [])
         finally:
             if own_cameras:
                 for camera in cameras.values():

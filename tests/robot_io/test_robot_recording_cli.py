@@ -102,6 +102,18 @@ def test_the_record_path_is_checked_before_the_run_starts(tmp_path):
     assert policy.calls == 0  # refused before the loop ran
 
 
+def test_a_loop_that_refuses_to_start_still_closes_its_episode_file(tmp_path):
+    from pi0edge.errors import ConfigError
+
+    path = tmp_path / "ep.episode"
+    config = make_config()
+    policy = make_policy(robot_action_dim=1)  # narrower than the configured joints: ControlLoop refuses to start
+    with pytest.raises(ConfigError):
+        run_loop(config, policy, "x", 0.5, record_path=str(path))
+    episode = load_episode(path)  # closed with its end record: a complete, empty episode
+    assert episode.ticks == 0 and episode.truncated is None
+
+
 def test_a_version_1_npz_episode_still_loads(tmp_path):
     path = tmp_path / "old.npz"
     meta = {"format": "pi0edge-episode", "version": 1, "rate_hz": 50, "prompt": "old"}
