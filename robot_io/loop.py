@@ -329,7 +329,9 @@ class ControlLoop:
                 self._timed_out_pending = True
                 self._fault(tick, "inference_timeout", f"no chunk after {waited_s:.2f} s "
                             f"(inference_timeout_s {timeout_s})", lasting=False)
-        if can_move and not self._timed_out_pending and self.strategy.want_inference(tick, worker.busy):
+        # Not in the tick of a fault: this tick's observation predates it, so its chunk would be discarded.
+        fresh = tick >= self._discard_before_tick
+        if can_move and fresh and not self._timed_out_pending and self.strategy.want_inference(tick, worker.busy):
             worker.submit(self._observation(frames, state), tick)
             if self.strategy.blocking:
                 wait_s = clock.deadline_s - time.monotonic() - SYNC_WAIT_MARGIN_FRACTION * clock.period_s

@@ -171,6 +171,15 @@ def test_inference_timeout_holds_and_drops_the_late_chunk():
     assert stats.executed_ticks > 0
 
 
+def test_a_failing_policy_is_not_asked_again_in_the_tick_of_its_fault():
+    # A request from the fault's own tick would carry a pre-fault observation and be discarded unseen:
+    # every call must count, so 3 failures in a row take 3 calls.
+    policy = make_policy(raise_calls=range(100))
+    stats, _, _, _ = _run(make_config(), policy, 2.0)
+    assert stats.stop_reason.startswith("policy failed 3 times"), stats.summary()
+    assert policy.calls == 3 and stats.discarded_chunks == 0, stats.summary()
+
+
 def test_policy_that_keeps_failing_stops_the_loop_holding():
     config = make_config()
     stats, arm, _, _ = _run(config, make_policy(raise_calls=range(100)), 2.0)
