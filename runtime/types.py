@@ -35,7 +35,7 @@ class ChunkTimings(TypedDict, total=False):
 
 
 class PolicyInputs(TypedDict):
-    """`Policy.preprocess`: the prefix graph's four inputs (pi0edge/contract.py names) and the step graph's
+    """`Policy.preprocess`: the prefix graph's four inputs (core/contract.py names) and the step graph's
     state, batched. state is None for pi0.5 (its state is written into the prompt tokens)."""
 
     images: np.ndarray  # [B, N_cam, S, S, 3] uint8

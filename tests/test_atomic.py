@@ -1,4 +1,4 @@
-"""pi0edge/atomic.py: folders appear whole or not at all, a killed writer's leftovers do not pile up, and files get
+"""core/atomic.py: folders appear whole or not at all, a killed writer's leftovers do not pile up, and files get
 the permissions a plain open() would give."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""pi0edge/atomic.py `staged_dir`: the one rule every folder writer (bundle, quantized bundle, bf16 emulation,
+"""core/atomic.py `staged_dir`: the one rule every folder writer (bundle, quantized bundle, bf16 emulation,
 engines) follows: the folder appears whole on success, and a failure leaves the old one and no leftovers."""
 
 from __future__ import annotations

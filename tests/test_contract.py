@@ -1,4 +1,4 @@
-"""The graph contract's rules, owned once in pi0edge/contract.py and used by every backend and tool."""
+"""The graph contract's rules, owned once in core/contract.py and used by every backend and tool."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ functions), as docs/architecture.md, "Layering rules" states them:
 - no import cycle between the packages (ground, export, runtime, robot_io, calibration), nor between the
   modules of one package;
 - runtime/, robot_io/ and calibration/ never import torch, onnx or the export package;
-- the CLI modules (pi0edge/cli.py, pi0edge/demo.py, each package's cli.py) are the application layer: they may
+- the CLI modules (core/cli.py, core/demo.py, each package's cli.py) are the application layer: they may
   import any package (the ground CLI dispatches to the package CLIs) and are left out of the cycle checks,
   but no library module imports one.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # source folder -> (package name in the rules, dotted prefix it installs as; pyproject's package-dir)
 PACKAGE_DIRS = {
-    "pi0edge": ("ground", "pi0edge"),
+    "core": ("ground", "pi0edge"),
     "export": ("export", "pi0edge.export"),
     "runtime": ("runtime", "pi0edge.runtime"),
     "robot_io": ("robot_io", "pi0edge.robot_io"),
@@ -260,12 +260,12 @@ def test_checker_reports_a_module_cycle_inside_one_package_through_a_relative_im
 
 def test_checker_leaves_the_cli_modules_out_of_the_cycle_check(tmp_path):
     root = _tree(tmp_path, {
-        "pi0edge/cli.py": "from pi0edge.export import cli\nfrom pi0edge.runtime import cli as rcli\n",
+        "core/cli.py": "from pi0edge.export import cli\nfrom pi0edge.runtime import cli as rcli\n",
         "export/cli.py": "from pi0edge.runtime import policy\n",
         "runtime/cli.py": "from pi0edge.export import bundle\n",
         "runtime/policy.py": "from pi0edge import manifest\n",
         "export/bundle.py": "from pi0edge import manifest\n",
-        "pi0edge/manifest.py": "import yaml\n",
+        "core/manifest.py": "import yaml\n",
     })
     assert layering_violations(root) == []
 
