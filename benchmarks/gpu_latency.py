@@ -1,4 +1,4 @@
-"""The runtime against eager PyTorch on the same device, same inputs, same noise (issue 7, item 4).
+"""The runtime against eager PyTorch on the same device, same inputs, same noise.
 
     python benchmarks/gpu_latency.py --model pi0 --cameras 3 1 --precision float16 --json $OUT/pi0.json
 
@@ -6,7 +6,7 @@ For each camera count: a random model (export/random_checkpoint.py's init, built
 file is written), exported with `pi0edge export`'s defaults (optimized graphs and the loop graph) at
 --precision; then, round-robin after warm-up so that load falls on every variant alike, each variant's
 chunk time:
-- eager: `Pi0Model.sample_actions` on --device with float32 weights and with bfloat16 weights (MODEL.md's
+- eager: `Pi0Model.sample_actions` on --device with float32 weights and with bfloat16 weights (docs/model.md's
   float32 islands kept), fed the runtime's own preprocessed arrays (preprocessing excluded);
 - the runtime: `Policy.infer` per variant of --backend. `model ms` = prefix + denoise + read-out and
   unnormalize (what eager measures, plus the copy out); `infer ms` = end to end, also resize-with-pad of

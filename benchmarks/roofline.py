@@ -7,7 +7,7 @@ every matmul (2 * m * n * k, attention included) and the bytes that must cross t
 read once per stage, the KV cache read by every step and written by the prefix). With --bundle the
 weight bytes are measured from the bundle's graph files instead of counted. A stage takes at least
 max(FLOPs / peak FLOP/s, bytes / bandwidth); the table gives that bound per device. Real kernels reach
-50-80 % of it; the published anchors (DESIGN.md) are the sanity check.
+50-80 % of it; the published anchors in docs/benchmarks.md section 4 are the sanity check.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""State/action normalization (MODEL.md, "Normalization"), numpy only, shared by export and runtime.
+"""State/action normalization (docs/model.md, "Normalization"), numpy only, shared by export and runtime.
 
 Two conventions exist in the wild and a bundle records which one its checkpoint used:
 - openpi:  mean_std `(x - mean) / (std + 1e-6)`; quantile `(x - q01) / (q99 - q01 + 1e-6) * 2 - 1`.

@@ -1,4 +1,4 @@
-"""The fixed Euler schedule (MODEL.md, "Sampling"), shared by the reference, the export and the runtime.
+"""The fixed Euler schedule (docs/model.md, "Sampling"), shared by the reference, the export and the runtime.
 
 openpi accumulates t in float32 (`time = 1.0; time += dt` while `time >= -dt / 2`), so the t values
 are 1.0, 0.9, 0.79999995, 0.6999999, ..., 0.09999993 rather than 1 - k/n: we reproduce the accumulation bit for bit.

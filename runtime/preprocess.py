@@ -1,11 +1,11 @@
 """Observation -> graph inputs and graph output -> robot actions, in numpy only (never torch).
 
-Each transform is a small frozen dataclass with `__call__` (STYLE.md, "Transforms as small composable
-objects"); the plain functions beside them are the same thing for one-off calls. Every numeric rule here
-is mirrored in torch by `pi0edge.export.preprocess_reference` and tested against it
+Each transform is a small frozen dataclass with `__call__` (small composable transforms, as openpi writes
+them); the plain functions beside them are the same thing for one-off calls. Every numeric rule here is
+mirrored in torch by `pi0edge.export.preprocess_reference` and tested against it
 (tests/runtime/test_preprocess.py).
 
-Rules (MODEL.md, "Prefix" and "Normalization"):
+Rules (docs/model.md, "Prefix" and "Normalization"):
 - Images: resize with pad to 224x224 as openpi `image_tools.resize_with_pad_torch` (bilinear,
   align_corners=False, no antialias, pad centered). The graph takes uint8 and maps x -> x / 255 * 2 - 1
   itself, so the pad is uint8 0, which becomes exactly -1.0: openpi's pad value in [-1, 1] space.
@@ -140,7 +140,7 @@ class ResizeWithPad:
 class AssembleImages:
     """{camera name: uint8 HxWx3} -> (uint8 [N_cam, size, size, 3], bool [N_cam]) in the bundle's camera order.
 
-    MODEL.md, "Prefix": a camera the bundle knows but the dict lacks is fed as zeros (-1.0 after the
+    docs/model.md, "Prefix": a camera the bundle knows but the dict lacks is fed as zeros (-1.0 after the
     in-graph normalization) with its mask False. Names the bundle does not know are refused rather than
     dropped: a typo would otherwise silently blind the policy.
     """
@@ -206,7 +206,7 @@ def clean_prompt(text: str) -> str:
 def discretize_state(normalized_state: np.ndarray) -> np.ndarray:
     """Normalized state -> int64 bins, openpi: digitize(state, linspace(-1, 1, 257)[:-1]) - 1.
 
-    Not clipped (MODEL.md, "Prefix"): below -1 gives bin -1, at or above 1 - 2/256 gives 255; a value on an
+    Not clipped (docs/model.md, "Prefix"): below -1 gives bin -1, at or above 1 - 2/256 gives 255; a value on an
     edge goes to the bin that edge opens (digitize is right-open), e.g. 0.0 -> 128, -1.0 -> 0.
     """
     return (np.digitize(np.asarray(normalized_state), STATE_BIN_EDGES) - 1).astype(np.int64)
@@ -333,7 +333,7 @@ def prepare_state(state: np.ndarray, norm_stats: NormStats, state_dim: int) -> n
 @dataclass(frozen=True)
 class FinishActions:
     """Model actions [..., H, A] (normalized, model width) -> float32 [..., H, robot_action_dim] in robot units:
-    crop to the robot's dims, then unnormalize (MODEL.md, "Normalization": inverse on real dims only)."""
+    crop to the robot's dims, then unnormalize (docs/model.md, "Normalization": inverse on real dims only)."""
 
     norm_stats: NormStats
     robot_action_dim: int | None = None  # None: the action statistics' length
