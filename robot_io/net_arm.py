@@ -8,7 +8,7 @@ import numpy as np
 
 from pi0edge.errors import require
 
-from .arms import Arm, ArmLimits
+from .arm_base import Arm, ArmLimits
 from .errors import ArmTimeoutError, NetProtocolError
 from .net_protocol import DEFAULT_ADDRESS, decode, encode, positions_field
 

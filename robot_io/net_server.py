@@ -16,7 +16,7 @@ import time
 
 from pi0edge.errors import require
 
-from .arms import Arm
+from .arm_base import Arm
 from .errors import ArmError, NetProtocolError
 from .net_protocol import DEFAULT_ADDRESS, decode, encode, positions_field
 
