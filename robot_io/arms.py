@@ -15,6 +15,7 @@ import numpy as np
 from pi0edge.errors import ConfigError
 
 from .arm_base import Arm, ArmLimits
+from .net_keys import read_key
 from .sim_arm import SimArm
 from .specs import checked_kind
 
@@ -23,11 +24,12 @@ __all__ = ["Arm", "ArmLimits", "SimArm", "open_arm", "validate_arm_spec"]
 
 # --- specs (YAML `arm` block) ------------------------------------------------------------------------
 
+NET_KEY_FIELDS = ("server_public_key", "client_secret_key")  # key file paths; CURVE when given
 _ARM_KEYS = {
     "sim": {"dof", "time_constant_s", "latency_s", "noise_std", "initial", "seed", "lower", "upper",
             "max_velocity_per_s"},
     "aloha": {"task", "cameras", "seed"},
-    "net": {"address", "timeout_s", "retries"},
+    "net": {"address", "timeout_s", "retries", "server_public_key", "client_secret_key"},
 }
 
 
@@ -69,7 +71,26 @@ def validate_arm_spec(spec: Mapping, where: str = "arm") -> Mapping:
             raise ConfigError(f"{where}.address: must be a ZeroMQ address like tcp://127.0.0.1:5555, got {address!r}")
         if _number(spec, "timeout_s", where, 0.1) <= 0:
             raise ConfigError(f"{where}.timeout_s: must be > 0, got {spec.get('timeout_s')!r}")
+        retries = spec.get("retries", 1)
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ConfigError(f"{where}.retries: must be an integer >= 0, got {retries!r}")
+        _net_keys(spec, where)
     return MappingProxyType(dict(spec))
+
+
+def _net_keys(spec: Mapping, where: str) -> tuple[bytes, bytes] | None:
+    """The net arm's CURVE keys (server public, client secret) from their files, or None for no CURVE."""
+    paths = {key: spec.get(key) for key in NET_KEY_FIELDS}
+    for key, path in paths.items():
+        if path is not None and not isinstance(path, str):
+            raise ConfigError(f"{where}.{key}: must be the path of a key file, got {path!r}")
+    given = [key for key, path in paths.items() if path is not None]
+    if not given:
+        return None
+    if len(given) == 1:
+        missing = next(key for key in NET_KEY_FIELDS if key not in given)
+        raise ConfigError(f"{where}.{missing}: needed with {where}.{given[0]} (CURVE uses both)")
+    return tuple(read_key(paths[key], f"{where}.{key}") for key in NET_KEY_FIELDS)
 
 
 def _vector(value, dof: int, default: float) -> np.ndarray:
@@ -96,4 +117,6 @@ def open_arm(spec: Mapping) -> Arm:
                         cameras=tuple(spec.get("cameras", ["top"])), seed=spec.get("seed", 0))
     from .net_arm import NetArm
 
-    return NetArm(spec["address"], timeout_s=spec.get("timeout_s", 0.1), retries=spec.get("retries", 1))
+    keys = _net_keys(spec, "arm") or (None, None)
+    return NetArm(spec["address"], timeout_s=spec.get("timeout_s", 0.1), retries=spec.get("retries", 1),
+                  server_public_key=keys[0], client_secret_key=keys[1])
