@@ -193,8 +193,8 @@ class ArmServer:
         outside = np.flatnonzero((positions < limits.lower) | (positions > limits.upper))
         if outside.size:
             j = int(outside[0])
-            return (f"command joint {j} = {positions[j]!r} is outside the arm's limits "
-                    f"[{limits.lower[j]!r}, {limits.upper[j]!r}]; not applied")
+            return (f"command joint {j} = {float(positions[j])!r} is outside the arm's limits "
+                    f"[{float(limits.lower[j])!r}, {float(limits.upper[j])!r}]; not applied")
         if self._last_applied is None:
             reference, since, elapsed_s = np.asarray(self.arm.read_state(), dtype=np.float64), "the state", 0.0
         else:
@@ -203,7 +203,7 @@ class ArmServer:
         too_far = np.flatnonzero(np.abs(positions - reference) > max_step)
         if too_far.size:
             j = int(too_far[0])
-            return (f"command joint {j} = {positions[j]!r} is {abs(positions[j] - reference[j]):.4g} from "
+            return (f"command joint {j} = {float(positions[j])!r} is {abs(positions[j] - reference[j]):.4g} from "
                     f"{since} {reference[j]:.4g}, more than the {max_step[j]:.4g} that max_velocity_per_s "
                     f"{limits.max_velocity_per_s[j]:.4g} allows in {elapsed_s + self.step_slack_s:.3g} s; not applied")
         return None
