@@ -108,3 +108,9 @@ def test_net_arm_key_fields_are_checked_naming_the_field(keys, fields, message):
 def test_serving_with_a_keys_folder_that_lacks_the_server_secret_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="--keys: key file .*server.secret does not exist"):
         server_keys(tmp_path)
+
+
+def test_serving_with_a_server_secret_readable_by_others_is_refused(keys):
+    (keys / "server.secret").chmod(0o644)
+    with pytest.raises(ConfigError, match="server.secret is readable by other users; chmod 600"):
+        server_keys(keys)
