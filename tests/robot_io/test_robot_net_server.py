@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -151,7 +149,7 @@ def test_a_non_loopback_bind_without_keys_is_refused_unless_allowed(address):
     with pytest.raises(ConfigError, match="without authentication.*--allow-unauthenticated"):
         ArmServer(arm, address)
     server = ArmServer(arm, address, allow_unauthenticated=True)
-    assert not math.isnan(float(server.bound_address.rpartition(":")[2]))
+    assert server.bound_address.startswith("tcp://0.0.0.0:")  # bound, on every interface
     server.close()
 
 
