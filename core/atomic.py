@@ -24,13 +24,14 @@ def default_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
-def stage_bytes(path: Path, data: bytes) -> Path:
-    """data in a hidden temp file beside path, fsynced, with open()'s mode; -> the temp file, for the caller to
-    os.replace onto path (writers of several files stage them all first, then rename)."""
+def stage_bytes(path: Path, data: bytes, mode: int | None = None) -> Path:
+    """data in a hidden temp file beside path, fsynced, with `mode` (default: open()'s); -> the temp file, for the
+    caller to os.replace onto path (writers of several files stage them all first, then rename). The mode is
+    set before the data is written, so a secret (mode 0o600) is never readable by others, even half-written."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, default_mode())
+        os.fchmod(fd, default_mode() if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -41,8 +42,8 @@ def stage_bytes(path: Path, data: bytes) -> Path:
     return Path(tmp)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = stage_bytes(path, data)
+def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+    tmp = stage_bytes(path, data, mode)
     try:
         os.replace(tmp, path)
     except BaseException:
@@ -50,8 +51,8 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode())
+def write_text_atomic(path: Path, text: str, mode: int | None = None) -> None:
+    write_bytes_atomic(path, text.encode(), mode)
 
 
 def make_staging_dir(out_dir: Path) -> Path:

@@ -17,7 +17,7 @@ import numpy as np
 
 from pi0edge.errors import require
 
-from .arms import Arm, ArmLimits
+from .arm_base import Arm, ArmLimits
 from .cameras import Camera, Frame
 from .errors import ArmError, CameraError
 

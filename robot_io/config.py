@@ -333,6 +333,10 @@ def robot_config_from_dict(data: Mapping, source: str | None = None, base_dir: P
     affinity_cfg = CpuAffinityConfig(**{k: tuple(_cpu_list(f"cpu_affinity.{k}", affinity[k])) for k in affinity})
 
     arm = dict(data["arm"]) if isinstance(data["arm"], Mapping) else data["arm"]
+    if isinstance(arm, dict) and arm.get("kind") == "net":
+        for key in ("server_public_key", "client_secret_key"):
+            if isinstance(arm.get(key), str):
+                arm[key] = _resolve(arm[key], base_dir)
     return RobotConfig(rate_hz=data["rate_hz"], cameras=tuple(cameras), arm=arm, joints=mapping, chunking=chunking,
                        safety=safety_cfg, estop=estop_cfg, startup_check=check_cfg, recording=rec_cfg,
                        realtime_priority=data.get("realtime_priority"), source=source,

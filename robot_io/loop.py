@@ -25,7 +25,7 @@ import numpy as np
 from pi0edge.errors import ConfigError
 from pi0edge.runtime.types import Observation  # plain numpy; `pi0edge.runtime` is cheap to import
 
-from .arms import Arm
+from .arm_base import Arm
 from .camera_reader import CameraReader
 from .cameras import Camera, Frame
 from .chunking import Chunk, make_strategy

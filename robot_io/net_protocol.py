@@ -39,7 +39,7 @@ def decode(payload: bytes, expect: str) -> dict:
     msgpack = _msgpack()
     try:
         message = msgpack.unpackb(payload, raw=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:  # whatever bytes a peer sends
         raise NetProtocolError(f"{expect}: not a msgpack message ({len(payload)} bytes): {exc}") from exc
     if not isinstance(message, dict):
         raise NetProtocolError(f"{expect}: expected a map, got {type(message).__name__}")

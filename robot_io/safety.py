@@ -21,7 +21,7 @@ import numpy as np
 
 from pi0edge.errors import ConfigError
 
-from .arms import ArmLimits
+from .arm_base import ArmLimits
 from .config import SafetyConfig
 
 log = logging.getLogger(__name__)

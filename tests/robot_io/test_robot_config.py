@@ -80,3 +80,17 @@ def test_config_is_frozen(tmp_path):
         config.rate_hz = 10
     with pytest.raises(TypeError):
         config.arm["dof"] = 9
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"retries": "twice"}, "arm.retries: must be an integer >= 0, got 'twice'"),
+    ({"retries": -1}, "arm.retries: must be an integer >= 0, got -1"),
+    ({"server_public_key": "keys/server.public", "client_secret_key": "keys/client.secret"},
+     "arm.server_public_key: key file {tmp}/keys/server.public does not exist"),
+])
+def test_net_arm_fields_are_checked_naming_the_field(tmp_path, fields, message):
+    data = base_config_dict()
+    data["arm"] = {"kind": "net", "address": "tcp://127.0.0.1:5555", **fields}
+    with pytest.raises(ConfigError) as info:
+        load_robot_config(_write(tmp_path, data))
+    assert message.format(tmp=tmp_path) in str(info.value)

@@ -38,7 +38,7 @@ def test_round_trip_state_and_command(served):
         client.command([0.1, -0.2, 0.3])
         time.sleep(0.1)
         np.testing.assert_allclose(client.read_state(), [0.1, -0.2, 0.3], atol=1e-3)
-        assert np.median(client.round_trip_ms) < 50
+        assert client.round_trip_ms.count == client.requests == 3  # hello, command, state
     finally:
         client.close()
 
@@ -121,3 +121,35 @@ def test_loop_drives_a_network_arm_and_survives_a_lost_reply(served):
     assert [e.kind for e in stats.events] == ["arm_error", "recovered"], stats.summary()
     assert "no reply" in stats.events[0].reason
     np.testing.assert_allclose(arm.true_state(), [0.4, 0.1, -0.2], atol=0.02)
+
+
+class _AnsweringSocket:
+    """Stands in for the client's socket and poller: answers every request at once, no network."""
+
+    def __init__(self, dof: int):
+        self.dof, self.seq = dof, 0
+
+    def send(self, payload: bytes) -> None:
+        self.seq = decode(payload, "request")["seq"]
+
+    def poll(self, timeout_ms: int) -> bool:
+        return True
+
+    def recv(self) -> bytes:
+        return encode({"seq": self.seq, "ok": True, "state": [0.0] * self.dof, "t_state_s": 0.0})
+
+
+def test_round_trip_statistics_stay_fixed_size_over_100k_round_trips(served):
+    _, server = served
+    client = NetArm(server.bound_address, timeout_s=0.2)
+    real_sock = client._sock
+    size_before = client.round_trip_ms.nbytes
+    client._sock = client._poller = _AnsweringSocket(client.dof)
+    try:
+        for _ in range(100_000):
+            client.read_state()
+    finally:
+        client._sock = real_sock
+        client.close()
+    assert client.round_trip_ms.count == 100_001  # the hello, then every read
+    assert client.round_trip_ms.nbytes == size_before
