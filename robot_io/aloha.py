@@ -20,6 +20,7 @@ from pi0edge.errors import require
 from .arm_base import Arm, ArmLimits
 from .cameras import Camera, Frame
 from .errors import ArmError, CameraError
+from .quantiles import StreamQuantiles
 
 ALOHA_DOF = 14
 # Per side, from the ViperX 300s model that gym-aloha's MJCF uses (radians), gripper normalised.
@@ -48,7 +49,7 @@ class AlohaArm(Arm):
         self._frames: dict[str, Frame] = {}
         self._step_index = 0
         self.last_reward = 0.0
-        self.step_ms: list[float] = []
+        self.step_ms = StreamQuantiles(smallest=0.01, largest=60_000.0)  # fixed size: a run can last days
         physics = self._env._env.physics
         known = {physics.model.id2name(i, "camera") for i in range(physics.model.ncam)}
         missing = [c for c in self.camera_names if c not in known]
@@ -79,7 +80,7 @@ class AlohaArm(Arm):
             obs, reward, _terminated, _truncated, _info = self._env.step(action)
             self.last_reward = float(reward)
             self._update(obs)
-            self.step_ms.append((time.perf_counter() - start) * 1e3)
+            self.step_ms.add((time.perf_counter() - start) * 1e3)
 
     def latest_frame(self, name: str) -> Frame:
         with self._lock:
