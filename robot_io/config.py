@@ -1,6 +1,7 @@
 """The robot YAML: one file that says which camera is which, which arm, how joints map to the model,
-the rate, the chunk strategy and the safety limits. Loaded with yaml.safe_load, validated into frozen
-dataclasses; every error names the field and the value (ConfigError). Reference: docs/control_loop.md.
+the rate, the chunk strategy and the safety limits. Loaded with pi0edge.yaml_io (safe_load that refuses
+duplicate keys), validated into frozen dataclasses; every error names the field and the value (ConfigError).
+Reference: docs/control_loop.md.
 """
 
 from __future__ import annotations
@@ -349,11 +350,13 @@ def load_robot_config(path: str | Path) -> RobotConfig:
     """Read and validate a robot YAML. Errors: ConfigError naming the file, the field and the value."""
     import yaml
 
+    from pi0edge.yaml_io import load_yaml
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: robot config file does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     try:
