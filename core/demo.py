@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pi0edge.cli_args import positive_float
+
 DEMO_PROMPT = "pick up the cube"
 DEMO_ROBOT_DIMS = {"sim": 6, "aloha": 14}
 
@@ -27,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", help="where to write the checkpoint and bundle (default: a temporary folder)")
     p.add_argument("--model", choices=("pi0", "pi05"), default="pi0", help="model family (default pi0)")
     p.add_argument("--preset", choices=("tiny", "mid"), default="tiny", help="model size (default tiny)")
-    p.add_argument("--duration-s", type=float, default=3.0, help="control-loop duration (default 3 s)")
+    p.add_argument("--duration-s", type=positive_float, default=3.0, help="control-loop duration (default 3 s)")
     p.add_argument("--sim", choices=("sim", "aloha"), default="sim",
                    help="sim: first-order simulated arm; aloha: gym-aloha MuJoCo (needs pi0edge[sim])")
     p.add_argument("--backend", default="ort-cpu", help="inference backend (default ort-cpu)")
@@ -35,11 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from pi0edge.errors import ConfigError, require
+    from pi0edge.errors import require
 
     require("torch", "export", "pi0edge demo (it writes and exports a random checkpoint)")
-    if args.duration_s < 0:
-        raise ConfigError(f"--duration-s must be >= 0, got {args.duration_s}")
     if args.workdir:
         return run_demo(Path(args.workdir), args)
     with tempfile.TemporaryDirectory(prefix="pi0edge-demo-") as tmp:

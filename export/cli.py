@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pi0edge.cli_args import positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="checkpoint directory -> bundle (prefix.onnx, denoise_step.onnx, bundle.yaml)",
@@ -15,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="graph precision: float32 for CPU and parity, float16 for GPUs, bfloat16 for GPUs with bf16 "
                         "(Ampere and later); measured errors in docs/benchmarks.md (default float32)")
     p.add_argument("--tokenizer", help="PaliGemma SentencePiece tokenizer.model, when the checkpoint has none")
-    p.add_argument("--num-steps", type=int, help="default number of Euler steps recorded in the bundle (default 10)")
+    p.add_argument("--num-steps", type=positive_int,
+                   help="default number of Euler steps recorded in the bundle (default 10)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (once the new one is complete)")
     p.add_argument("--no-optimize", action="store_true", help="export the plain reference graphs (no folding/fusing)")
     p.add_argument("--disable", action="append", default=[], metavar="OPTIMIZATION",

@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pi0edge.cli_args import non_empty_text, positive_float, writable_file
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     run = subparsers.add_parser("run", help="drive a robot from a robot YAML with a policy bundle",
                                 description="Run the control loop: cameras + arm from --config, actions from --bundle.")
     run.add_argument("--config", required=True, help="robot YAML (see docs/control_loop.md)")
     run.add_argument("--bundle", required=True, help="exported policy bundle directory")
-    run.add_argument("--prompt", required=True, help="the task in plain text")
+    run.add_argument("--prompt", required=True, type=non_empty_text, help="the task in plain text")
     run.add_argument("--backend", default="ort-cpu", help="inference backend (default ort-cpu)")
-    run.add_argument("--duration-s", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
-    run.add_argument("--record", default=None, help="stream the episode to this file (e.g. run.episode)")
+    run.add_argument("--duration-s", type=positive_float, default=None,
+                     help="stop after this many seconds (default: Ctrl-C)")
+    run.add_argument("--record", default=None, type=writable_file,
+                     help="stream the episode to this file (e.g. run.episode)")
     run.add_argument("--no-status", action="store_true", help="no live status line")
     run.set_defaults(func=cmd_run)
 
@@ -23,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                "send its commands to that YAML's arm at the recorded rate.")
     replay.add_argument("episode", help="episode file written by `pi0edge run --record`")
     replay.add_argument("--config", default=None, help="robot YAML whose arm replays the commands")
-    replay.add_argument("--speed", type=float, default=1.0, help="playback speed factor (default 1.0)")
+    replay.add_argument("--speed", type=positive_float, default=1.0, help="playback speed factor (default 1.0)")
     replay.set_defaults(func=cmd_replay)
 
 
