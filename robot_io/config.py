@@ -20,7 +20,10 @@ from .cameras import validate_camera_spec
 STRATEGIES = ("sync", "async", "ensemble")
 TOP_LEVEL_KEYS = {"rate_hz", "realtime_priority", "cameras", "arm", "joints", "chunking", "safety", "estop",
                   "startup_check", "recording", "inference", "cpu_affinity"}
-INFERENCE_MODES = ("process", "thread")  # where policy.infer runs: docs/control_loop.md, "Inference beside the loop"
+INFERENCE_MODES = ("process", "thread")
+# The loop sleeps to ~1 ms before each deadline and spins the rest (clock.py): above 1 kHz a period is
+# shorter than the sleep margin and Python's per-tick work, so the rate would not be held.
+MAX_RATE_HZ = 1000.0  # where policy.infer runs: docs/control_loop.md, "Inference beside the loop"
 
 
 def _is_number(value) -> bool:
@@ -230,6 +233,9 @@ class RobotConfig:
 
     def __post_init__(self):
         _positive("rate_hz", self.rate_hz)
+        if self.rate_hz > MAX_RATE_HZ:
+            raise ConfigError(f"rate_hz: must be at most {MAX_RATE_HZ:g} Hz (the loop's timer cannot hold a "
+                              f"shorter period), got {self.rate_hz!r}")
         prio = self.realtime_priority
         if prio is not None and (not isinstance(prio, int) or isinstance(prio, bool) or not 1 <= prio <= 99):
             raise ConfigError(f"realtime_priority: must be an integer 1..99 (SCHED_FIFO) or null, got {prio!r}")
@@ -273,7 +279,11 @@ def robot_config_from_dict(data: Mapping, source: str | None = None, base_dir: P
     for required in ("rate_hz", "arm", "joints"):
         if required not in data:
             raise ConfigError(f"{required}: missing (required)")
-    cameras_data = data.get("cameras") or {}
+    cameras_data = data.get("cameras")
+    if cameras_data is not None and not cameras_data:  # `cameras: {}` or `cameras: []`
+        raise ConfigError(f"cameras: empty ({cameras_data!r}); name at least one camera and the model camera it "
+                          f"feeds, or leave the field out for a policy that needs no camera")
+    cameras_data = cameras_data or {}
     _known_keys("cameras", cameras_data, set(cameras_data))
     cameras = []
     for robot_id, spec in cameras_data.items():
