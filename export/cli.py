@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", help="PaliGemma SentencePiece tokenizer.model, when the checkpoint has none")
     p.add_argument("--num-steps", type=positive_int,
                    help="default number of Euler steps recorded in the bundle (default 10)")
+    p.add_argument("--asset-id", help="openpi layout: which assets/<ASSET_ID>/norm_stats.json to use when there "
+                                      "are several")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (once the new one is complete)")
     p.add_argument("--no-optimize", action="store_true", help="export the plain reference graphs (no folding/fusing)")
     p.add_argument("--disable", action="append", default=[], metavar="OPTIMIZATION",
@@ -53,7 +55,7 @@ def _export(args: argparse.Namespace) -> int:
     optimize = None if args.no_optimize else replace(DEFAULT_OPTIMIZE, **switches)
     report = export_bundle(args.checkpoint, args.output, precision=args.precision, tokenizer=args.tokenizer,
                            overwrite=args.overwrite, num_steps=args.num_steps,
-                           check_finite=not args.no_finite_check, optimize=optimize)
+                           check_finite=not args.no_finite_check, optimize=optimize, asset_id=args.asset_id)
     print(f"wrote {report.bundle_dir} ({report.precision}, {report.bundle_bytes / 1e6:.1f} MB) "
           f"in {report.export_s:.1f} s")
     return 0
