@@ -143,6 +143,14 @@ def test_cli_run_records_and_replay_prints(tmp_path, monkeypatch, capsys):
     assert "replay:" in capsys.readouterr().out
 
 
+def test_replay_summary_cuts_a_long_prompt_to_80_characters(tmp_path, capsys):
+    path, prompt = tmp_path / "ep.episode", "fold the towel in half, then " * 20
+    run_loop(make_config(), make_policy(), prompt, 0.3, record_path=str(path))
+    assert main(["replay", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert f"prompt {prompt[:80]!r}... ({len(prompt)} chars)," in printed and prompt[:81] not in printed
+
+
 def test_cli_reports_user_errors_without_traceback(tmp_path, capsys):
     bad = tmp_path / "robot.yaml"
     data = base_config_dict()
