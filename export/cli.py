@@ -6,11 +6,24 @@ import argparse
 
 from pi0edge.cli_args import positive_int
 
+# What `export` writes (docs/export.md, "The bundle"); the help lists it.
+BUNDLE_FILES = {
+    "prefix.onnx": "images + prompt (+ state) -> KV cache, run once per chunk",
+    "denoise_step.onnx": "one Euler step (per-step timing, other step counts, TensorRT)",
+    "denoise_loop.onnx": "the whole Euler loop in one call (the ONNX Runtime default)",
+    "*.onnx.data": "weights stored beside a graph (ONNX external data), shared by step and loop",
+    "tokenizer.model": "the PaliGemma SentencePiece tokenizer",
+    "bundle.yaml": "the manifest: model, cameras, normalization, graphs' I/O, checksums",
+}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="checkpoint directory -> bundle (prefix.onnx, denoise_step.onnx, bundle.yaml)",
+    p = sub.add_parser("export", help=f"checkpoint directory -> bundle ({', '.join(BUNDLE_FILES)})",
                        description="Export a Pi0 / Pi0.5 checkpoint (LeRobot or openpi-PyTorch layout, safetensors) "
-                                   "into a bundle the runtime loads. Needs the [export] extra (torch, onnx).")
+                                   "into a bundle the runtime loads.\nNeeds the [export] extra (torch, onnx).\n\n"
+                                   "The bundle folder holds:\n" + "\n".join(f"  {name:<20} {what}" for name, what in
+                                                                           BUNDLE_FILES.items()),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint directory (config.json + model.safetensors, or openpi layout)")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write (atomically)")
     p.add_argument("--precision", choices=("float32", "float16", "bfloat16"), default="float32",

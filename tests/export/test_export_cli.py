@@ -127,3 +127,16 @@ def test_export_help_offers_the_asset_id_flag(capsys):
     with pytest.raises(SystemExit):
         main(["export", "--help"])
     assert "--asset-id" in capsys.readouterr().out
+
+
+def test_export_help_lists_every_file_the_export_writes(checkpoint, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    assert main(["export", str(checkpoint), "-o", str(out)]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    help_text = capsys.readouterr().out
+    for path in out.iterdir():
+        assert (path.name if not path.name.endswith(".onnx.data") else "*.onnx.data") in help_text, path.name
+    for name in ("prefix.onnx", "denoise_step.onnx", "denoise_loop.onnx", "tokenizer.model", "bundle.yaml"):
+        assert name in help_text
