@@ -37,9 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from pi0edge.errors import require
+    from pi0edge.errors import require, require_installed
 
     require("torch", "export", "pi0edge demo (it writes and exports a random checkpoint)")
+    if args.sim == "aloha":
+        require_installed("gym_aloha", "sim", "pi0edge demo --sim aloha")
     if args.workdir:
         return run_demo(Path(args.workdir), args)
     with tempfile.TemporaryDirectory(prefix="pi0edge-demo-") as tmp:

@@ -85,6 +85,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .loop import run_loop
 
     config = load_robot_config(args.config)
+    if config.arm["kind"] == "aloha":  # before the bundle loads: gym-aloha is only imported when the arm opens
+        from pi0edge.errors import require_installed
+
+        require_installed("gym_aloha", "sim", f"{args.config} (arm kind aloha)")
     policy = _load_policy(args.bundle, args.backend)
     show, interactive = _status_printer()
     stats = run_loop(config, policy, args.prompt, args.duration_s, record_path=args.record,

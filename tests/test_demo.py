@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 
@@ -37,3 +38,10 @@ def test_demo_rejects_a_duration_that_is_not_a_positive_finite_number(tmp_path, 
     assert exit_.value.code == 2
     assert "--duration-s" in capsys.readouterr().err
     assert not (tmp_path / "bundle").exists()
+
+
+def test_demo_sim_aloha_without_the_sim_extra_fails_before_exporting(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gym_aloha", None)  # not installed, whatever this machine has
+    assert main(["demo", "--workdir", str(tmp_path), "--sim", "aloha", "--duration-s", "1"]) == 1
+    assert "pip install 'pi0edge[sim]'" in capsys.readouterr().err
+    assert not (tmp_path / "checkpoint").exists() and not (tmp_path / "bundle").exists()

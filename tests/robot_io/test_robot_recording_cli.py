@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -203,3 +204,13 @@ def test_cli_run_loads_only_the_manifest_here_and_runs_the_bundle_in_its_own_pro
     # The tiny bundle's chunk is shorter than its latency here, so the arm may only wait: count chunks, not motion.
     chunks = int(re.search(r"inference: (\d+) chunks", out.out).group(1))
     assert chunks > 0 and "policy_error" not in out.out, out.out
+
+
+def test_cli_run_with_an_aloha_config_without_the_sim_extra_fails_before_loading_the_bundle(capsys, monkeypatch):
+    from pi0edge.robot_io.config import example_config_path
+
+    monkeypatch.setitem(sys.modules, "gym_aloha", None)  # not installed, whatever this machine has
+    monkeypatch.setattr(robot_cli, "_load_policy", lambda bundle, backend: pytest.fail("the bundle was loaded"))
+    code = main(["run", "--config", str(example_config_path("aloha.yaml")), "--bundle", "b", "--prompt", "p"])
+    assert code == 1
+    assert "pip install 'pi0edge[sim]'" in capsys.readouterr().err
