@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import time
 
 from pi0edge.cli_args import non_empty_text, positive_float, writable_file
 
@@ -38,16 +40,25 @@ def _load_policy(bundle: str, backend: str):
     return PolicyHandle(PolicySpec(bundle, backend))
 
 
-def _status_printer(stream=None):
+# Without a terminal (a service, `> run.log`) each status is a new line: one per this many seconds, not
+# the loop's two per second.
+LOG_STATUS_EVERY_S = 10.0
+
+
+def _status_printer(stream=None, every_s: float = LOG_STATUS_EVERY_S, clock=time.monotonic):
     stream = stream or sys.stderr
     interactive = stream.isatty()
+    next_s = [-math.inf]
 
     def show(stats) -> None:
-        line = stats.status_line()
         if interactive:
-            stream.write("\r\033[K" + line)  # redraw one line in place
+            stream.write("\r\033[K" + stats.status_line())  # redraw one line in place
         else:
-            stream.write(line + "\n")
+            now = clock()
+            if now < next_s[0]:
+                return
+            next_s[0] = now + every_s
+            stream.write(stats.status_line() + "\n")
         stream.flush()
 
     return show, interactive

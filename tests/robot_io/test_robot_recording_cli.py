@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -214,3 +215,36 @@ def test_cli_run_with_an_aloha_config_without_the_sim_extra_fails_before_loading
     code = main(["run", "--config", str(example_config_path("aloha.yaml")), "--bundle", "b", "--prompt", "p"])
     assert code == 1
     assert "pip install 'pi0edge[sim]'" in capsys.readouterr().err
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+class _Stats:
+    calls = 0
+
+    def status_line(self) -> str:
+        self.calls += 1
+        return f"status {self.calls}"
+
+
+def test_status_without_a_terminal_is_one_line_per_10_s_and_on_a_terminal_redraws_each_time():
+    times = iter([0.0, 0.5, 1.0, 9.9, 10.0, 10.5, 20.4, 20.6])
+    log = _Stream(tty=False)
+    show, interactive = robot_cli._status_printer(log, clock=lambda: next(times))
+    stats = _Stats()
+    for _ in range(8):
+        show(stats)
+    assert not interactive and log.getvalue() == "status 1\nstatus 2\nstatus 3\n"
+
+    terminal = _Stream(tty=True)
+    show, interactive = robot_cli._status_printer(terminal, clock=lambda: 0.0)
+    for _ in range(3):
+        show(_Stats())
+    assert interactive and terminal.getvalue().count("\r\033[K") == 3 and "\n" not in terminal.getvalue()
