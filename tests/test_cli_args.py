@@ -31,6 +31,12 @@ BAD_VALUES = [
     (PROFILE, "--num-steps", "0"),
     (PROFILE, "--num-steps", "2.5"),
     (["export", MISSING, "-o", MISSING], "--num-steps", "-3"),
+    (["build", MISSING], "--max-batch", "0"),
+    (["build", MISSING], "--workspace-gb", "nan"),
+    (["quantize", MISSING, "-o", MISSING, "--mode", "int8"], "--calib-chunks", "0"),
+    (["calibrate", "intrinsics", "--images", MISSING, "--board", MISSING, "--out", MISSING], "--timeout-s", "inf"),
+    (["calibrate", "intrinsics", "--images", MISSING, "--board", MISSING, "--out", MISSING], "--min-views", "0"),
+    (["calibrate", "check", "--reference", MISSING, "--image", MISSING], "--max-mm", "-1"),
 ]
 
 
