@@ -140,3 +140,12 @@ def test_export_help_lists_every_file_the_export_writes(checkpoint, tmp_path, ca
         assert (path.name if not path.name.endswith(".onnx.data") else "*.onnx.data") in help_text, path.name
     for name in ("prefix.onnx", "denoise_step.onnx", "denoise_loop.onnx", "tokenizer.model", "bundle.yaml"):
         assert name in help_text
+
+
+def test_export_asset_id_picks_one_of_several_openpi_statistics(tmp_path, capsys):
+    ckpt = tmp_path / "openpi"
+    write_random_checkpoint(ckpt, tiny("pi0"), layout="openpi", robot_state_dim=6, robot_action_dim=6)
+    shutil.copytree(ckpt / "assets" / "robot", ckpt / "assets" / "other")
+    assert main(["export", str(ckpt), "-o", str(tmp_path / "a")]) == 1
+    assert "--asset-id" in capsys.readouterr().err
+    assert main(["export", str(ckpt), "-o", str(tmp_path / "b"), "--asset-id", "other"]) == 0
