@@ -273,13 +273,7 @@ def _resolve(path: str | None, base: Path | None) -> str | None:
     return str(p if p.is_absolute() else base / p)
 
 
-def robot_config_from_dict(data: Mapping, source: str | None = None, base_dir: Path | None = None) -> RobotConfig:
-    """Validate a parsed YAML mapping. Relative paths in it are taken relative to `base_dir`."""
-    _known_keys("robot config", data, TOP_LEVEL_KEYS)
-    for required in ("rate_hz", "arm", "joints"):
-        if required not in data:
-            raise ConfigError(f"{required}: missing (required)")
-    cameras_data = data.get("cameras")
+def _cameras(cameras_data, base_dir: Path | None) -> list[CameraConfig]:
     if cameras_data is not None and not cameras_data:  # `cameras: {}` or `cameras: []`
         raise ConfigError(f"cameras: empty ({cameras_data!r}); name at least one camera and the model camera it "
                           f"feeds, or leave the field out for a policy that needs no camera")
@@ -298,7 +292,16 @@ def robot_config_from_dict(data: Mapping, source: str | None = None, base_dir: P
         if spec.get("kind") == "opencv" and isinstance(device, str) and not device.startswith("/dev"):
             spec["device"] = _resolve(spec["device"], base_dir)
         cameras.append(CameraConfig(str(robot_id), model_camera, MappingProxyType(spec)))
+    return cameras
 
+
+def robot_config_from_dict(data: Mapping, source: str | None = None, base_dir: Path | None = None) -> RobotConfig:
+    """Validate a parsed YAML mapping. Relative paths in it are taken relative to `base_dir`."""
+    _known_keys("robot config", data, TOP_LEVEL_KEYS)
+    for required in ("rate_hz", "arm", "joints"):
+        if required not in data:
+            raise ConfigError(f"{required}: missing (required)")
+    cameras = _cameras(data.get("cameras"), base_dir)
     joints = data["joints"]
     _known_keys("joints", joints, {"names", "action_index", "state_index"})
     names = joints.get("names")
