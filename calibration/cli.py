@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from pi0edge.cli_args import positive_float, positive_int
+
 log = logging.getLogger("pi0edge.calibration")
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
@@ -49,11 +51,11 @@ def _add_intrinsics(sub) -> None:
     p.add_argument("--k-coefficients", type=int, choices=(2, 3), default=3, help="pinhole radial terms (2 fixes k3)")
     p.add_argument("--name", default="camera", help="camera name (file names and camera_name)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.add_argument("--min-views", type=int, default=5, help="fewer usable views is an error (default 5)")
-    p.add_argument("--reject-factor", type=float, default=3.0, help="reject views with RMS > this x median")
+    p.add_argument("--min-views", type=positive_int, default=5, help="fewer usable views is an error (default 5)")
+    p.add_argument("--reject-factor", type=positive_float, default=3.0, help="reject views with RMS > this x median")
     p.add_argument("--reject-min-px", type=float, default=1.0, help="... and above this many px")
-    p.add_argument("--views", type=int, default=25, help="live camera: views to capture")
-    p.add_argument("--timeout-s", type=float, default=180.0, help="live camera: give up capturing after this")
+    p.add_argument("--views", type=positive_int, default=25, help="live camera: views to capture")
+    p.add_argument("--timeout-s", type=positive_float, default=180.0, help="live camera: give up capturing after this")
     p.add_argument("--save-images", type=Path, help="live camera: keep the captured views here")
     p.add_argument("--strict", action="store_true", help="exit 1 when the report has quality warnings")
     p.set_defaults(func=cmd_intrinsics)
@@ -87,7 +89,8 @@ def _add_handeye(sub) -> None:
     p.add_argument("--name", default="handeye", help="output file prefix")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument(
-        "--min-views", type=int, default=10, help="fewer views with the board: a warning, with --strict an error"
+        "--min-views", type=positive_int, default=10,
+        help="fewer views with the board: a warning, with --strict an error"
     )
     p.add_argument(
         "--strict",
@@ -106,8 +109,8 @@ def _add_check(sub) -> None:
     p.add_argument("--save-reference", action="store_true", help="write the reference from this view instead")
     p.add_argument("--intrinsics", type=Path, help="with --save-reference: the camera file")
     p.add_argument("--board", help=f"with --save-reference: {BOARD_HELP}")
-    p.add_argument("--max-mm", type=float, help="translation limit (default: the reference's, else 2 mm)")
-    p.add_argument("--max-deg", type=float, help="rotation limit (default: the reference's, else 0.5 deg)")
+    p.add_argument("--max-mm", type=positive_float, help="translation limit (default: the reference's, else 2 mm)")
+    p.add_argument("--max-deg", type=positive_float, help="rotation limit (default: the reference's, else 0.5 deg)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_check)
 

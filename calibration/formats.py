@@ -73,8 +73,10 @@ def read_camera_file(path: Path | str) -> CameraModel:
         return _read_opencv(path)
     import yaml
 
+    from pi0edge.yaml_io import load_yaml
+
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise CalibrationFileError(f"camera file {path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):

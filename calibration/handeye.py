@@ -86,8 +86,10 @@ def read_robot_poses(path: Path | str) -> list[RobotPose]:
         return _read_csv(text, path)
     import yaml
 
+    from pi0edge.yaml_io import load_yaml
+
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise CalibrationFileError(f"pose file {path}: not valid YAML/JSON: {exc}") from None
     if isinstance(data, dict):

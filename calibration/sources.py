@@ -87,8 +87,12 @@ def parse_camera_spec(text: str) -> dict[str, Any]:
     `realsense:123456789012` (serial), `realsense:recording.bag` (file), `synthetic:FOLDER`."""
     import yaml
 
+    from pi0edge.yaml_io import DuplicateKeyError, load_yaml
+
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except DuplicateKeyError as exc:  # a mapping, but an ambiguous one: not a KIND:ARG string
+        raise CalibrationFileError(f"camera spec {text!r}: {exc}") from None
     except yaml.YAMLError:
         data = None
     if isinstance(data, dict):

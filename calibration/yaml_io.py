@@ -12,8 +12,10 @@ def read_yaml_file(path: Path | str, what: str, error: type[Exception] = Calibra
     """yaml.safe_load of `path`; unreadable or invalid YAML -> `error("<what> file <path>: ...")`."""
     import yaml
 
+    from pi0edge.yaml_io import load_yaml
+
     try:
-        return yaml.safe_load(Path(path).read_text())
+        return load_yaml(Path(path).read_text())
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"cannot read {what} file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     except yaml.YAMLError as exc:

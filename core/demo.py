@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pi0edge.cli_args import positive_float
+
 DEMO_PROMPT = "pick up the cube"
 DEMO_ROBOT_DIMS = {"sim": 6, "aloha": 14}
 
@@ -27,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", help="where to write the checkpoint and bundle (default: a temporary folder)")
     p.add_argument("--model", choices=("pi0", "pi05"), default="pi0", help="model family (default pi0)")
     p.add_argument("--preset", choices=("tiny", "mid"), default="tiny", help="model size (default tiny)")
-    p.add_argument("--duration-s", type=float, default=3.0, help="control-loop duration (default 3 s)")
+    p.add_argument("--duration-s", type=positive_float, default=3.0, help="control-loop duration (default 3 s)")
     p.add_argument("--sim", choices=("sim", "aloha"), default="sim",
                    help="sim: first-order simulated arm; aloha: gym-aloha MuJoCo (needs pi0edge[sim])")
     p.add_argument("--backend", default="ort-cpu", help="inference backend (default ort-cpu)")
@@ -35,11 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from pi0edge.errors import ConfigError, require
+    from pi0edge.errors import require, require_installed
 
     require("torch", "export", "pi0edge demo (it writes and exports a random checkpoint)")
-    if args.duration_s < 0:
-        raise ConfigError(f"--duration-s must be >= 0, got {args.duration_s}")
+    if args.sim == "aloha":
+        require_installed("gym_aloha", "sim", "pi0edge demo --sim aloha")
     if args.workdir:
         return run_demo(Path(args.workdir), args)
     with tempfile.TemporaryDirectory(prefix="pi0edge-demo-") as tmp:
@@ -78,18 +80,31 @@ def run_demo(workdir: Path, args: argparse.Namespace) -> int:
         np.set_printoptions(precision=3, suppress=True, linewidth=120)
         print(f"[3/4] one chunk on {policy.backend.name}: actions {chunk.actions.shape} (robot units), first 3 rows:")
         print(chunk.actions[:3])
-        print(f"      preprocess {t['preprocess_ms']:.1f} ms, prefix {t['prefix_ms']:.1f} ms, "
-              f"{len(t['step_ms'])} steps {t['denoise_ms']:.1f} ms, total {t['total_ms']:.1f} ms")
+        print(f"      {timing_line(t, policy.manifest.num_steps)}")
         print(profile_policy(policy, iters=10, warmup=2).table())
-        print(f"[4/4] control loop: {args.sim} arm for {args.duration_s:.0f} s")
+        print(f"[4/4] control loop: {args.sim} arm for {args.duration_s:g} s")
         stats = _run_loop(policy, args)
         print(stats.summary())
     return 0
 
 
+def timing_line(t, num_steps: int) -> str:
+    """One chunk's stage times. With the loop graph (the export default) the denoise loop is one call
+    and has no per-step times (ChunkTimings.step_ms is empty): its time is the loop graph's."""
+    steps = t["step_ms"]
+    denoise = (f"denoise {t['denoise_ms']:.1f} ms ({len(steps)} step-graph calls)" if steps else
+               f"denoise {t['denoise_ms']:.1f} ms ({num_steps} steps in one loop-graph call)")
+    return (f"preprocess {t['preprocess_ms']:.1f} ms, prefix {t['prefix_ms']:.1f} ms, {denoise}, "
+            f"total {t['total_ms']:.1f} ms")
+
+
 def _run_loop(policy, args: argparse.Namespace):
+    from dataclasses import replace
+
     from pi0edge.robot_io.config import example_config_path, load_robot_config
     from pi0edge.robot_io.loop import run_loop
 
     config = load_robot_config(example_config_path("aloha.yaml" if args.sim == "aloha" else "sim_arm.yaml"))
+    # A simulated arm needs no SCHED_FIFO; asking for it without root would only print a warning.
+    config = replace(config, realtime_priority=None)
     return run_loop(config, policy, DEMO_PROMPT, args.duration_s)

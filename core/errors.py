@@ -41,3 +41,16 @@ def require(module: str, extra: str, purpose: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtraError(module, extra, purpose) from exc
+
+
+def require_installed(module: str, extra: str, purpose: str) -> None:
+    """Check that an optional dependency is installed, without importing it (gym_aloha pulls in MuJoCo):
+    commands call it before any slow work, so a missing extra fails in a second, not after an export."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module entry set to None
+        found = False
+    if not found:
+        raise MissingExtraError(module, extra, purpose)

@@ -18,6 +18,7 @@ from pi0edge import contract as c
 from pi0edge.atomic import write_text_atomic  # noqa: F401  (re-exported: older imports)
 from pi0edge.errors import BundleError
 from pi0edge.normalization import NormStats, NormStatsError
+from pi0edge.yaml_io import load_yaml
 
 MANIFEST_NAME = "bundle.yaml"
 FORMAT_VERSION = 1
@@ -112,7 +113,7 @@ def _int_field(d: dict, dotted: str, where: Path, minimum: int = 1) -> int:
 def read_yaml_mapping(path: Path) -> dict:
     """A bundle-side YAML file (bundle.yaml, engine.yaml) as a dict, or BundleError naming the file."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict):

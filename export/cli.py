@@ -4,18 +4,36 @@ from __future__ import annotations
 
 import argparse
 
+from pi0edge.cli_args import positive_int
+
+# What `export` writes (docs/export.md, "The bundle"); the help lists it.
+BUNDLE_FILES = {
+    "prefix.onnx": "images + prompt (+ state) -> KV cache, run once per chunk",
+    "denoise_step.onnx": "one Euler step (per-step timing, other step counts, TensorRT)",
+    "denoise_loop.onnx": "the whole Euler loop in one call (the ONNX Runtime default)",
+    "*.onnx.data": "weights stored beside a graph (ONNX external data), shared by step and loop",
+    "tokenizer.model": "the PaliGemma SentencePiece tokenizer",
+    "bundle.yaml": "the manifest: model, cameras, normalization, graphs' I/O, checksums",
+}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="checkpoint directory -> bundle (prefix.onnx, denoise_step.onnx, bundle.yaml)",
+    p = sub.add_parser("export", help=f"checkpoint directory -> bundle ({', '.join(BUNDLE_FILES)})",
                        description="Export a Pi0 / Pi0.5 checkpoint (LeRobot or openpi-PyTorch layout, safetensors) "
-                                   "into a bundle the runtime loads. Needs the [export] extra (torch, onnx).")
+                                   "into a bundle the runtime loads.\nNeeds the [export] extra (torch, onnx).\n\n"
+                                   "The bundle folder holds:\n" + "\n".join(f"  {name:<20} {what}" for name, what in
+                                                                           BUNDLE_FILES.items()),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint directory (config.json + model.safetensors, or openpi layout)")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write (atomically)")
     p.add_argument("--precision", choices=("float32", "float16", "bfloat16"), default="float32",
                    help="graph precision: float32 for CPU and parity, float16 for GPUs, bfloat16 for GPUs with bf16 "
                         "(Ampere and later); measured errors in docs/benchmarks.md (default float32)")
     p.add_argument("--tokenizer", help="PaliGemma SentencePiece tokenizer.model, when the checkpoint has none")
-    p.add_argument("--num-steps", type=int, help="default number of Euler steps recorded in the bundle (default 10)")
+    p.add_argument("--num-steps", type=positive_int,
+                   help="default number of Euler steps recorded in the bundle (default 10)")
+    p.add_argument("--asset-id", help="openpi layout: which assets/<ASSET_ID>/norm_stats.json to use when there "
+                                      "are several")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (once the new one is complete)")
     p.add_argument("--no-optimize", action="store_true", help="export the plain reference graphs (no folding/fusing)")
     p.add_argument("--disable", action="append", default=[], metavar="OPTIMIZATION",
@@ -50,7 +68,7 @@ def _export(args: argparse.Namespace) -> int:
     optimize = None if args.no_optimize else replace(DEFAULT_OPTIMIZE, **switches)
     report = export_bundle(args.checkpoint, args.output, precision=args.precision, tokenizer=args.tokenizer,
                            overwrite=args.overwrite, num_steps=args.num_steps,
-                           check_finite=not args.no_finite_check, optimize=optimize)
+                           check_finite=not args.no_finite_check, optimize=optimize, asset_id=args.asset_id)
     print(f"wrote {report.bundle_dir} ({report.precision}, {report.bundle_bytes / 1e6:.1f} MB) "
           f"in {report.export_s:.1f} s")
     return 0

@@ -24,6 +24,7 @@ import yaml
 
 import pi0edge
 from pi0edge.atomic import staged_dir, write_bytes_atomic, write_text_atomic
+from pi0edge.cli_args import positive_float, positive_int
 from pi0edge.errors import BundleError, ConfigError, Pi0EdgeError
 from pi0edge.manifest import GraphEntry, Manifest, load_manifest
 
@@ -277,9 +278,11 @@ def register_build(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="engine precision; default: the bundle's own (float16 -> fp16). fp16/bf16 from a float32 "
                         "bundle use TensorRT 10's weakly typed flags; fp8/int8 need a quantized (Q/DQ) bundle")
-    p.add_argument("--max-batch", type=int, default=1, help="largest batch (robots per call) the engines accept")
+    p.add_argument("--max-batch", type=positive_int, default=1,
+                   help="largest batch (robots per call) the engines accept")
     p.add_argument("--timing-cache", help="timing cache file to read and update (default: next to the engines)")
-    p.add_argument("--workspace-gb", type=float, help="cap TensorRT's build workspace (useful on 8-16 GB Jetsons)")
+    p.add_argument("--workspace-gb", type=positive_float,
+                   help="cap TensorRT's build workspace (useful on 8-16 GB Jetsons)")
     p.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
     p.add_argument("--allow-tf32", action="store_true", help="let fp32 engines use TF32 tensor cores")
     p.set_defaults(func=_build_command)

@@ -35,6 +35,7 @@ import yaml
 
 from pi0edge import contract as c
 from pi0edge.atomic import staged_dir, write_text_atomic
+from pi0edge.cli_args import positive_int
 from pi0edge.errors import BundleError, ConfigError, require
 from pi0edge.export.loop_graph import write_loop_graph
 from pi0edge.manifest import MANIFEST_NAME, Manifest, load_manifest, sha256_file
@@ -430,9 +431,9 @@ def register_quantize(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="quantized bundle directory to write (atomically)")
     p.add_argument("--mode", choices=MODES, required=True,
                    help="fp8: Ada / Hopper / Blackwell / Thor; int8: GPUs without FP8 (Jetson Orin, Ampere)")
-    p.add_argument("--calib-chunks", type=int, default=QuantizeOptions.calib_chunks,
+    p.add_argument("--calib-chunks", type=positive_int, default=QuantizeOptions.calib_chunks,
                    help="synthetic observations to calibrate on (the step graph sees num_steps samples each)")
-    p.add_argument("--eval-chunks", type=int, default=QuantizeOptions.eval_chunks,
+    p.add_argument("--eval-chunks", type=positive_int, default=QuantizeOptions.eval_chunks,
                    help="held-out observations the action error is measured on")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic observations and noise")
     p.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=None,

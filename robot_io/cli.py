@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import time
+
+from pi0edge.cli_args import non_empty_text, positive_float, writable_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -11,10 +15,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 description="Run the control loop: cameras + arm from --config, actions from --bundle.")
     run.add_argument("--config", required=True, help="robot YAML (see docs/control_loop.md)")
     run.add_argument("--bundle", required=True, help="exported policy bundle directory")
-    run.add_argument("--prompt", required=True, help="the task in plain text")
+    run.add_argument("--prompt", required=True, type=non_empty_text, help="the task in plain text")
     run.add_argument("--backend", default="ort-cpu", help="inference backend (default ort-cpu)")
-    run.add_argument("--duration-s", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
-    run.add_argument("--record", default=None, help="stream the episode to this file (e.g. run.episode)")
+    run.add_argument("--duration-s", type=positive_float, default=None,
+                     help="stop after this many seconds (default: Ctrl-C)")
+    run.add_argument("--record", default=None, type=writable_file,
+                     help="stream the episode to this file (e.g. run.episode)")
     run.add_argument("--no-status", action="store_true", help="no live status line")
     run.set_defaults(func=cmd_run)
 
@@ -23,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                "send its commands to that YAML's arm at the recorded rate.")
     replay.add_argument("episode", help="episode file written by `pi0edge run --record`")
     replay.add_argument("--config", default=None, help="robot YAML whose arm replays the commands")
-    replay.add_argument("--speed", type=float, default=1.0, help="playback speed factor (default 1.0)")
+    replay.add_argument("--speed", type=positive_float, default=1.0, help="playback speed factor (default 1.0)")
     replay.set_defaults(func=cmd_replay)
 
 
@@ -34,16 +40,25 @@ def _load_policy(bundle: str, backend: str):
     return PolicyHandle(PolicySpec(bundle, backend))
 
 
-def _status_printer(stream=None):
+# Without a terminal (a service, `> run.log`) each status is a new line: one per this many seconds, not
+# the loop's two per second.
+LOG_STATUS_EVERY_S = 10.0
+
+
+def _status_printer(stream=None, every_s: float = LOG_STATUS_EVERY_S, clock=time.monotonic):
     stream = stream or sys.stderr
     interactive = stream.isatty()
+    next_s = [-math.inf]
 
     def show(stats) -> None:
-        line = stats.status_line()
         if interactive:
-            stream.write("\r\033[K" + line)  # redraw one line in place
+            stream.write("\r\033[K" + stats.status_line())  # redraw one line in place
         else:
-            stream.write(line + "\n")
+            now = clock()
+            if now < next_s[0]:
+                return
+            next_s[0] = now + every_s
+            stream.write(stats.status_line() + "\n")
         stream.flush()
 
     return show, interactive
@@ -81,6 +96,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .loop import run_loop
 
     config = load_robot_config(args.config)
+    if config.arm["kind"] == "aloha":  # before the bundle loads: gym-aloha is only imported when the arm opens
+        from pi0edge.errors import require_installed
+
+        require_installed("gym_aloha", "sim", f"{args.config} (arm kind aloha)")
     policy = _load_policy(args.bundle, args.backend)
     show, interactive = _status_printer()
     stats = run_loop(config, policy, args.prompt, args.duration_s, record_path=args.record,

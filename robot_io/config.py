@@ -1,6 +1,7 @@
 """The robot YAML: one file that says which camera is which, which arm, how joints map to the model,
-the rate, the chunk strategy and the safety limits. Loaded with yaml.safe_load, validated into frozen
-dataclasses; every error names the field and the value (ConfigError). Reference: docs/control_loop.md.
+the rate, the chunk strategy and the safety limits. Loaded with pi0edge.yaml_io (safe_load that refuses
+duplicate keys), validated into frozen dataclasses; every error names the field and the value (ConfigError).
+Reference: docs/control_loop.md.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from .cameras import validate_camera_spec
 STRATEGIES = ("sync", "async", "ensemble")
 TOP_LEVEL_KEYS = {"rate_hz", "realtime_priority", "cameras", "arm", "joints", "chunking", "safety", "estop",
                   "startup_check", "recording", "inference", "cpu_affinity"}
-INFERENCE_MODES = ("process", "thread")  # where policy.infer runs: docs/control_loop.md, "Inference beside the loop"
+INFERENCE_MODES = ("process", "thread")
+# The loop sleeps to ~1 ms before each deadline and spins the rest (clock.py): above 1 kHz a period is
+# shorter than the sleep margin and Python's per-tick work, so the rate would not be held.
+MAX_RATE_HZ = 1000.0  # where policy.infer runs: docs/control_loop.md, "Inference beside the loop"
 
 
 def _is_number(value) -> bool:
@@ -229,6 +233,9 @@ class RobotConfig:
 
     def __post_init__(self):
         _positive("rate_hz", self.rate_hz)
+        if self.rate_hz > MAX_RATE_HZ:
+            raise ConfigError(f"rate_hz: must be at most {MAX_RATE_HZ:g} Hz (the loop's timer cannot hold a "
+                              f"shorter period), got {self.rate_hz!r}")
         prio = self.realtime_priority
         if prio is not None and (not isinstance(prio, int) or isinstance(prio, bool) or not 1 <= prio <= 99):
             raise ConfigError(f"realtime_priority: must be an integer 1..99 (SCHED_FIFO) or null, got {prio!r}")
@@ -266,13 +273,11 @@ def _resolve(path: str | None, base: Path | None) -> str | None:
     return str(p if p.is_absolute() else base / p)
 
 
-def robot_config_from_dict(data: Mapping, source: str | None = None, base_dir: Path | None = None) -> RobotConfig:
-    """Validate a parsed YAML mapping. Relative paths in it are taken relative to `base_dir`."""
-    _known_keys("robot config", data, TOP_LEVEL_KEYS)
-    for required in ("rate_hz", "arm", "joints"):
-        if required not in data:
-            raise ConfigError(f"{required}: missing (required)")
-    cameras_data = data.get("cameras") or {}
+def _cameras(cameras_data, base_dir: Path | None) -> list[CameraConfig]:
+    if cameras_data is not None and not cameras_data:  # `cameras: {}` or `cameras: []`
+        raise ConfigError(f"cameras: empty ({cameras_data!r}); name at least one camera and the model camera it "
+                          f"feeds, or leave the field out for a policy that needs no camera")
+    cameras_data = cameras_data or {}
     _known_keys("cameras", cameras_data, set(cameras_data))
     cameras = []
     for robot_id, spec in cameras_data.items():
@@ -287,7 +292,16 @@ def robot_config_from_dict(data: Mapping, source: str | None = None, base_dir: P
         if spec.get("kind") == "opencv" and isinstance(device, str) and not device.startswith("/dev"):
             spec["device"] = _resolve(spec["device"], base_dir)
         cameras.append(CameraConfig(str(robot_id), model_camera, MappingProxyType(spec)))
+    return cameras
 
+
+def robot_config_from_dict(data: Mapping, source: str | None = None, base_dir: Path | None = None) -> RobotConfig:
+    """Validate a parsed YAML mapping. Relative paths in it are taken relative to `base_dir`."""
+    _known_keys("robot config", data, TOP_LEVEL_KEYS)
+    for required in ("rate_hz", "arm", "joints"):
+        if required not in data:
+            raise ConfigError(f"{required}: missing (required)")
+    cameras = _cameras(data.get("cameras"), base_dir)
     joints = data["joints"]
     _known_keys("joints", joints, {"names", "action_index", "state_index"})
     names = joints.get("names")
@@ -353,11 +367,13 @@ def load_robot_config(path: str | Path) -> RobotConfig:
     """Read and validate a robot YAML. Errors: ConfigError naming the file, the field and the value."""
     import yaml
 
+    from pi0edge.yaml_io import load_yaml
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: robot config file does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     try:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pi0edge.text import shorten
+
 from .errors import EpisodeError
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,8 @@ class Episode:
         lines = [f"episode {self.path}"]
         if self.truncated:
             lines.append(f"  TRUNCATED: {self.truncated}")
-        lines.append(f"  prompt {m.get('prompt')!r}, {self.ticks} ticks at {self.rate_hz:g} Hz "
+        prompt = shorten(m["prompt"]) if isinstance(m.get("prompt"), str) else repr(m.get("prompt"))
+        lines.append(f"  prompt {prompt}, {self.ticks} ticks at {self.rate_hz:g} Hz "
                      f"({self.ticks / self.rate_hz:.1f} s), strategy {m.get('strategy')}, joints {m.get('joints')}")
         lat = a["infer_latency_ms"]
         if lat.size:

@@ -75,7 +75,8 @@ def check_policy_fits(config: RobotConfig, policy, arm: Arm) -> None:
                               f"policy's cameras {list(model_cameras)}")
     unfed = [name for name in model_cameras if name not in {c.model_camera for c in config.cameras}]
     if unfed:
-        log.warning("policy cameras %s get no robot camera; the policy sees them masked", unfed)
+        log.info("policy cameras %s get no robot camera (no cameras.*.model_camera names them): the policy "
+                 "sees them masked (an empty image, its mask off), as intended for a robot with fewer cameras", unfed)
 
 
 class ControlLoop:

@@ -157,7 +157,9 @@ class EStop:
             else:
                 self.unavailable.append(f"key {self.key!r} (stdin is not a terminal)")
         for source in self.unavailable:
-            log.warning("e-stop source unavailable: %s", source)
+            # No terminal (a service, a pipe, a test run) is the normal case for the key, not a fault: info.
+            level = logging.INFO if source.startswith("key ") else logging.WARNING
+            log.log(level, "e-stop source unavailable: %s", source)
         return self
 
     def _on_signal(self, signum, frame) -> None:

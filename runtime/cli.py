@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pi0edge.cli_args import non_negative_int, positive_int, writable_file
 from pi0edge.runtime.policy import BACKENDS
 
 
@@ -12,26 +13,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Run a bundle on synthetic observations and report where the time goes.")
     p.add_argument("bundle", help="bundle directory written by `pi0edge export`")
     p.add_argument("--backend", choices=BACKENDS, default="ort-cpu", help="inference backend (default ort-cpu)")
-    p.add_argument("--iters", type=int, default=20, help="measured chunks (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="chunks run before measuring (default 3)")
-    p.add_argument("--num-steps", type=int, help="Euler steps per chunk (default: the bundle's)")
-    p.add_argument("--threads", type=int, help="CPU threads for ort-cpu (default: ONNX Runtime's choice)")
+    p.add_argument("--iters", type=positive_int, default=20, help="measured chunks (default 20)")
+    p.add_argument("--warmup", type=non_negative_int, default=3, help="chunks run before measuring (default 3)")
+    p.add_argument("--num-steps", type=positive_int, help="Euler steps per chunk (default: the bundle's)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for ort-cpu (default: ONNX Runtime's choice)")
     p.add_argument("--per-step", action="store_true",
                    help="time each denoise step (ORT: the step graph instead of the bundle's one-call loop graph)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="ort-cuda: capture the loop (or each step) as a CUDA graph (enable_cuda_graph)")
-    p.add_argument("--json", metavar="F", help="write the summary as JSON to F")
-    p.add_argument("--trace", metavar="F", help="write a Chrome-trace file (chrome://tracing, Perfetto) to F")
+    p.add_argument("--json", metavar="F", type=writable_file, help="write the summary as JSON to F")
+    p.add_argument("--trace", metavar="F", type=writable_file,
+                   help="write a Chrome-trace file (chrome://tracing, Perfetto) to F")
     p.set_defaults(func=_profile)
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from pi0edge.errors import ConfigError
     from pi0edge.runtime.policy import Policy
     from pi0edge.runtime.profile import profile_policy, write_json
 
-    if args.iters < 1 or args.warmup < 0:
-        raise ConfigError(f"--iters must be >= 1 and --warmup >= 0 (got {args.iters}, {args.warmup})")
     options = {"intra_op_threads": args.threads} if args.threads else {}
     if args.backend.startswith("ort") or args.backend == "auto":
         options |= {"whole_loop": False if args.per_step else None, "enable_cuda_graph": args.cuda_graph}

@@ -179,8 +179,8 @@ class Policy:
             # Optimized step graphs carry per-step time tables and dt folded in: another count would index
             # past the table or silently integrate the wrong schedule.
             raise ObservationError(f"{self.manifest.bundle_dir}: this bundle's step graph was exported for "
-                                   f"num_steps={fixed} (bundle.yaml optimizations.fixed_num_steps), got "
-                                   f"num_steps={num_steps}; re-export with --num-steps N, or with "
+                                   f"{fixed} steps (bundle.yaml optimizations.fixed_num_steps), {num_steps} were "
+                                   f"asked for (--num-steps); re-export with --num-steps {num_steps}, or with "
                                    "--disable precompute_time --disable fold_dt")
         return num_steps or self.manifest.num_steps
 

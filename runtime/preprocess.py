@@ -29,6 +29,7 @@ import sentencepiece
 from pi0edge.contract import DEFAULT_CAMERAS
 from pi0edge.errors import ObservationError
 from pi0edge.normalization import NormStats, pad_to
+from pi0edge.text import shorten
 
 IMAGE_SIZE = 224
 MODEL_TYPES = ("pi0", "pi05")
@@ -269,7 +270,7 @@ class PromptTokenizer:
         length = self.max_token_len
         if len(ids) > length:
             warnings.warn(f"prompt is {len(ids)} tokens, longer than the bundle's max_token_len {length}: "
-                          f"truncated to the first {length} (as openpi); prompt was {prompt!r}",
+                          f"truncated to the first {length} (as openpi); prompt was {shorten(prompt)}",
                           PromptTruncatedWarning, stacklevel=2)
             ids = ids[:length]
         tokens = np.zeros(length, np.int64)

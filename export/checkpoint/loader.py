@@ -192,5 +192,5 @@ def _norm_stats(root: Path, raw: dict, layout: str, cfg: Pi0Config, infos: dict[
         stats, looked = openpi_stats(root, cfg.model_type, asset_id)
     if stats is None and require_stats:
         raise CheckpointError(f"{root}: no normalization statistics for this {layout} checkpoint: looked for {looked} "
-                              "(pass require_stats=False to load without them)")
+                              "(the bundle needs them: add the dataset's statistics to the checkpoint folder)")
     return stats

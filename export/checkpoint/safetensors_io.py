@@ -156,7 +156,7 @@ def _scan_file(f, file: Path, todo: list[TensorInfo], buf: bytearray, *, digest:
             values = torch.frombuffer(buf, dtype=dtype, count=n // itemsize)
             if check_finite and not bool(torch.isfinite(values).all()):
                 raise CheckpointError(f"{file}: tensor '{info.key}' contains NaN or Inf; the checkpoint is corrupt "
-                                      "(pass check_finite=False to load it anyway)")
+                                      "(--no-finite-check exports it anyway)")
             if flat is not None:
                 flat[elem:elem + values.numel()].copy_(values)  # converts dtype when they differ
             elem += values.numel()

@@ -113,7 +113,7 @@ def openpi_stats(root: Path, model_type: str, asset_id: str | None) -> tuple[Nor
         return None, looked
     if len(paths) > 1:
         found = [str(p.relative_to(root)) for p in paths]
-        raise CheckpointError(f"{root}: several statistics files {found}; choose one with asset_id=")
+        raise CheckpointError(f"{root}: several statistics files {found}; choose one with --asset-id")
     path = paths[0]
     kind = DEFAULT_NORM_KIND[model_type]  # openpi: quantile norm for every model but pi0
     first, second = ("mean", "std") if kind == "mean_std" else ("q01", "q99")

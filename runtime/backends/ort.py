@@ -183,7 +183,8 @@ class OrtBackend:
         unrolled = self.manifest.graphs[c.DENOISE_LOOP_GRAPH].num_steps
         if num_steps != unrolled:
             raise BackendUnavailableError(f"{self.manifest.bundle_dir}: the {c.DENOISE_LOOP_GRAPH} graph unrolls "
-                                          f"{unrolled} steps, {num_steps} were asked for; run with whole_loop=False")
+                                          f"{unrolled} steps, {num_steps} were asked for (--num-steps); add --per-step "
+                                          "to run the step graph instead")
         io = self.denoise_session.io_binding()
         io.bind_ortvalue_input(c.X_T, self._x[0][1])
         io.bind_ortvalue_output(c.ACTIONS, self._x[1][1])

@@ -306,7 +306,7 @@ def test_nan_or_inf_names_the_tensor_and_can_be_skipped(lerobot_ckpt, bad):
         t[key][3, 5] = bad
 
     path = _rewrite(lerobot_ckpt, poison)
-    _fails(lerobot_ckpt, str(path), key, "NaN or Inf", "check_finite=False")
+    _fails(lerobot_ckpt, str(path), key, "NaN or Inf", "--no-finite-check")  # the CLI flag that skips the scan
     assert not load_checkpoint(lerobot_ckpt, check_finite=False).model.state_dict()[
         "expert.layers.1.mlp.down_proj.weight"].isfinite().all()
 
@@ -329,7 +329,7 @@ def test_missing_stats_say_what_was_looked_for(tmp_path):
     for p in (tmp_path / "le").glob("policy_*"):
         p.unlink()
     _fails(tmp_path / "le", "no normalization statistics", "policy_preprocessor_step_*_normalizer_processor",
-           "require_stats=False")
+           "add the dataset's statistics")
     assert load_checkpoint(tmp_path / "le", require_stats=False).norm_stats is None
 
     write_random_checkpoint(tmp_path / "op", tiny(), layout="openpi", tokenizer=False)
@@ -356,7 +356,7 @@ def test_stats_lacking_a_key_name_file_and_key(tmp_path):
 def test_several_openpi_assets_need_a_choice(tmp_path):
     write_random_checkpoint(tmp_path, tiny(), layout="openpi", tokenizer=False)
     shutil.copytree(tmp_path / "assets" / "robot", tmp_path / "assets" / "other")
-    _fails(tmp_path, "several statistics files", "asset_id=")
+    _fails(tmp_path, "several statistics files", "--asset-id")
     assert load_checkpoint(tmp_path, asset_id="other").norm_stats is not None
 
 

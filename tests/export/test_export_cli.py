@@ -77,7 +77,7 @@ def test_unknown_optimization_name_is_refused_with_the_choices(checkpoint, tmp_p
     assert "fold_norms" in capsys.readouterr().err
 
 
-def test_optimized_bundle_refuses_a_step_count_it_was_not_exported_for(checkpoint, tmp_path):
+def test_optimized_bundle_refuses_a_step_count_it_was_not_exported_for_naming_cli_flags(checkpoint, tmp_path, capsys):
     from pi0edge.errors import ObservationError
 
     out = tmp_path / "bundle"
@@ -85,8 +85,12 @@ def test_optimized_bundle_refuses_a_step_count_it_was_not_exported_for(checkpoin
     assert load_manifest(out).graphs["denoise_loop"].num_steps == 5
     with Policy(out, whole_loop=False) as policy:
         assert len(policy.infer(_observation(policy)).timings_ms["step_ms"]) == 5
-        with pytest.raises(ObservationError, match="exported for num_steps=5"):
+        with pytest.raises(ObservationError, match="exported for 5 steps.*--num-steps 10") as err:
             policy.infer(_observation(policy), num_steps=10)
+        assert "num_steps=" not in str(err.value)  # the hint names CLI flags, not Python parameters
+    assert main(["profile", str(out), "--num-steps", "10", "--iters", "1", "--warmup", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "--num-steps" in err and "num_steps=" not in err and "whole_loop=" not in err
 
 
 def test_bundle_for_a_robot_wider_than_the_model_is_refused_before_export(tmp_path):
@@ -105,3 +109,43 @@ def test_bundle_for_a_robot_wider_than_the_model_is_refused_before_export(tmp_pa
         write_bundle(Pi0Model(cfg), tmp_path / "b", norm_stats=norm_stats, tokenizer_path=tokenizer,
                      robot_state_dim=wide, robot_action_dim=wide)
     assert not (tmp_path / "b").exists()
+
+
+def test_several_openpi_statistics_are_refused_naming_the_asset_id_flag(tmp_path):
+    from pi0edge.errors import CheckpointError
+    from pi0edge.export.checkpoint.stats import openpi_stats
+
+    for asset in ("aloha", "droid"):
+        (tmp_path / "assets" / asset).mkdir(parents=True)
+        (tmp_path / "assets" / asset / "norm_stats.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="choose one with --asset-id") as err:
+        openpi_stats(tmp_path, "pi0", None)
+    assert "asset_id=" not in str(err.value)
+
+
+def test_export_help_offers_the_asset_id_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "--asset-id" in capsys.readouterr().out
+
+
+def test_export_help_lists_every_file_the_export_writes(checkpoint, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    assert main(["export", str(checkpoint), "-o", str(out)]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    help_text = capsys.readouterr().out
+    for path in out.iterdir():
+        assert (path.name if not path.name.endswith(".onnx.data") else "*.onnx.data") in help_text, path.name
+    for name in ("prefix.onnx", "denoise_step.onnx", "denoise_loop.onnx", "tokenizer.model", "bundle.yaml"):
+        assert name in help_text
+
+
+def test_export_asset_id_picks_one_of_several_openpi_statistics(tmp_path, capsys):
+    ckpt = tmp_path / "openpi"
+    write_random_checkpoint(ckpt, tiny("pi0"), layout="openpi", robot_state_dim=6, robot_action_dim=6)
+    shutil.copytree(ckpt / "assets" / "robot", ckpt / "assets" / "other")
+    assert main(["export", str(ckpt), "-o", str(tmp_path / "a")]) == 1
+    assert "--asset-id" in capsys.readouterr().err
+    assert main(["export", str(ckpt), "-o", str(tmp_path / "b"), "--asset-id", "other"]) == 0

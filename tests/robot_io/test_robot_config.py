@@ -54,6 +54,26 @@ def test_yaml_errors_name_the_field_and_value(tmp_path, override, field, value):
     assert path in message and field in message and value in message, message
 
 
+@pytest.mark.parametrize("rate", ["5000", "1000.5", ".nan", ".inf", "0", "-50"])
+def test_rate_the_timer_cannot_hold_is_refused_naming_rate_hz(tmp_path, rate):
+    text = yaml.safe_dump({k: v for k, v in base_config_dict().items() if k != "rate_hz"})
+    path = _write(tmp_path, f"rate_hz: {rate}\n{text}")
+    with pytest.raises(ConfigError, match="rate_hz: must be"):
+        load_robot_config(path)
+
+
+def test_rate_of_1000_hz_is_accepted(tmp_path):
+    assert load_robot_config(_write(tmp_path, merge(base_config_dict(), {"rate_hz": 1000}))).rate_hz == 1000
+
+
+@pytest.mark.parametrize("empty", [{}, []])
+def test_empty_cameras_is_refused_naming_the_field(tmp_path, empty):
+    data = base_config_dict()
+    data["cameras"] = empty
+    with pytest.raises(ConfigError, match=r"cameras: empty"):
+        load_robot_config(_write(tmp_path, data))
+
+
 def test_missing_required_field_is_named(tmp_path):
     data = base_config_dict()
     del data["joints"]

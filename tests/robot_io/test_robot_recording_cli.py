@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -143,6 +145,14 @@ def test_cli_run_records_and_replay_prints(tmp_path, monkeypatch, capsys):
     assert "replay:" in capsys.readouterr().out
 
 
+def test_replay_summary_cuts_a_long_prompt_to_80_characters(tmp_path, capsys):
+    path, prompt = tmp_path / "ep.episode", "fold the towel in half, then " * 20
+    run_loop(make_config(), make_policy(), prompt, 0.3, record_path=str(path))
+    assert main(["replay", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert f"prompt {prompt[:80]!r}... ({len(prompt)} chars)," in printed and prompt[:81] not in printed
+
+
 def test_cli_reports_user_errors_without_traceback(tmp_path, capsys):
     bad = tmp_path / "robot.yaml"
     data = base_config_dict()
@@ -195,3 +205,46 @@ def test_cli_run_loads_only_the_manifest_here_and_runs_the_bundle_in_its_own_pro
     # The tiny bundle's chunk is shorter than its latency here, so the arm may only wait: count chunks, not motion.
     chunks = int(re.search(r"inference: (\d+) chunks", out.out).group(1))
     assert chunks > 0 and "policy_error" not in out.out, out.out
+
+
+def test_cli_run_with_an_aloha_config_without_the_sim_extra_fails_before_loading_the_bundle(capsys, monkeypatch):
+    from pi0edge.robot_io.config import example_config_path
+
+    monkeypatch.setitem(sys.modules, "gym_aloha", None)  # not installed, whatever this machine has
+    monkeypatch.setattr(robot_cli, "_load_policy", lambda bundle, backend: pytest.fail("the bundle was loaded"))
+    code = main(["run", "--config", str(example_config_path("aloha.yaml")), "--bundle", "b", "--prompt", "p"])
+    assert code == 1
+    assert "pip install 'pi0edge[sim]'" in capsys.readouterr().err
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+class _Stats:
+    calls = 0
+
+    def status_line(self) -> str:
+        self.calls += 1
+        return f"status {self.calls}"
+
+
+def test_status_without_a_terminal_is_one_line_per_10_s_and_on_a_terminal_redraws_each_time():
+    times = iter([0.0, 0.5, 1.0, 9.9, 10.0, 10.5, 20.4, 20.6])
+    log = _Stream(tty=False)
+    show, interactive = robot_cli._status_printer(log, clock=lambda: next(times))
+    stats = _Stats()
+    for _ in range(8):
+        show(stats)
+    assert not interactive and log.getvalue() == "status 1\nstatus 2\nstatus 3\n"
+
+    terminal = _Stream(tty=True)
+    show, interactive = robot_cli._status_printer(terminal, clock=lambda: 0.0)
+    for _ in range(3):
+        show(_Stats())
+    assert interactive and terminal.getvalue().count("\r\033[K") == 3 and "\n" not in terminal.getvalue()

@@ -61,6 +61,14 @@ def test_overlong_prompt_is_truncated_with_a_warning(policy):
     assert np.isfinite(chunk.actions).all()
 
 
+def test_overlong_prompt_warning_shows_at_most_80_characters_of_it(policy):
+    prompt = "pick up the red cube " * 40
+    with pytest.warns(PromptTruncatedWarning) as caught:
+        policy.infer(obs(policy, prompt=prompt))
+    message = str(caught[0].message)
+    assert repr(prompt[:80]) + f"... ({len(prompt)} chars)" in message and prompt[:81] not in message
+
+
 def test_wrong_noise_shape_is_refused(policy):
     with pytest.raises(ObservationError, match="noise has shape"):
         policy.infer(obs(policy), noise=np.zeros((3, 3), np.float32))
