@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from pi0edge.cli_args import positive_int
 from pi0edge.errors import ConfigError, Pi0EdgeError, require
 
 from .arm_base import Arm
@@ -223,7 +224,7 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bind", default=DEFAULT_ADDRESS, help=f"ZeroMQ address to bind (default {DEFAULT_ADDRESS})")
     parser.add_argument("--config", help="robot YAML whose arm to serve (not a net arm)")
-    parser.add_argument("--dof", type=int, default=6, help="joints of the simulated arm when no --config")
+    parser.add_argument("--dof", type=positive_int, default=6, help="joints of the simulated arm when no --config")
     parser.add_argument("--keys", metavar="DIR", help="require CURVE: server.secret and client.public from DIR")
     parser.add_argument("--make-keys", metavar="DIR", help="write a server and a client key pair into DIR and exit")
     parser.add_argument("--allow-unauthenticated", action="store_true",
