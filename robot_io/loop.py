@@ -33,6 +33,7 @@ from .clock import Ratekeeper
 from .config import RobotConfig
 from .errors import ArmError, SafetyError
 from .faults import Faults
+from .gc_pacing import GcPacer
 from .inference import InferenceResult, InferenceWorker
 from .inference_process import start_inference
 from .quantiles import StreamQuantiles
@@ -240,10 +241,12 @@ class ControlLoop:
             sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
             signals = TerminationSignals().install()
             cleanup.callback(signals.restore)
+            gc_pacer = GcPacer().start(time.monotonic())  # collections between ticks, not inside one
+            cleanup.callback(gc_pacer.stop)
             cleanup.callback(self._update_stats, clock)
             cleanup.callback(self._final_hold)  # runs first
             try:
-                self._run_ticks(clock, worker, duration_s, stop, signals)
+                self._run_ticks(clock, worker, duration_s, stop, signals, gc_pacer)
             except KeyboardInterrupt:
                 self.stats.stop_reason = "interrupted (Ctrl-C)"
             except BaseException as exc:
@@ -252,7 +255,7 @@ class ControlLoop:
         return self.stats
 
     def _run_ticks(self, clock: Ratekeeper, worker: InferenceWorker, duration_s: float | None,
-                   stop: threading.Event | None, signals: TerminationSignals) -> None:
+                   stop: threading.Event | None, signals: TerminationSignals, gc_pacer: GcPacer) -> None:
         stats = self.stats
         start_s = clock.start()
         end_s = None if duration_s is None else start_s + duration_s
@@ -276,6 +279,7 @@ class ControlLoop:
             if self._policy_errors >= MAX_CONSECUTIVE_POLICY_ERRORS:
                 stats.stop_reason = f"policy failed {self._policy_errors} times in a row"
                 return
+            gc_pacer.after_tick(now)
             clock.keep_time()
             self._tick_index += 1
 
