@@ -22,7 +22,7 @@ from pi0edge.atomic import staged_dir, write_text_atomic
 from pi0edge.errors import BundleError, CheckpointError
 from pi0edge.export.config import Pi0Config
 from pi0edge.export.graphs import OPSET, export_graphs
-from pi0edge.export.optimize import DEFAULT_OPTIMIZE, OptimizeOptions
+from pi0edge.export.model.options import DEFAULT_OPTIMIZE, OptimizeOptions
 from pi0edge.export.tokenizer import check_tokenizer
 from pi0edge.manifest import FORMAT_VERSION, MANIFEST_NAME, load_manifest, sha256_file
 from pi0edge.normalization import NormStats

@@ -53,15 +53,22 @@ ROBOT_STATE_DIM = 6
 ROBOT_ACTION_DIM = 6
 
 
+DEFAULT = "default"  # `pi0edge export`'s optimizations (DEFAULT_OPTIMIZE), resolved where torch is imported
+
+
 def make_tiny_bundle(out_dir: Path, tokenizer: Path, model_type: str = "pi0", precision: str = "float32",
-                     seed: int = 0, with_velocity: bool = False, optimize=None, **cfg_overrides):
-    """-> (bundle dir, the float32 eager reference model with the bundle's weights)."""
+                     seed: int = 0, with_velocity: bool = False, optimize=DEFAULT, **cfg_overrides):
+    """-> (bundle dir, the float32 eager reference model with the bundle's weights). Written as `pi0edge export`
+    writes it: its default optimizations and the loop graph, unless optimize says otherwise (None: the plain
+    graphs)."""
     import torch
 
     from pi0edge.export.bundle import write_bundle
     from pi0edge.export.config import tiny
-    from pi0edge.export.model import Pi0Model
+    from pi0edge.export.model import DEFAULT_OPTIMIZE, Pi0Model
 
+    if optimize == DEFAULT:
+        optimize = DEFAULT_OPTIMIZE
     cfg = tiny(model_type, **cfg_overrides)
     torch.manual_seed(seed)
     model = Pi0Model(cfg).eval()
@@ -77,8 +84,11 @@ def tiny_bundle_factory(tmp_path_factory, tokenizer_path):
     """Cached tiny bundles keyed by their arguments: export once per session."""
     cache: dict = {}
 
-    def get(model_type: str = "pi0", precision: str = "float32", optimize=None, **cfg_overrides):
-        """optimize: export/optimize.py's OptimizeOptions (None: the plain reference graphs)."""
+    def get(model_type: str = "pi0", precision: str = "float32", optimize=DEFAULT, **cfg_overrides):
+        """optimize: OptimizeOptions; by default `pi0edge export`'s (None: the plain graphs)."""
+        from pi0edge.export.model import DEFAULT_OPTIMIZE
+
+        optimize = DEFAULT_OPTIMIZE if optimize == DEFAULT else optimize
         key = (model_type, precision, optimize, tuple(sorted(cfg_overrides.items())))
         if key not in cache:
             out = tmp_path_factory.mktemp(f"bundle-{model_type}-{precision}") / "bundle"

@@ -246,11 +246,11 @@ def test_gemma_vlm_layer_outputs_and_final_hidden_match_hf_gemma_model(pi0, obs)
     # The reference's layer loop, step by step from its public pieces, to see each layer's output.
     ours_layer_out, h_x = [], x
     for layer in pi0.vlm.layers:
-        h, _ = layer.input_layernorm(h_x)
+        h = layer.input_layernorm(h_x)
         q, k, v = layer.self_attn.qkv(h)
         q, k = rope(q, positions, pi0.cfg.vlm.rope_base), rope(k, positions, pi0.cfg.vlm.rope_base)
         h_x = h_x + layer.self_attn.o_proj(attend(q, k, v, allowed))
-        h, _ = layer.post_attention_layernorm(h_x)
+        h = layer.post_attention_layernorm(h_x)
         h_x = h_x + layer.mlp(h)
         ours_layer_out.append(h_x)
 
