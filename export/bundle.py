@@ -1,4 +1,4 @@
-"""checkpoint directory -> bundle directory (DESIGN.md, "Bundle"), written atomically.
+"""checkpoint directory -> bundle directory (docs/export.md, "The bundle"), written atomically.
 
 Everything is written into a hidden sibling folder first; only a complete, checked bundle is renamed
 into place. An existing bundle is replaced only with overwrite=True, and then by rename, so a failed

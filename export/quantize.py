@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 MODES = ("int8", "fp8")
 QUANT_EXTRA = "quant"
 # Everything the extra needs beside the runtime; `nvidia-modelopt[onnx]` would replace onnxruntime with
-# onnxruntime-gpu and downgrade onnx (ENV.md), so its pieces are listed one by one.
+# onnxruntime-gpu and downgrade onnx (docs/quantization.md), so its pieces are listed one by one.
 QUANT_PIP = ("pip install nvidia-modelopt onnx-graphsurgeon onnxslim polygraphy onnxconverter-common cppimport lief "
              "onnxscript ml_dtypes")
 # ModelOpt's defaults per mode; TensorRT's own recipes use max calibration for FP8 (its range is wide enough

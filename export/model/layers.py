@@ -85,7 +85,8 @@ class AdaRMSNorm(nn.Module):
 def rope_tables(positions: Tensor, head_dim: int, base: float) -> tuple[Tensor, Tensor]:
     """cos, sin [b, t, 1, d] of rotate-half RoPE in float32 as Hugging Face Gemma computes them; built once
     per graph and shared by every layer. positions int [b, t]."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).to(torch.float32) / head_dim))
+    steps = torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).to(torch.float32)
+    inv_freq = 1.0 / (base ** (steps / head_dim))
     freqs = positions.to(torch.float32)[..., None] * inv_freq  # [b, t, d/2]
     emb = torch.cat([freqs, freqs], dim=-1)[:, :, None, :]
     return emb.cos(), emb.sin()

@@ -1,6 +1,6 @@
-"""The mask and position rules of MODEL.md on hand-worked examples, written out as literal matrices.
+"""The mask and position rules of docs/model.md on hand-worked examples, written out as literal matrices.
 
-Rules (MODEL.md, "Suffix and one denoise step"; openpi `make_attn_mask`): c = cumsum(ar); query i sees
+Rules (docs/model.md, "Suffix and one denoise step"; openpi `make_attn_mask`): c = cumsum(ar); query i sees
 key j iff c[j] <= c[i] and both are valid. Positions: prefix cumsum(pad) - 1, suffix sum(prefix_pad) +
 cumsum(suffix_pad) - 1. Also the fixed Euler schedule, the time embedding and the pixel conversion.
 

@@ -1,6 +1,7 @@
-"""The optimized graphs (the model with its optimization switches on, export/optimize.py) equal the eager reference `Pi0Model.sample_actions`, with every
-optimization on, with each one switched on alone, and with none: ONNX Runtime CPU runs the prefix once and
-the step graph in the 10-step Euler loop (fed `step_index` where the graph is step-indexed).
+"""The optimized graphs (the one model with its switches on, export/optimize.py) equal the eager reference
+`Pi0Model.sample_actions`, with every optimization on, with each one switched on alone, and with none: ONNX
+Runtime CPU runs the prefix once and the step graph in the 10-step Euler loop (fed `step_index` where the
+graph is step-indexed).
 
 The reference's RMSNorm weights are zero and its LayerNorms identity at init, which would make norm
 folding trivially exact: every test model gets random norm weights first (`randomize_norms`). Images are
