@@ -1,4 +1,4 @@
-"""denoise_loop.onnx (export/loop_graph.py): the step graph unrolled over the schedule, run as one call."""
+"""denoise_loop.onnx (export/onnx/loop_graph.py): the step graph unrolled over the schedule, run as one call."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import yaml
 
 from pi0edge import contract as c
 from pi0edge.errors import BackendUnavailableError, BundleError
-from pi0edge.export.loop_graph import LoopGraphError, unroll_step_graph, write_loop_graph
+from pi0edge.export.onnx.loop_graph import LoopGraphError, unroll_step_graph, write_loop_graph
 from pi0edge.export.optimize import DEFAULT_OPTIMIZE
 from pi0edge.manifest import MANIFEST_NAME, load_manifest
 from pi0edge.runtime import Policy

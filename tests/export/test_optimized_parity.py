@@ -22,8 +22,8 @@ from onnx_loop import NUM_STEPS, random_observation, run_onnx  # tests/export/on
 from pi0edge import contract as c
 from pi0edge.export.bundle import write_bundle
 from pi0edge.export.config import GEMMA_DUMMY, SIGLIP_TINY, tiny
-from pi0edge.export.graphs import export_graphs
 from pi0edge.export.model import AdaRMSNorm, Pi0Model, RMSNorm
+from pi0edge.export.onnx.graphs import export_graphs
 from pi0edge.export.optimize import DEFAULT_OPTIMIZE, OptimizeOptions
 from pi0edge.manifest import load_manifest
 from pi0edge.normalization import NormStats
@@ -234,7 +234,7 @@ def test_policy_on_ort_cpu_runs_an_optimized_bundle_and_equals_eager_reference(o
 @pytest.mark.parametrize("model_type", ["pi0", "pi05"])
 def test_optimized_step_velocity_output_equals_reference_velocity(model_type):
     """with_velocity (the tests' extra output) still reports v, not dt * v, when dt is folded."""
-    from pi0edge.export.graphs import DenoiseStepGraph
+    from pi0edge.export.onnx.graphs import DenoiseStepGraph
     from pi0edge.export.optimize import optimized_model
 
     model = reference_model(model_type, shallow=True)

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from pi0edge import contract as c
 from pi0edge.export.config import Pi0Config
-from pi0edge.export.external_data import all_tensors, gather_external_data
 from pi0edge.export.model import Pi0Model
+from pi0edge.export.onnx.external_data import all_tensors, gather_external_data
 
 if TYPE_CHECKING:
     from pi0edge.export.model.options import OptimizeOptions
@@ -159,7 +159,7 @@ def export_graphs(model: Pi0Model, out_dir: Path, precision: str = "float32", wi
     With `optimize`, the graphs come from the same model with those switches on, its weights derived from
     the float32 model (left as is; export/optimize.py).
     With optimize.unroll_loop and a step graph that carries its schedule (precompute_time), also
-    denoise_loop.onnx: the step graph unrolled over cfg.num_steps (export/loop_graph.py).
+    denoise_loop.onnx: the step graph unrolled over cfg.num_steps (export/onnx/loop_graph.py).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -194,7 +194,7 @@ def export_graphs(model: Pi0Model, out_dir: Path, precision: str = "float32", wi
 
 def write_loop_entry(out_dir: Path, cfg: Pi0Config, precision: str) -> dict:
     """Unroll out_dir's step graph into denoise_loop.onnx; -> its manifest entry (num_steps recorded)."""
-    from pi0edge.export.loop_graph import write_loop_graph
+    from pi0edge.export.onnx.loop_graph import write_loop_graph
 
     path = out_dir / f"{c.DENOISE_LOOP_GRAPH}.onnx"
     log.info("unrolling %s over %d steps -> %s", c.DENOISE_STEP_GRAPH, cfg.num_steps, path)

@@ -128,7 +128,7 @@ def write_loop_graph(step_path: Path, loop_path: Path, num_steps: int) -> None:
     and the loop graph references that file (a runtime loads one graph or the other, never both)."""
     import onnx
 
-    from pi0edge.export.external_data import move_to_external_data
+    from pi0edge.export.onnx.external_data import move_to_external_data
 
     step_path, loop_path = Path(step_path), Path(loop_path)
     if step_path.parent.resolve() != loop_path.parent.resolve():
