@@ -27,6 +27,7 @@ static reshapes, the constant suffix mask.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import torch
@@ -69,19 +70,28 @@ def _fold_layer_norm(state: State, ln: str, linears: list[str]) -> None:
     state[f"{ln}.bias"] = torch.zeros_like(state[f"{ln}.bias"])
 
 
+# Every transform works on what part of the state dict it is given (see `optimized_model`): a layer it does
+# not find is not there to transform.
+
+
 def fold_norms(state: State, cfg: Pi0Config) -> None:
     for i in range(cfg.vision.depth):
         layer = f"vision.encoder.layers.{i}"
+        if f"{layer}.layer_norm1.weight" not in state:
+            continue
         _fold_layer_norm(state, f"{layer}.layer_norm1", [f"{layer}.self_attn.{p}_proj" for p in "qkv"])
         _fold_layer_norm(state, f"{layer}.layer_norm2", [f"{layer}.mlp.fc1"])
-    _fold_layer_norm(state, "vision.post_layernorm", ["projector.linear"])
+    if "vision.post_layernorm.weight" in state:
+        _fold_layer_norm(state, "vision.post_layernorm", ["projector.linear"])
     for stack in _gemma_stacks(cfg):
         for i in range(getattr(cfg, stack).depth):
             layer = f"{stack}.layers.{i}"
+            if f"{layer}.input_layernorm.weight" not in state:
+                continue
             _fold_rms(state, f"{layer}.input_layernorm.weight", [f"{layer}.self_attn.{p}_proj.weight" for p in "qkv"])
             _fold_rms(state, f"{layer}.post_attention_layernorm.weight",
                       [f"{layer}.mlp.{p}_proj.weight" for p in ("gate", "up")])
-    if not cfg.is_pi05:
+    if not cfg.is_pi05 and "expert.norm.weight" in state:
         _fold_rms(state, "expert.norm.weight", ["action_out_proj.weight"])
 
 
@@ -89,14 +99,18 @@ def fast_attention(state: State, cfg: Pi0Config) -> None:
     for stack in ("vlm", "expert"):
         for i in range(getattr(cfg, stack).depth):
             key = f"{stack}.layers.{i}.self_attn.q_proj.weight"
-            state[key] = _scaled(state[key], getattr(cfg, stack).head_dim ** -0.5)
+            if key in state:
+                state[key] = _scaled(state[key], getattr(cfg, stack).head_dim ** -0.5)
     for i in range(cfg.vision.depth):
         for kind in ("weight", "bias"):
             key = f"vision.encoder.layers.{i}.self_attn.q_proj.{kind}"
-            state[key] = _scaled(state[key], cfg.vision.head_dim ** -0.5)
+            if key in state:
+                state[key] = _scaled(state[key], cfg.vision.head_dim ** -0.5)
 
 
 def precompute_time(state: State, cfg: Pi0Config) -> None:
+    if ("time_mlp_in.weight" if cfg.is_pi05 else "action_time_mlp_in.weight") not in state:
+        return
     we = cfg.expert.width
     emb = posemb_sincos(torch.from_numpy(euler_schedule(cfg.num_steps)[0].copy()), we, cfg.min_period,
                         cfg.max_period)  # [steps, w] float32, as the model computes it
@@ -118,6 +132,8 @@ def precompute_time(state: State, cfg: Pi0Config) -> None:
 
 
 def fold_dt(state: State, cfg: Pi0Config) -> None:
+    if "action_out_proj.weight" not in state:
+        return
     dt = float(euler_schedule(cfg.num_steps)[1])
     for kind in ("weight", "bias"):
         state[f"action_out_proj.{kind}"] = _scaled(state[f"action_out_proj.{kind}"], dt)
@@ -157,6 +173,8 @@ def fuse_gate_up(state: State, cfg: Pi0Config) -> None:
                 _concat(state, [f"{mlp}.gate_proj", f"{mlp}.up_proj"], f"{mlp}.gate_up_proj")
 
 
+TABLES = ("time_table", "mod_table")  # float32 in every precision, cast at use
+
 # In this order: the folds work on the plain projections, the fusions concatenate their results.
 TRANSFORMS = {"fold_norms": fold_norms, "fast_attention": fast_attention, "precompute_time": precompute_time,
               "fold_dt": fold_dt, "step_only": step_only, "fuse_qkv": fuse_qkv, "fuse_gate_up": fuse_gate_up}
@@ -172,16 +190,33 @@ def optimized_state_dict(state: State, cfg: Pi0Config, options: OptimizeOptions)
     return state
 
 
-def optimized_model(model: Pi0Model, options: OptimizeOptions, num_steps: int | None = None) -> Pi0Model:
+def _part(key: str) -> str:
+    """The part of the state dict a key is transformed with: its layer, or (the time branch and pi0.5's
+    adaRMS dense layers, which precompute_time reads together) everything else."""
+    match = re.match(r"(vision\.encoder\.layers\.\d+|vlm\.layers\.\d+|expert\.layers\.\d+)\.", key)
+    return "rest" if match is None or ".dense." in key else match.group(1)
+
+
+def optimized_model(model: Pi0Model, options: OptimizeOptions, num_steps: int | None = None,
+                    dtype: torch.dtype = torch.float32) -> Pi0Model:
     """The same model with `options`' switches on and its weights transformed, for a schedule of num_steps
-    (default: the config's); the float32 plain model passed in is left unchanged."""
+    (default: the config's), in dtype (the per-step tables stay float32); the float32 plain model passed in
+    is left unchanged. Transformed one layer at a time and cast as it goes: at full size in a 16-bit dtype
+    the float32 transformed weights of one layer are held at once, not the whole model's."""
     if model.options != PLAIN:
         raise ValueError(f"optimized_model takes the plain model, got one built with {model.options}")
     if model.dtype != torch.float32:
         raise ValueError(f"optimized weights are derived from the float32 model, got {model.dtype}; "
                          "build the optimized model before casting")
     cfg = replace(model.cfg, num_steps=num_steps or model.cfg.num_steps)
-    state = optimized_state_dict(model.state_dict(), cfg, options)
+    parts: dict[str, State] = {}
+    for key, tensor in model.state_dict().items():
+        parts.setdefault(_part(key), {})[key] = tensor
+    state: State = {}
+    for name in list(parts):
+        transformed = optimized_state_dict(parts.pop(name), cfg, options)
+        state.update({k: v if k in TABLES else v.to(dtype) for k, v in transformed.items()})
+        del transformed
     with torch.device("meta"):
         optimized = Pi0Model(cfg, options)
     optimized.load_state_dict(state, strict=True, assign=True)

@@ -168,7 +168,7 @@ def export_graphs(model: Pi0Model, out_dir: Path, precision: str = "float32", wi
     if optimize is not None:  # the same model with the switches on, its weights derived (export/optimize.py)
         from pi0edge.export.optimize import optimized_model
 
-        model = optimized_model(model.eval(), optimize)
+        model = optimized_model(model.eval(), optimize, dtype=PRECISIONS[precision])
     model = model.to_precision(PRECISIONS[precision]).eval()
     graphs = {
         c.PREFIX_GRAPH: (PrefixGraph(model), prefix_spec()),

@@ -120,3 +120,20 @@ def test_a_step_indexed_model_refuses_another_step_count(model_type):
     inp = inputs(plain.cfg)
     with pytest.raises(ValueError, match="10 steps"):
         optimized.sample_actions(inp, inp["x_t"], num_steps=5)
+
+
+@pytest.mark.parametrize("model_type", ["pi0", "pi05"])
+def test_layer_by_layer_transform_equals_the_whole_state_dict_transform(model_type):
+    """optimized_model transforms one layer at a time (bounded memory at full size): same tensors, bit for bit,
+    as optimized_state_dict on the whole state dict, for every switch together."""
+    plain = plain_model(model_type)
+    options = OptimizeOptions(fuse_gate_up=True)
+    whole = optimized_state_dict(plain.state_dict(), plain.cfg, options)
+    by_layer = optimized_model(plain, options).state_dict()
+    assert set(whole) == set(by_layer)
+    assert all(torch.equal(whole[k], by_layer[k]) for k in whole)
+
+
+def test_optimized_model_in_float16_keeps_its_time_tables_float32():
+    optimized = optimized_model(plain_model("pi05"), OptimizeOptions(), dtype=torch.float16)
+    assert optimized.mod_table.dtype == torch.float32 and optimized.dtype == torch.float16
