@@ -1,5 +1,5 @@
 """CPU, same run: eager torch reference vs the plain ort-cpu graphs vs the optimized ones (export/optimize.py),
-step by step and as the one-call loop graph (export/loop_graph.py).
+step by step and as the one-call loop graph (export/onnx/loop_graph.py).
 
     python benchmarks/cpu_optimized.py --model pi0 --repeats 15
 

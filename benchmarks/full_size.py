@@ -7,7 +7,7 @@ Each stage runs in its own process so its peak RSS (ru_maxrss of the child) is i
 2. `pi0edge export` it at the given precision;
 3. load the bundle on ort-cpu and infer one chunk (3 cameras, 10 steps).
 bfloat16: ort-cpu has no bf16 kernels, so between 2 and 3 the bundle is rewritten into float32 graphs that
-round every bf16 result (export/bf16_emulation.py) and that emulated bundle is the one run.
+round every bf16 result (export/onnx/bf16_emulation.py) and that emulated bundle is the one run.
 Prints a JSON record; docs/benchmarks.md quotes it. Needs ~24 GB RAM and ~35 GB disk (bfloat16: ~50 GB).
 """
 
@@ -75,7 +75,7 @@ def main() -> None:
     if args.precision == "bfloat16" and not args.skip_infer:  # ort-cpu runs the float32 emulation of the graphs
         run_bundle = work / f"{args.model}-{variant}-emulated-bundle"
         record["emulate"] = run_stage(
-            "from pi0edge.export.bf16_emulation import write_emulated_bundle\n"
+            "from pi0edge.export.onnx.bf16_emulation import write_emulated_bundle\n"
             f"r = write_emulated_bundle({str(bundle)!r}, {str(run_bundle)!r}, overwrite=True, verify_checksums=False)\n"
             "result = {'emulate_s': round(r.emulate_s, 1), 'bundle_gb': round(r.bundle_bytes / 1e9, 2)}")
         graph_bytes = sum(p.stat().st_size for p in run_bundle.iterdir() if ".onnx" in p.name)

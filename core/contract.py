@@ -97,7 +97,7 @@ def denoise_step_outputs(with_velocity: bool = False) -> tuple[TensorSpec, ...]:
 
 def denoise_loop_inputs(has_state_input: bool) -> tuple[TensorSpec, ...]:
     """The loop graph reads what a step reads but the step index: the schedule is inside it
-    (export/loop_graph.py); x_t is the noise x_0."""
+    (export/onnx/loop_graph.py); x_t is the noise x_0."""
     return tuple(s for s in denoise_step_inputs(has_state_input, time_as_step_index=True) if s.name != STEP_INDEX)
 
 

@@ -1,4 +1,4 @@
-"""checkpoint directory -> bundle directory (DESIGN.md, "Bundle"), written atomically.
+"""checkpoint directory -> bundle directory (docs/export.md, "The bundle"), written atomically.
 
 Everything is written into a hidden sibling folder first; only a complete, checked bundle is renamed
 into place. An existing bundle is replaced only with overwrite=True, and then by rename, so a failed
@@ -21,8 +21,8 @@ import pi0edge
 from pi0edge.atomic import staged_dir, write_text_atomic
 from pi0edge.errors import BundleError, CheckpointError
 from pi0edge.export.config import Pi0Config
-from pi0edge.export.graphs import OPSET, export_graphs
-from pi0edge.export.optimize import DEFAULT_OPTIMIZE, OptimizeOptions
+from pi0edge.export.model.options import DEFAULT_OPTIMIZE, OptimizeOptions
+from pi0edge.export.onnx.graphs import OPSET, export_graphs
 from pi0edge.export.tokenizer import check_tokenizer
 from pi0edge.manifest import FORMAT_VERSION, MANIFEST_NAME, load_manifest, sha256_file
 from pi0edge.normalization import NormStats
@@ -108,7 +108,7 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, *, precision:
     import torch
 
     from pi0edge.export.checkpoint import load_checkpoint
-    from pi0edge.export.graphs import PRECISIONS
+    from pi0edge.export.onnx.graphs import PRECISIONS
 
     if precision not in PRECISIONS:
         raise BundleError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")

@@ -58,7 +58,7 @@ def _export(args: argparse.Namespace) -> int:
 
     from pi0edge.errors import ConfigError
     from pi0edge.export.bundle import export_bundle
-    from pi0edge.export.optimize import DEFAULT_OPTIMIZE
+    from pi0edge.export.model.options import DEFAULT_OPTIMIZE
 
     known = {f.name for f in fields(DEFAULT_OPTIMIZE)}
     unknown = sorted(set(args.disable + args.enable) - known)

@@ -1,6 +1,6 @@
 """Model configurations as data: frozen dataclasses, full-size and tiny presets side by side.
 
-Full sizes are MODEL.md's "Shapes" table; the tiny ones follow openpi's "dummy" Gemma and exist so
+Full sizes are the "Shapes" table of docs/model.md; the tiny ones follow openpi's "dummy" Gemma and exist so
 tests run exact and fast. Derived sizes are properties, never stored twice.
 """
 
@@ -21,7 +21,7 @@ def _check_positive(owner: str, **values: int) -> None:
 
 @dataclass(frozen=True)
 class VisionConfig:
-    """SigLIP tower: patch embedding, pre-LN encoder, final LayerNorm (MODEL.md, "Shapes")."""
+    """SigLIP tower: patch embedding, pre-LN encoder, final LayerNorm (docs/model.md, "Shapes")."""
 
     width: int = 1152
     depth: int = 27
@@ -92,7 +92,7 @@ class Pi0Config:
     action_horizon: int = 50
     max_token_len: int = 48
     num_steps: int = 10
-    min_period: float = 4e-3  # time posemb, MODEL.md "Suffix"
+    min_period: float = 4e-3  # time posemb, docs/model.md, "Suffix and one denoise step"
     max_period: float = 4.0
     cameras: tuple[str, ...] = field(default=DEFAULT_CAMERAS)
 

@@ -1,362 +1,223 @@
-"""Graph optimizations at export (DESIGN.md, "Performance anchors", known tricks), each one switchable.
+"""The export's graph optimizations as weight transforms: a plain model's float32 state dict -> the state dict
+of the same model built with the switches on (export/model/options.py). `optimized_model` applies them.
 
-The optimized graphs are new plain-torch modules whose weights are DERIVED from a float32 reference
-`Pi0Model` (the reference itself is never changed). They have the contract's graph I/O names; with
-`precompute_time` or `fold_dt` the step graph takes `step_index` int64 [B] (contract.STEP_INDEX) in place
-of `t`/`dt`, and the bundle is then tied to the `num_steps` of the export (`fixed_num_steps` in the
-manifest's `optimizations`).
+Each transform is exact math on the weights, done in float64 and stored float32 (the closest float32 to the
+exact product); docs/export.md, "Graph optimizations", says what each switch buys. Switches with no
+weight transform change only how the modules compute: fast_gelu (gelu in ONNX Runtime's fusable form) and
+unroll_loop (the loop graph, written at export). Always on, in every model: RoPE tables once per graph,
+static reshapes, the constant suffix mask.
 
-What each option does (MODEL.md sections in brackets):
-- fold_norms: RMSNorm's `(1 + w)` ("Shapes") is a per-column scale of the projection that follows:
-  `W (n * (1 + w)) = (W diag(1 + w)) n`. Folded into q/k/v, gate/up, and (pi0) the expert's final norm
-  into action_out_proj; SigLIP's LayerNorm affine `n * g + beta` likewise into q/k/v, fc1 and the
-  projector (`W diag(g) n + (W beta + b)`). pi0.5's adaRMS norms have no learned weight: nothing to fold.
-  The statistics stay float32 (the island); only the multiply by (1 + w) moves into the weights (a ones
-  scale stays in its place, which ONNX Runtime fuses away: see `rms_normed`).
-- fuse_qkv / fuse_gate_up: q, k, v (and gate, up) read the same normed input: one matmul on the
-  concatenated weight, then a split. Also for SigLIP's q/k/v. fuse_gate_up is off by default: on ONNX
-  Runtime's CPU provider the Split copies the [tokens, 2 x mlp_dim] output, which costs more than the
-  second GEMM saves (mid() pi0 on 2 cores: prefix 172 -> 168 ms, step 7.45 -> 7.24 ms without it).
-- precompute_time: t takes only the `num_steps` values of the fixed schedule ("Sampling"), so every
-  function of t alone is a table indexed by step, computed here in float32 and cast at use.
-  pi0: `action_time_mlp_in(concat(a, posemb(t))) = W_a a + (W_t posemb(t) + b)`: the bracket is a table
-  [num_steps, width]; what remains, `W_a (action_in_proj x)`, is two linears in a row and is merged
-  into one (`W_a W_in`, bias into the table). pi0.5: every adaRMS modulation (1 + scale, shift, gate of
-  the 2 norms per layer and the final norm; "Suffix") is a table [num_steps, width] per norm and kind: the
-  time MLP and the norms' dense layers leave the step graph, and each modulation is one Gather by
-  step_index (already [b, 1, width]; one [steps, norms, 3, width] table would cost a Split/Squeeze chain
-  per use, ~100 nodes a step).
-- fold_dt: dt is one constant per schedule: `x + dt (W h + b) = x + (dt W) h + dt b`, folded into
-  action_out_proj.
-- fast_attention: the softmax scale head_dim^-0.5 is folded into W_q (into the query bias for SigLIP;
-  a power of two for Gemma's head dims 16/64/256, so exact); the query heads that share one kv head
-  (multi-query attention, "Shapes") are one GEMM of (heads * queries) x head_dim by head_dim x keys
-  instead of a broadcast batch of small ones (with one kv head, rows in q's own token-major order: no
-  Transpose of q, k or the output); the mask is one additive float32 bias (0 or the masked
-  value) computed once per graph instead of a `where` on the logits in every layer. Masked logits still
-  end up at the masked value (|logit| is far below its ulp), so softmax gives the same probabilities.
-- step_only: the step graph computes only what a step needs: in the last expert layer the pi0 state
-  token's query, attention output and MLP feed nothing (only the H action tokens reach action_out_proj;
-  its K/V are still needed), so they are skipped, and the final norm runs on the H action tokens only.
-  Likewise the prefix's last VLM layer: only its K/V are outputs, so its q, attention, o_proj and MLP
-  are not built (the TorchScript exporter's dead-code pass drops them from the plain graph too; other
-  exporters need not). Choice documented: the pi0 state token's K/V depend on the state only (it sees the
-  prefix and itself, "Mask rule"), so they could be computed once per chunk in the prefix graph; we keep
-  them in the step graph (1 of 51 suffix tokens, ~2% of a step) so the prefix graph keeps the contract's
-  inputs and the runtime needs no change.
-- fast_gelu: gelu-tanh (SigLIP's MLP, Gemma's gated MLP) is written in the form ONNX Runtime's
-  FastGeluFusion recognises, `(x 0.5)(1 + tanh((x sqrt(2/pi))(1 + (x 0.044715) x)))` (its "first formula"; the
-  exporter's own decomposition with x*x*x is not matched, and the Pow form only at Pow opsets <= 13): on
-  ORT's CPU and CUDA providers ~9 elementwise passes become one FastGelu kernel (with SigLIP's fc1 bias
-  folded in). Same function; other runtimes see plain ONNX ops.
-- unroll_loop: also write `denoise_loop.onnx`, the step graph unrolled over the schedule (export/loop_graph.py):
-  a chunk's steps are one session call, and on ORT CUDA one captured CUDA graph. Needs precompute_time
-  (the per-step table rows, constant per copy, fold away); the step graph is still written (calibration,
-  TensorRT engines, per-step profiles).
-Always on (same values, fewer ops): the RoPE cos/sin are computed once per graph, not per layer; the
-constant suffix block of the attention mask is a buffer; and static dims: every reshape names its dims as
-constants with -1 for the batch (shapes are static except B, DESIGN.md), since a traced `x.shape[i]`
-exports as a Shape/Gather/Unsqueeze/Concat chain per reshape (~4 ops x ~9 reshapes per layer); likewise
-RoPE's rotate-half slices have constant bounds (`chunk` exports a Shape/Gather/Add/Div/Mul chain per use).
-
-Precision: the modules are built directly in the target dtype (do not `.to()` them afterwards: the
-tables must stay float32). Norm statistics, attention logits/softmax, RoPE and the Euler update are
-float32 as in the reference (MODEL.md, float32 islands).
-
-Axis legend: b=batch, s=suffix tokens, t=keys, w=width, n=norms, k=schedule step.
+- fold_norms: a norm's affine is a per-column scale of the projection it feeds (docs/model.md, "Shapes"):
+  RMSNorm `W (n (1 + w)) = (W diag(1 + w)) n`, into q/k/v, gate/up and (pi0) the expert's final norm into
+  action_out_proj; SigLIP's LayerNorm `W (n g + beta) + b = (W diag(g)) n + (W beta + b)`, into q/k/v, fc1
+  and the projector. The norm is left as identity (w = 0; g = 1, beta = 0): its statistics stay float32.
+  pi0.5's adaRMS norms have no learned weight: nothing to fold.
+- fast_attention: the softmax scale head_dim^-0.5 into q's weight (and SigLIP's q bias); RoPE is linear,
+  so scaling before it is scaling after it. A power of two for Gemma's head dims 16/64/256: exact.
+- precompute_time: t takes only the num_steps values of the schedule (docs/model.md, "Sampling"), so every
+  function of t alone is a float32 table by step. pi0: `action_time_mlp_in(concat(a, posemb(t))) = W_a a +
+  (W_t posemb(t) + b)`, the bracket per step, and `W_a (action_in_proj x)` merged into one linear. pi0.5:
+  every adaRMS modulation (docs/model.md, "Suffix and one denoise step") per norm, kind and step.
+- fold_dt: `x + dt (W h + b) = x + (dt W) h + dt b`, into action_out_proj.
+- step_only: the last VLM layer's q, o, post-attention norm and MLP go (only its K/V are outputs). The pi0
+  state token's K/V depend on the state only, so they could move to the prefix graph; they stay in the
+  step graph (1 of 51 suffix tokens, ~2% of a step) so the graphs keep the contract's inputs.
+- fuse_qkv / fuse_gate_up: projections that read the same input are concatenated into one weight.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
+import re
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from pi0edge import contract as c
-from pi0edge.export.model import (
-    Pi0Model,
-    mask_2d,
-    posemb_sincos,
-)
-from pi0edge.export.optimize_blocks import (
-    GemmaBlock,
-    LayerNormStats,
-    Norm,
-    VisionBlock,
-    attention_mask,
-    fold_layer_norm,
-    frozen_param,
-    pixels,
-    rms_normed,
-    rope_tables,
-    scale_columns,
-)
+from pi0edge.export.config import Pi0Config
+from pi0edge.export.model import Pi0Model, posemb_sincos
+from pi0edge.export.model.options import DEFAULT_OPTIMIZE, PLAIN, OptimizeOptions
 from pi0edge.schedule import euler_schedule
 
+__all__ = ["DEFAULT_OPTIMIZE", "OptimizeOptions", "optimized_model", "optimized_state_dict"]
 
-@dataclass(frozen=True)
-class OptimizeOptions:
-    """Which export-time graph optimizations to apply; all but fuse_gate_up on by default (see the module
-    docstring)."""
-
-    fold_norms: bool = True
-    fuse_qkv: bool = True
-    fuse_gate_up: bool = False  # measured slower on ORT CPU: see the module docstring
-    precompute_time: bool = True
-    fold_dt: bool = True
-    fast_attention: bool = True
-    step_only: bool = True
-    fast_gelu: bool = True
-    unroll_loop: bool = True
-
-    def __post_init__(self):
-        for f in fields(self):
-            if not isinstance(getattr(self, f.name), bool):
-                raise ValueError(f"OptimizeOptions.{f.name} must be a bool, got {getattr(self, f.name)!r}")
-
-    @classmethod
-    def none(cls) -> OptimizeOptions:
-        return cls(**{f.name: False for f in fields(cls)})
-
-    @classmethod
-    def only(cls, name: str) -> OptimizeOptions:
-        """Exactly one optimization on (the parity tests switch each on alone)."""
-        if name not in {f.name for f in fields(cls)}:
-            raise ValueError(f"unknown optimization {name!r}; choose from {[f.name for f in fields(cls)]}")
-        return cls(**{f.name: f.name == name for f in fields(cls)})
-
-    @property
-    def uses_step_index(self) -> bool:
-        """The step graph indexes per-step tables: it takes step_index and is tied to one num_steps."""
-        return self.precompute_time or self.fold_dt
-
-    def manifest_entry(self, num_steps: int) -> dict:
-        """bundle.yaml `optimizations`: the switches and, when the step graph is step-indexed, the only
-        num_steps it can run (a runtime request for another count must be refused)."""
-        return {**asdict(self), "fixed_num_steps": int(num_steps) if self.uses_step_index else None}
+State = dict[str, Tensor]
 
 
-DEFAULT_OPTIMIZE = OptimizeOptions()  # `pi0edge export`'s default: every optimization on but fuse_gate_up
+def _scaled(t: Tensor, scale: Tensor | float) -> Tensor:
+    return (t.double() * (scale.double() if isinstance(scale, Tensor) else scale)).float()
 
 
-# --------------------------------------------------------------------------------------------------
-# Building blocks
+def _gemma_stacks(cfg: Pi0Config) -> list[str]:
+    """The Gemma stacks with RMSNorm weights: the VLM, and pi0's expert (pi0.5's is adaRMS)."""
+    return ["vlm"] if cfg.is_pi05 else ["vlm", "expert"]
 
 
-def _check_reference(model: Pi0Model) -> None:
-    if model.dtype != torch.float32:
-        raise ValueError(f"optimized graphs are derived from the float32 reference model, got {model.dtype}; "
-                         "build them before casting the model")
+def _fold_rms(state: State, norm_key: str, targets: list[str]) -> None:
+    scale = 1.0 + state[norm_key].float()  # as RMSNorm computes it
+    for key in targets:
+        state[key] = _scaled(state[key], scale[None, :])
+    state[norm_key] = torch.zeros_like(state[norm_key])
 
 
-class OptimizedPrefixGraph(nn.Module):
-    """images + prompt -> past_keys, past_values, prefix_mask (MODEL.md, "Prefix"), optimized."""
-
-    def __init__(self, model: Pi0Model, opts: OptimizeOptions, dtype: torch.dtype):
-        super().__init__()
-        _check_reference(model)
-        cfg, vision = model.cfg, model.vision
-        self.dtype, self.cfg = dtype, cfg
-        emb = vision.embeddings
-        self.patch_w = frozen_param(emb.patch_embedding.weight, dtype)
-        self.patch_b = frozen_param(emb.patch_embedding.bias, dtype)
-        self.patch_size = cfg.vision.patch_size
-        self.pos_emb = frozen_param(emb.position_embedding.weight, dtype)
-        self.vision_blocks = nn.ModuleList(VisionBlock(layer, opts, dtype) for layer in vision.encoder.layers)
-        proj = (model.projector.linear.weight, model.projector.linear.bias)
-        if opts.fold_norms:
-            proj = fold_layer_norm(vision.post_layernorm, *proj)
-        self.post_ln = LayerNormStats(vision.post_layernorm, opts.fold_norms)
-        self.proj_w, self.proj_b = frozen_param(proj[0], dtype), frozen_param(proj[1], dtype)
-        self.embed_tokens = frozen_param(model.vlm.embed_tokens.weight, dtype)
-        self.fast_attention = opts.fast_attention
-        last = len(model.vlm.layers) - 1
-        self.blocks = nn.ModuleList(GemmaBlock(layer, opts, dtype, kv_only=opts.step_only and i == last)
-                                    for i, layer in enumerate(model.vlm.layers))
-
-    def forward(self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor):
-        n = int(images.shape[1])
-        x = F.conv2d(pixels(images, self.dtype), self.patch_w, self.patch_b, stride=self.patch_size)
-        x = x.flatten(2).transpose(1, 2) + self.pos_emb[None]  # [bn, p, w_vision]
-        for block in self.vision_blocks:
-            x = block(x)
-        image_tokens = F.linear(self.post_ln(x), self.proj_w, self.proj_b)  # not scaled (MODEL.md, "Shapes")
-        p, w = int(image_tokens.shape[1]), int(image_tokens.shape[2])
-        image_tokens = image_tokens.reshape(-1, n * p, w)
-        image_pad = image_masks[:, :, None].expand(-1, -1, p).reshape(-1, n * p)
-        text = F.embedding(tokens, self.embed_tokens)
-        text = text * torch.tensor(math.sqrt(self.cfg.vlm.width), dtype=text.dtype)
-        x = torch.cat([image_tokens, text], dim=1)
-        pad = torch.cat([image_pad, token_masks], dim=1)
-        mask = attention_mask(pad[:, None, :] & pad[:, :, None], self.fast_attention)  # bidirectional prefix
-        cos, sin = rope_tables(torch.cumsum(pad.to(torch.int64), dim=1) - 1, self.cfg.vlm.head_dim,
-                               self.cfg.vlm.rope_base)
-        keys, values = [], []
-        for block in self.blocks:
-            x, k, v = block(x, cos, sin, mask)
-            keys.append(k)
-            values.append(v)
-        return torch.stack(keys), torch.stack(values), pad
+def _fold_layer_norm(state: State, ln: str, linears: list[str]) -> None:
+    g, beta = state[f"{ln}.weight"].double(), state[f"{ln}.bias"].double()
+    for lin in linears:
+        w = state[f"{lin}.weight"].double()
+        state[f"{lin}.bias"] = (state[f"{lin}.bias"].double() + w @ beta).float()
+        state[f"{lin}.weight"] = (w * g[None, :]).float()
+    state[f"{ln}.weight"] = torch.ones_like(state[f"{ln}.weight"])
+    state[f"{ln}.bias"] = torch.zeros_like(state[f"{ln}.bias"])
 
 
-class OptimizedDenoiseStepGraph(nn.Module):
-    """One Euler step over the KV cache (MODEL.md, "Suffix and one denoise step"), optimized.
+# Every transform works on what part of the state dict it is given (see `optimized_model`): a layer it does
+# not find is not there to transform.
 
-    forward(x_t, step_index | (t, dt), past_keys, past_values, prefix_mask[, state]) in the contract's
-    input order -> x_next (and velocity with with_velocity)."""
 
-    def __init__(self, model: Pi0Model, opts: OptimizeOptions, dtype: torch.dtype, with_velocity: bool = False):
-        super().__init__()
-        _check_reference(model)
-        cfg = model.cfg
-        self.cfg, self.opts, self.dtype, self.with_velocity = cfg, opts, dtype, with_velocity
-        self.horizon, self.suffix_len = cfg.action_horizon, cfg.suffix_len
-        times, dt = euler_schedule(cfg.num_steps)
-        self.dt = float(dt)
-        self.register_buffer("times", torch.from_numpy(times.copy()))  # float32 [k]: t by step index
-        # the suffix's own mask block is constant ("Mask rule"): a buffer, not a cumsum per step
-        ar = torch.tensor(model.suffix_ar_mask(), dtype=torch.int64)[None]
-        self.register_buffer("suffix_allowed", mask_2d(torch.ones_like(ar, dtype=torch.bool), ar)[0])
-        we = cfg.expert.width
-        self.blocks = nn.ModuleList(GemmaBlock(layer, opts, dtype) for layer in model.expert.layers)
-        self._build_time(model, opts, dtype, times)
-        self._build_output(model, opts, dtype)
-        if not cfg.is_pi05:
-            self.state_w = frozen_param(model.state_proj.weight, dtype)
-            self.state_b = frozen_param(model.state_proj.bias, dtype)
-            self.mlp_out_w = frozen_param(model.action_time_mlp_out.weight, dtype)
-            self.mlp_out_b = frozen_param(model.action_time_mlp_out.bias, dtype)
-        self.we = we
+def fold_norms(state: State, cfg: Pi0Config) -> None:
+    for i in range(cfg.vision.depth):
+        layer = f"vision.encoder.layers.{i}"
+        if f"{layer}.layer_norm1.weight" not in state:
+            continue
+        _fold_layer_norm(state, f"{layer}.layer_norm1", [f"{layer}.self_attn.{p}_proj" for p in "qkv"])
+        _fold_layer_norm(state, f"{layer}.layer_norm2", [f"{layer}.mlp.fc1"])
+    if "vision.post_layernorm.weight" in state:
+        _fold_layer_norm(state, "vision.post_layernorm", ["projector.linear"])
+    for stack in _gemma_stacks(cfg):
+        for i in range(getattr(cfg, stack).depth):
+            layer = f"{stack}.layers.{i}"
+            if f"{layer}.input_layernorm.weight" not in state:
+                continue
+            _fold_rms(state, f"{layer}.input_layernorm.weight", [f"{layer}.self_attn.{p}_proj.weight" for p in "qkv"])
+            _fold_rms(state, f"{layer}.post_attention_layernorm.weight",
+                      [f"{layer}.mlp.{p}_proj.weight" for p in ("gate", "up")])
+    if not cfg.is_pi05 and "expert.norm.weight" in state:
+        _fold_rms(state, "expert.norm.weight", ["action_out_proj.weight"])
 
-    # ---- construction ---------------------------------------------------------------------------
 
-    def _build_time(self, model: Pi0Model, opts: OptimizeOptions, dtype: torch.dtype, times) -> None:
-        cfg, we = model.cfg, model.cfg.expert.width
-        if cfg.is_pi05:
-            norms = [n for layer in model.expert.layers for n in (layer.input_layernorm,
-                                                                   layer.post_attention_layernorm)]
-            norms.append(model.expert.norm)
-            dense_w = torch.cat([n.dense.weight.detach() for n in norms])  # [n * 3w, w]: all modulations
-            dense_b = torch.cat([n.dense.bias.detach() for n in norms])
-            self.num_norms = len(norms)
-            if opts.precompute_time:
-                with torch.no_grad():
-                    cond = model.time_condition(torch.from_numpy(times.copy()))  # [k, w] float32 reference
-                    mods = F.linear(cond, dense_w, dense_b).view(len(times), len(norms), 3, we)
-                    mods = torch.cat([1.0 + mods[:, :, :1], mods[:, :, 1:]], dim=2)  # (1 + scale, shift, gate)
-                # [n, 3, k, 1, w] float32: mod_table[j, c] is the [k, 1, w] table of norm j, kind c
-                self.register_buffer("mod_table", mods.float().permute(1, 2, 0, 3)[:, :, :, None].contiguous())
-            else:
-                self.time_in_w, self.time_in_b = frozen_param(model.time_mlp_in.weight, dtype), frozen_param(
-                    model.time_mlp_in.bias, dtype)
-                self.time_out_w, self.time_out_b = frozen_param(model.time_mlp_out.weight, dtype), frozen_param(
-                    model.time_mlp_out.bias, dtype)
-                self.mod_w, self.mod_b = frozen_param(dense_w, dtype), frozen_param(dense_b, dtype)
-            self.action_in_w = frozen_param(model.action_in_proj.weight, dtype)
-            self.action_in_b = frozen_param(model.action_in_proj.bias, dtype)
-            return
-        w_in = model.action_time_mlp_in.weight.detach()
+def fast_attention(state: State, cfg: Pi0Config) -> None:
+    for stack in ("vlm", "expert"):
+        for i in range(getattr(cfg, stack).depth):
+            key = f"{stack}.layers.{i}.self_attn.q_proj.weight"
+            if key in state:
+                state[key] = _scaled(state[key], getattr(cfg, stack).head_dim ** -0.5)
+    for i in range(cfg.vision.depth):
+        for kind in ("weight", "bias"):
+            key = f"vision.encoder.layers.{i}.self_attn.q_proj.{kind}"
+            if key in state:
+                state[key] = _scaled(state[key], cfg.vision.head_dim ** -0.5)
+
+
+def precompute_time(state: State, cfg: Pi0Config) -> None:
+    if ("time_mlp_in.weight" if cfg.is_pi05 else "action_time_mlp_in.weight") not in state:
+        return
+    we = cfg.expert.width
+    emb = posemb_sincos(torch.from_numpy(euler_schedule(cfg.num_steps)[0].copy()), we, cfg.min_period,
+                        cfg.max_period)  # [steps, w] float32, as the model computes it
+    if not cfg.is_pi05:
+        w_in, b_in = state.pop("action_time_mlp_in.weight").double(), state.pop("action_time_mlp_in.bias").double()
         w_a, w_t = w_in[:, :we], w_in[:, we:]
-        if opts.precompute_time:
-            with torch.no_grad():
-                emb = posemb_sincos(torch.from_numpy(times.copy()), we, cfg.min_period, cfg.max_period)
-                table = emb.double() @ w_t.double().T + model.action_time_mlp_in.bias.detach().double()
-                # W_a (W_in x + b_in) = (W_a W_in) x + W_a b_in: two linears in a row become one
-                table = table + w_a.double() @ model.action_in_proj.bias.detach().double()
-                merged = w_a.double() @ model.action_in_proj.weight.detach().double()  # [w, A]
-            self.register_buffer("time_table", table.float())  # [k, w] float32
-            self.action_w = frozen_param(merged.float(), dtype)
-        else:
-            self.action_in_w = frozen_param(model.action_in_proj.weight, dtype)
-            self.action_in_b = frozen_param(model.action_in_proj.bias, dtype)
-            self.mlp_in_w, self.mlp_in_b = frozen_param(w_in, dtype), frozen_param(model.action_time_mlp_in.bias, dtype)
-
-    def _build_output(self, model: Pi0Model, opts: OptimizeOptions, dtype: torch.dtype) -> None:
-        cfg = model.cfg
-        w, b = model.action_out_proj.weight.detach().float(), model.action_out_proj.bias.detach().float()
-        fold_final = opts.fold_norms and not cfg.is_pi05
-        self.final_norm = None if cfg.is_pi05 else Norm(model.expert.norm, fold_final)
-        self.final_eps = model.expert.norm.eps
-        self.register_buffer("unit", torch.ones(cfg.expert.width))  # see rms_normed
-        if fold_final:  # the expert's final RMSNorm (1 + w) into action_out_proj (pi0)
-            w = scale_columns(w, 1.0 + model.expert.norm.weight.float())
-        if self.with_velocity:
-            self.vel_w, self.vel_b = frozen_param(w, dtype), frozen_param(b, dtype)
-        if opts.fold_dt:  # x + dt (W h + b) = x + (dt W) h + dt b
-            dt = torch.tensor(self.dt, dtype=torch.float64)
-            w, b = (w.double() * dt).float(), (b.double() * dt).float()
-        self.out_w, self.out_b = frozen_param(w, dtype), frozen_param(b, dtype)
-
-    # ---- the step -------------------------------------------------------------------------------
-
-    def forward(self, x_t: Tensor, *rest: Tensor):
-        if self.opts.uses_step_index:
-            step_index, past_keys, past_values, prefix_mask, *state = rest
-            t, dt = (None if self.opts.precompute_time else self.times[step_index]), None
-        else:
-            t, dt, past_keys, past_values, prefix_mask, *state = rest
-            step_index = None
-        state = state[0] if state else None
-        x, mods = self._suffix(x_t, t, step_index, state)
-        s = int(x.shape[1])
-        mask = attention_mask(torch.cat([prefix_mask[:, None, :].expand(-1, s, -1),
-                                         self.suffix_allowed[None].expand(prefix_mask.shape[0], s, s)], dim=2),
-                              self.opts.fast_attention)
-        positions = prefix_mask.to(torch.int64).sum(-1, keepdim=True) + torch.arange(s)[None, :]
-        cos, sin = rope_tables(positions, self.cfg.expert.head_dim, self.cfg.expert.rope_base)
-        last = len(self.blocks) - 1
-        for i, block in enumerate(self.blocks):
-            queries = self.horizon if self.opts.step_only and i == last and s > self.horizon else None
-            x, _, _ = block(x, cos, sin, mask, past=(past_keys[i], past_values[i]),
-                            mods=None if mods is None else mods[2 * i:2 * i + 2], queries=queries)
-        x = x[:, -self.horizon:]  # only the H action tokens reach the output (a no-op after step_only)
-        if mods is None:
-            h = self.final_norm(x)
-        else:
-            h = (rms_normed(x, self.final_eps, self.unit) * mods[-1][0] + mods[-1][1]).to(x.dtype)
-        delta = F.linear(h, self.out_w, self.out_b).to(torch.float32)
-        if self.opts.fold_dt:
-            x_next = x_t + delta
-        else:
-            dt = torch.full_like(x_t[:, 0, 0], self.dt) if dt is None else dt
-            x_next = x_t + dt[:, None, None] * delta
-        if not self.with_velocity:
-            return x_next
-        return x_next, F.linear(h, self.vel_w, self.vel_b).to(torch.float32)
-
-    def _suffix(self, x_t: Tensor, t: Tensor | None, step_index: Tensor | None, state: Tensor | None
-                ) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]] | None]:
-        """-> suffix tokens [b, s, w], and for pi0.5 the adaRMS modulations: per norm, (1 + scale, shift,
-        gate) each float32 [b, 1, w]."""
-        x_t = x_t.to(self.dtype)
-        if self.cfg.is_pi05:
-            if self.opts.precompute_time:  # one Gather per modulation (the table slices are constants)
-                mods = [tuple(self.mod_table[j, c][step_index] for c in range(3)) for j in range(self.num_norms)]
-            else:
-                emb = posemb_sincos(t, self.we, self.cfg.min_period, self.cfg.max_period).to(self.dtype)
-                cond = F.silu(F.linear(F.silu(F.linear(emb, self.time_in_w, self.time_in_b)), self.time_out_w,
-                                       self.time_out_b))
-                mods = F.linear(cond, self.mod_w, self.mod_b).view(-1, self.num_norms, 3, self.we).float()
-                mods = torch.cat([1.0 + mods[:, :, :1], mods[:, :, 1:]], dim=2)
-                mods = [tuple(mods[:, None, j, c] for c in range(3)) for j in range(self.num_norms)]
-            return F.linear(x_t, self.action_in_w, self.action_in_b), mods
-        if self.opts.precompute_time:
-            hidden = F.linear(x_t, self.action_w) + self.time_table[step_index][:, None, :].to(self.dtype)
-        else:
-            actions = F.linear(x_t, self.action_in_w, self.action_in_b)
-            emb = posemb_sincos(t, self.we, self.cfg.min_period, self.cfg.max_period).to(self.dtype)
-            hidden = F.linear(torch.cat([actions, emb[:, None, :].expand(-1, int(actions.shape[1]), -1)], dim=-1),
-                              self.mlp_in_w, self.mlp_in_b)
-        actions = F.linear(F.silu(hidden), self.mlp_out_w, self.mlp_out_b)
-        state_token = F.linear(state.to(self.dtype), self.state_w, self.state_b)[:, None, :]
-        return torch.cat([state_token, actions], dim=1), None
+        state["time_table"] = (emb.double() @ w_t.T + b_in + w_a @ state.pop("action_in_proj.bias").double()).float()
+        state["action_in_proj.weight"] = (w_a @ state["action_in_proj.weight"].double()).float()
+        return
+    cond = F.silu(F.linear(F.silu(F.linear(emb, state.pop("time_mlp_in.weight"), state.pop("time_mlp_in.bias"))),
+                           state.pop("time_mlp_out.weight"), state.pop("time_mlp_out.bias")))  # float32, as the model
+    norms = [f"expert.layers.{i}.{n}.dense" for i in range(cfg.expert.depth)
+             for n in ("input_layernorm", "post_attention_layernorm")] + ["expert.norm.dense"]
+    weight = torch.cat([state.pop(f"{n}.weight") for n in norms])
+    bias = torch.cat([state.pop(f"{n}.bias") for n in norms])
+    mods = F.linear(cond, weight, bias).view(cfg.num_steps, len(norms), 3, we)
+    mods = torch.cat([1.0 + mods[:, :, :1], mods[:, :, 1:]], dim=2)  # (1 + scale, shift, gate)
+    state["mod_table"] = mods.permute(1, 2, 0, 3)[:, :, :, None].contiguous()  # [norms, 3, steps, 1, w]
 
 
-def optimized_graphs(model: Pi0Model, opts: OptimizeOptions, dtype: torch.dtype, with_velocity: bool = False
-                     ) -> dict[str, nn.Module]:
-    """{graph name: module} for export_graphs; the model must be the float32 reference (left unchanged)."""
-    return {c.PREFIX_GRAPH: OptimizedPrefixGraph(model, opts, dtype).eval(),
-            c.DENOISE_STEP_GRAPH: OptimizedDenoiseStepGraph(model, opts, dtype, with_velocity).eval()}
+def fold_dt(state: State, cfg: Pi0Config) -> None:
+    if "action_out_proj.weight" not in state:
+        return
+    dt = float(euler_schedule(cfg.num_steps)[1])
+    for kind in ("weight", "bias"):
+        state[f"action_out_proj.{kind}"] = _scaled(state[f"action_out_proj.{kind}"], dt)
+
+
+def step_only(state: State, cfg: Pi0Config) -> None:
+    last = f"vlm.layers.{cfg.vlm.depth - 1}."
+    dead = ("self_attn.q_proj.", "self_attn.o_proj.", "post_attention_layernorm.", "mlp.")
+    for key in [k for k in state if k.startswith(last) and k[len(last):].startswith(dead)]:
+        del state[key]
+
+
+def _concat(state: State, parts: list[str], fused: str) -> None:
+    for kind in ("weight", "bias"):
+        if f"{parts[0]}.{kind}" in state:
+            state[f"{fused}.{kind}"] = torch.cat([state.pop(f"{p}.{kind}") for p in parts])
+
+
+def fuse_qkv(state: State, cfg: Pi0Config) -> None:
+    for i in range(cfg.vision.depth):
+        attn = f"vision.encoder.layers.{i}.self_attn"
+        _concat(state, [f"{attn}.{p}_proj" for p in "qkv"], f"{attn}.qkv_proj")
+    for stack in ("vlm", "expert"):
+        for i in range(getattr(cfg, stack).depth):
+            attn = f"{stack}.layers.{i}.self_attn"
+            if f"{attn}.q_proj.weight" in state:
+                _concat(state, [f"{attn}.{p}_proj" for p in "qkv"], f"{attn}.qkv_proj")
+            else:  # step_only's last VLM layer
+                _concat(state, [f"{attn}.{p}_proj" for p in "kv"], f"{attn}.kv_proj")
+
+
+def fuse_gate_up(state: State, cfg: Pi0Config) -> None:
+    for stack in ("vlm", "expert"):
+        for i in range(getattr(cfg, stack).depth):
+            mlp = f"{stack}.layers.{i}.mlp"
+            if f"{mlp}.gate_proj.weight" in state:
+                _concat(state, [f"{mlp}.gate_proj", f"{mlp}.up_proj"], f"{mlp}.gate_up_proj")
+
+
+TABLES = ("time_table", "mod_table")  # float32 in every precision, cast at use
+
+# In this order: the folds work on the plain projections, the fusions concatenate their results.
+TRANSFORMS = {"fold_norms": fold_norms, "fast_attention": fast_attention, "precompute_time": precompute_time,
+              "fold_dt": fold_dt, "step_only": step_only, "fuse_qkv": fuse_qkv, "fuse_gate_up": fuse_gate_up}
+
+
+def optimized_state_dict(state: State, cfg: Pi0Config, options: OptimizeOptions) -> State:
+    """A plain model's float32 state dict -> the state dict of Pi0Model(cfg, options). The input's tensors
+    are not modified (unchanged ones are shared)."""
+    state = dict(state)
+    for name, transform in TRANSFORMS.items():
+        if getattr(options, name):
+            transform(state, cfg)
+    return state
+
+
+def _part(key: str) -> str:
+    """The part of the state dict a key is transformed with: its layer, or (the time branch and pi0.5's
+    adaRMS dense layers, which precompute_time reads together) everything else."""
+    match = re.match(r"(vision\.encoder\.layers\.\d+|vlm\.layers\.\d+|expert\.layers\.\d+)\.", key)
+    return "rest" if match is None or ".dense." in key else match.group(1)
+
+
+def optimized_model(model: Pi0Model, options: OptimizeOptions, num_steps: int | None = None,
+                    dtype: torch.dtype = torch.float32) -> Pi0Model:
+    """The same model with `options`' switches on and its weights transformed, for a schedule of num_steps
+    (default: the config's), in dtype (the per-step tables stay float32); the float32 plain model passed in
+    is left unchanged. Transformed one layer at a time and cast as it goes: at full size in a 16-bit dtype
+    the float32 transformed weights of one layer are held at once, not the whole model's."""
+    if model.options != PLAIN:
+        raise ValueError(f"optimized_model takes the plain model, got one built with {model.options}")
+    if model.dtype != torch.float32:
+        raise ValueError(f"optimized weights are derived from the float32 model, got {model.dtype}; "
+                         "build the optimized model before casting")
+    cfg = replace(model.cfg, num_steps=num_steps or model.cfg.num_steps)
+    parts: dict[str, State] = {}
+    for key, tensor in model.state_dict().items():
+        parts.setdefault(_part(key), {})[key] = tensor
+    state: State = {}
+    for name in list(parts):
+        transformed = optimized_state_dict(parts.pop(name), cfg, options)
+        state.update({k: v if k in TABLES else v.to(dtype) for k, v in transformed.items()})
+        del transformed
+    with torch.device("meta"):
+        optimized = Pi0Model(cfg, options)
+    optimized.load_state_dict(state, strict=True, assign=True)
+    return optimized.eval()

@@ -3,7 +3,7 @@
 Written from openpi's own functions, not from the runtime's numpy code, so that a bug in one shows up
 as a difference: images as openpi `image_tools.resize_with_pad_torch` on the float [-1, 1] image the
 model sees (`preprocess_observation_pytorch`), the prompt as openpi `PaligemmaTokenizer.tokenize`
-step by step, normalization from the formulas of MODEL.md, "Normalization", in torch.
+step by step, normalization from the formulas of docs/model.md, "Normalization", in torch.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 def uint8_to_model_float(image: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 -> float32 in [-1, 1] as the graph does it: x / 255 * 2 - 1, a true division (MODEL.md, "Prefix")."""
+    """uint8 -> float32 in [-1, 1] as the graph does it: x / 255 * 2 - 1, a true division (docs/model.md, "Prefix")."""
     x = torch.as_tensor(np.asarray(image))
     return x.to(torch.float32) / 255.0 * 2.0 - 1.0
 
@@ -79,7 +79,8 @@ def _stats(norm_stats: NormStats, which: str) -> tuple[torch.Tensor, torch.Tenso
 
 
 def normalize_reference(x: torch.Tensor, norm_stats: NormStats, which: str = "state") -> torch.Tensor:
-    """MODEL.md, "Normalization", forward, in torch float32 (openpi `Normalize`; LeRobot `NormalizerProcessorStep`)."""
+    """docs/model.md, "Normalization", forward, in torch float32 (openpi `Normalize`; LeRobot
+    `NormalizerProcessorStep`)."""
     a, b = _stats(norm_stats, which)
     x, eps = x.to(torch.float32), norm_stats.eps
     if norm_stats.kind == "mean_std":
@@ -92,7 +93,7 @@ def normalize_reference(x: torch.Tensor, norm_stats: NormStats, which: str = "st
 
 
 def unnormalize_reference(y: torch.Tensor, norm_stats: NormStats, which: str = "action") -> torch.Tensor:
-    """MODEL.md, "Normalization", inverse, in torch float32 (openpi `Unnormalize`; LeRobot's unnormalizer)."""
+    """docs/model.md, "Normalization", inverse, in torch float32 (openpi `Unnormalize`; LeRobot's unnormalizer)."""
     a, b = _stats(norm_stats, which)
     y, eps = y.to(torch.float32), norm_stats.eps
     if norm_stats.kind == "mean_std":

@@ -37,7 +37,7 @@ from pi0edge import contract as c
 from pi0edge.atomic import staged_dir, write_text_atomic
 from pi0edge.cli_args import positive_int
 from pi0edge.errors import BundleError, ConfigError, require
-from pi0edge.export.loop_graph import write_loop_graph
+from pi0edge.export.onnx.loop_graph import write_loop_graph
 from pi0edge.manifest import MANIFEST_NAME, Manifest, load_manifest, sha256_file
 from pi0edge.schedule import euler_schedule
 
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 MODES = ("int8", "fp8")
 QUANT_EXTRA = "quant"
 # Everything the extra needs beside the runtime; `nvidia-modelopt[onnx]` would replace onnxruntime with
-# onnxruntime-gpu and downgrade onnx (ENV.md), so its pieces are listed one by one.
+# onnxruntime-gpu and downgrade onnx (docs/quantization.md), so its pieces are listed one by one.
 QUANT_PIP = ("pip install nvidia-modelopt onnx-graphsurgeon onnxslim polygraphy onnxconverter-common cppimport lief "
              "onnxscript ml_dtypes")
 # ModelOpt's defaults per mode; TensorRT's own recipes use max calibration for FP8 (its range is wide enough
@@ -383,7 +383,7 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, options: Quanti
             shutil.rmtree(staging / f".work-{graph}")
             samples[graph] = []  # free the calibration tensors before the next graph
         loop = manifest.graphs.get(c.DENOISE_LOOP_GRAPH)
-        if loop is not None:  # unrolled again from the quantized step graph (export/loop_graph.py)
+        if loop is not None:  # unrolled again from the quantized step graph (export/onnx/loop_graph.py)
             write_loop_graph(staging / manifest.graphs[c.DENOISE_STEP_GRAPH].file, staging / loop.file, loop.num_steps)
         raw = manifest.to_document()
         raw["files"] = {p.name: sha256_file(p) for p in sorted(staging.iterdir())

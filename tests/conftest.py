@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import io
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 WORDS = ("pick place the red green blue cube block cup bowl towel drawer open close left right up down gently "
@@ -35,41 +33,32 @@ def tokenizer_path(tmp_path_factory) -> Path:
     return train_tokenizer(tmp_path_factory.mktemp("tokenizer") / "tokenizer.model")
 
 
-def random_norm_stats(model_type: str, state_dim: int, action_dim: int, seed: int = 0):
-    from pi0edge.normalization import NormStats
-
-    rng = np.random.default_rng(seed)
-    if model_type == "pi05":
-        lo_s, lo_a = rng.uniform(-2, 0, state_dim), rng.uniform(-2, 0, action_dim)
-        return NormStats.from_arrays("quantile", "openpi",
-                                     {"q01": lo_s, "q99": lo_s + rng.uniform(0.5, 3, state_dim)},
-                                     {"q01": lo_a, "q99": lo_a + rng.uniform(0.5, 3, action_dim)})
-    return NormStats.from_arrays("mean_std", "openpi",
-                                 {"mean": rng.normal(size=state_dim), "std": rng.uniform(0.5, 2, state_dim)},
-                                 {"mean": rng.normal(size=action_dim), "std": rng.uniform(0.5, 2, action_dim)})
-
-
 ROBOT_STATE_DIM = 6
 ROBOT_ACTION_DIM = 6
 
 
+DEFAULT = "default"  # `pi0edge export`'s optimizations (DEFAULT_OPTIMIZE), resolved where torch is imported
+
+
 def make_tiny_bundle(out_dir: Path, tokenizer: Path, model_type: str = "pi0", precision: str = "float32",
-                     seed: int = 0, with_velocity: bool = False, optimize=None, **cfg_overrides):
-    """-> (bundle dir, the float32 eager reference model with the bundle's weights)."""
-    import torch
+                     seed: int = 0, optimize=DEFAULT, **cfg_overrides):
+    """-> (bundle dir, the float32 eager reference model with the bundle's weights).
 
-    from pi0edge.export.bundle import write_bundle
+    Made as a user makes one: a random LeRobot checkpoint (beside out_dir) through `export_bundle`, the
+    `pi0edge export` command, with its default optimizations and loop graph unless optimize says otherwise
+    (None: the plain graphs). The reference is that checkpoint loaded as the export loads it."""
+    from pi0edge.export.bundle import export_bundle
+    from pi0edge.export.checkpoint import load_checkpoint
     from pi0edge.export.config import tiny
-    from pi0edge.export.model import Pi0Model
+    from pi0edge.export.model import DEFAULT_OPTIMIZE
+    from pi0edge.export.random_checkpoint import write_random_checkpoint
 
-    cfg = tiny(model_type, **cfg_overrides)
-    torch.manual_seed(seed)
-    model = Pi0Model(cfg).eval()
-    stats = random_norm_stats(model_type, ROBOT_STATE_DIM, ROBOT_ACTION_DIM, seed)
-    write_bundle(copy.deepcopy(model), out_dir, norm_stats=stats, tokenizer_path=tokenizer,
-                 robot_state_dim=ROBOT_STATE_DIM, robot_action_dim=ROBOT_ACTION_DIM, precision=precision,
-                 with_velocity=with_velocity, optimize=optimize)
-    return out_dir, model
+    optimize = DEFAULT_OPTIMIZE if optimize == DEFAULT else optimize
+    checkpoint = write_random_checkpoint(out_dir.with_name(out_dir.name + "-checkpoint"),
+                                         tiny(model_type, **cfg_overrides), seed=seed, tokenizer=False,
+                                         robot_state_dim=ROBOT_STATE_DIM, robot_action_dim=ROBOT_ACTION_DIM)
+    export_bundle(checkpoint, out_dir, precision=precision, tokenizer=tokenizer, optimize=optimize)
+    return out_dir, load_checkpoint(checkpoint).model.eval()
 
 
 @pytest.fixture(scope="session")
@@ -77,8 +66,11 @@ def tiny_bundle_factory(tmp_path_factory, tokenizer_path):
     """Cached tiny bundles keyed by their arguments: export once per session."""
     cache: dict = {}
 
-    def get(model_type: str = "pi0", precision: str = "float32", optimize=None, **cfg_overrides):
-        """optimize: export/optimize.py's OptimizeOptions (None: the plain reference graphs)."""
+    def get(model_type: str = "pi0", precision: str = "float32", optimize=DEFAULT, **cfg_overrides):
+        """optimize: OptimizeOptions; by default `pi0edge export`'s (None: the plain graphs)."""
+        from pi0edge.export.model import DEFAULT_OPTIMIZE
+
+        optimize = DEFAULT_OPTIMIZE if optimize == DEFAULT else optimize
         key = (model_type, precision, optimize, tuple(sorted(cfg_overrides.items())))
         if key not in cache:
             out = tmp_path_factory.mktemp(f"bundle-{model_type}-{precision}") / "bundle"

@@ -107,7 +107,7 @@ def test_typed_manifest_fields_carry_what_readers_used_to_index(tiny_bundle_fact
     m = load_manifest(tiny_bundle_factory("pi0")[0])
     assert set(m.files) >= {entry.file for entry in m.graphs.values()}
     assert m.vocab_size == m.raw["model"]["vocab_size"]
-    assert m.fixed_num_steps is None and m.quantization is None and m.emulates is None
+    assert m.fixed_num_steps == m.num_steps and m.quantization is None and m.emulates is None
     document = m.to_document()
     document["files"].clear()
     assert m.files and m.raw["files"]  # a writer's copy never changes the loaded manifest

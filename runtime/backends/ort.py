@@ -5,7 +5,7 @@ size on the backend's device. The prefix writes the KV cache straight into the O
 reads; x_t ping-pongs between two OrtValues; one IOBinding per Euler step is built in `prepare`, so a
 step is a single `run_with_iobinding` call with no allocation, no binding and no copy.
 
-Whole loop: a bundle with a `denoise_loop` graph (export/loop_graph.py) runs all steps as ONE session
+Whole loop: a bundle with a `denoise_loop` graph (export/onnx/loop_graph.py) runs all steps as ONE session
 call (`run_loop`) from the noise buffer into the actions buffer; the step graph is then not loaded. With
 `enable_cuda_graph` on ort-cuda that call is one captured CUDA graph (ORT captures per run), and so is the
 prefix unless `cuda_graph_prefix=False`: a chunk is then two graph launches. whole_loop

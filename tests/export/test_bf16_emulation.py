@@ -1,4 +1,4 @@
-"""bfloat16 emulation (export/bf16_emulation.py): a bf16 graph rewritten into float32 with bf16 rounding after
+"""bfloat16 emulation (export/onnx/bf16_emulation.py): a bf16 graph rewritten into float32 with bf16 rounding after
 each op rounds exactly as ml_dtypes does, ONNX Runtime's full graph optimization keeps the rounding, and an
 emulated tiny pi0 / pi0.5 bundle runs on ort-cpu through `Policy` with a measured error against float32.
 """
@@ -15,9 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 from pi0edge import contract as c
 from pi0edge.cli import main
 from pi0edge.errors import BundleError
-from pi0edge.export.bf16_emulation import _bf16_to_f32, emulate_graph, write_emulated_bundle
 from pi0edge.export.config import tiny
-from pi0edge.export.graphs import example_inputs
+from pi0edge.export.onnx.bf16_emulation import _bf16_to_f32, emulate_graph, write_emulated_bundle
+from pi0edge.export.onnx.graphs import example_inputs
 from pi0edge.export.optimize import DEFAULT_OPTIMIZE
 from pi0edge.export.random_checkpoint import write_random_checkpoint
 from pi0edge.manifest import load_manifest

@@ -22,7 +22,7 @@ from pi0edge.export.checkpoint import SIZES_KEY, checkpoint_key, load_checkpoint
 from pi0edge.export.config import GEMMA_DUMMY, SIGLIP_SO400M, full, tiny
 from pi0edge.export.random_checkpoint import random_norm_stats, random_state_dict, write_random_checkpoint
 
-RSS_LIMIT_RATIO = 1.3  # issue 3 item 4: peak RSS of loading <= 1.3x the weights' bytes
+RSS_LIMIT_RATIO = 1.3  # peak RSS of loading <= 1.3x the weights' bytes
 
 
 def _assert_weights_equal(model, expected: dict[str, torch.Tensor]) -> None:

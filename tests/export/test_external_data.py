@@ -9,9 +9,9 @@ import onnxruntime as ort
 import torch
 
 from pi0edge.export.config import tiny
-from pi0edge.export.external_data import gather_external_data
-from pi0edge.export.graphs import PrefixGraph, example_inputs, prefix_spec
 from pi0edge.export.model import Pi0Model
+from pi0edge.export.onnx.external_data import gather_external_data
+from pi0edge.export.onnx.graphs import PrefixGraph, example_inputs, prefix_spec
 
 
 def test_spilled_initializers_and_constants_are_gathered_into_one_loadable_data_file(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 # float16 graphs against the float32 eager reference at full size, random weights (see docs/benchmarks.md).
 ACTION_ATOL_FP16_FULL = 5e-2
-# bfloat16 graphs, run as their float32 emulation (export/bf16_emulation.py), same comparison: measured
+# bfloat16 graphs, run as their float32 emulation (export/onnx/bf16_emulation.py), same comparison: measured
 # 3.6e-2 (pi0) and 1.2e-2 (pi0.5) (docs/benchmarks.md).
 ACTION_ATOL_BF16_FULL = 1e-1
 

@@ -1,4 +1,4 @@
-"""Independent evidence that the reference (export/model.py) is right: the same tiny random weights are
+"""Independent evidence that the reference (export/model/) is right: the same tiny random weights are
 loaded into Hugging Face transformers' own SigLIP, Gemma, PaliGemma and PI0 models, which must give
 the same image tokens, Gemma layer outputs, prefix hidden states, KV cache and pi0 velocity.
 
@@ -42,7 +42,7 @@ from pi0edge.export.config import GemmaConfig as OurGemmaConfig  # noqa: E402
 from pi0edge.export.config import Pi0Config, tiny  # noqa: E402
 from pi0edge.export.model import Pi0Model, attend, images_to_pixels, rope  # noqa: E402
 
-HF_ATOL = 1e-5  # float32, issue 3: "match ... within 1e-5"
+HF_ATOL = 1e-5  # float32: match Hugging Face within 1e-5
 BATCH = 2
 # Sample 0: the second camera is missing (mask False, fed as uint8 0 -> -1.0) and a short prompt padded
 # to max_token_len; sample 1: every camera present and a longer (still padded) prompt.
@@ -80,7 +80,7 @@ def make_observation(cfg: Pi0Config, seed: int) -> dict[str, torch.Tensor]:
     n, size = cfg.num_cameras, cfg.vision.image_size
     images = torch.randint(0, 256, (BATCH, n, size, size, 3), generator=g, dtype=torch.uint8)
     image_masks = torch.tensor(CAMERA_MASKS, dtype=torch.bool)
-    images[~image_masks] = 0  # a missing camera is an all -1 image (MODEL.md, "Prefix")
+    images[~image_masks] = 0  # a missing camera is an all -1 image (docs/model.md, "Prefix")
     tokens = torch.randint(1, cfg.vocab_size, (BATCH, cfg.max_token_len), generator=g)
     token_masks = torch.arange(cfg.max_token_len)[None, :] < torch.tensor(PROMPT_LENS)[:, None]
     tokens[~token_masks] = 0  # pad id 0
@@ -170,7 +170,7 @@ def additive_mask(allowed: torch.Tensor) -> torch.Tensor:
 
 
 def prefix_rule(pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Written out here from MODEL.md (not taken from the model): a bidirectional prefix (ar all 0)
+    """Written out here from docs/model.md (not taken from the model): a bidirectional prefix (ar all 0)
     where a query sees a key iff both are valid; positions cumsum(pad) - 1."""
     allowed = pad[:, :, None] & pad[:, None, :]
     positions = torch.cumsum(pad.long(), dim=1) - 1
@@ -246,11 +246,11 @@ def test_gemma_vlm_layer_outputs_and_final_hidden_match_hf_gemma_model(pi0, obs)
     # The reference's layer loop, step by step from its public pieces, to see each layer's output.
     ours_layer_out, h_x = [], x
     for layer in pi0.vlm.layers:
-        h, _ = layer.input_layernorm(h_x)
+        h = layer.input_layernorm(h_x)
         q, k, v = layer.self_attn.qkv(h)
         q, k = rope(q, positions, pi0.cfg.vlm.rope_base), rope(k, positions, pi0.cfg.vlm.rope_base)
         h_x = h_x + layer.self_attn.o_proj(attend(q, k, v, allowed))
-        h, _ = layer.post_attention_layernorm(h_x)
+        h = layer.post_attention_layernorm(h_x)
         h_x = h_x + layer.mlp(h)
         ours_layer_out.append(h_x)
 
@@ -273,7 +273,8 @@ def test_gemma_vlm_layer_outputs_and_final_hidden_match_hf_gemma_model(pi0, obs)
 
 def paligemma_inputs(model: Pi0Model, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HF PaliGemma inputs for our observation: one image placeholder per image token, then the prompt;
-    the mask and positions from MODEL.md's pad rule (HF's default positions would be 1-indexed aranges)."""
+    the mask and positions from the pad rule of docs/model.md, "Positions" (HF's default positions would be
+    1-indexed aranges)."""
     cfg = model.cfg
     n_image_tokens = cfg.num_cameras * cfg.vision.tokens_per_image
     placeholders = torch.full((BATCH, n_image_tokens), cfg.vocab_size, dtype=torch.long)

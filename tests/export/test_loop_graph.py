@@ -1,4 +1,4 @@
-"""denoise_loop.onnx (export/loop_graph.py): the step graph unrolled over the schedule, run as one call."""
+"""denoise_loop.onnx (export/onnx/loop_graph.py): the step graph unrolled over the schedule, run as one call."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import yaml
 
 from pi0edge import contract as c
 from pi0edge.errors import BackendUnavailableError, BundleError
-from pi0edge.export.loop_graph import LoopGraphError, unroll_step_graph, write_loop_graph
+from pi0edge.export.onnx.loop_graph import LoopGraphError, unroll_step_graph, write_loop_graph
 from pi0edge.export.optimize import DEFAULT_OPTIMIZE
 from pi0edge.manifest import MANIFEST_NAME, load_manifest
 from pi0edge.runtime import Policy
@@ -89,7 +89,7 @@ def test_loop_graph_shares_weights_hoists_invariants_and_folds_the_time_tables(l
 
 
 def test_unrolling_refuses_a_graph_that_takes_t_and_dt(tiny_bundle_factory, tmp_path):
-    bundle_dir, _ = tiny_bundle_factory("pi0")  # plain graphs: t and dt are inputs, no loop graph written
+    bundle_dir, _ = tiny_bundle_factory("pi0", optimize=None)  # plain graphs: t and dt are inputs, no loop graph
     assert c.DENOISE_LOOP_GRAPH not in load_manifest(bundle_dir).graphs
     with pytest.raises(LoopGraphError, match="step-indexed"):
         unroll_step_graph(onnx.load(str(bundle_dir / "denoise_step.onnx")), 10)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pi0edge.export.config import tiny
-from pi0edge.export.graphs import example_inputs
 from pi0edge.export.model import Pi0Model
+from pi0edge.export.onnx.graphs import example_inputs
 
 
 @pytest.mark.parametrize("model_type", ["pi0", "pi05"])

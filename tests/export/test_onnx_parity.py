@@ -1,5 +1,6 @@
-"""The exported graphs equal the eager reference: ONNX Runtime CPU runs the prefix graph once and the step
-graph in the 10-step Euler loop, with the same noise as `Pi0Model.sample_actions`."""
+"""The exported graphs (as `pi0edge export` writes them by default: optimized) equal the eager reference: ONNX
+Runtime CPU runs the prefix graph once and the step graph in the 10-step Euler loop, with the same noise as
+`Pi0Model.sample_actions`. The plain graphs are checked option by option in test_optimized_parity.py."""
 
 from __future__ import annotations
 
@@ -70,8 +71,10 @@ def test_float16_graphs_error_against_float32_reference_is_bounded(tiny_bundle_f
     assert action_err <= ACTION_ATOL_FP16
 
 
-def test_manifest_records_each_graphs_io_names_shapes_and_dtypes(tiny_bundle_factory):
-    bundle_dir, model = tiny_bundle_factory("pi0", "float32")
+@pytest.mark.parametrize("plain", [True, False])
+def test_manifest_records_each_graphs_io_names_shapes_and_dtypes(tiny_bundle_factory, plain):
+    """The plain graphs take t and dt; the default (optimized) step graph takes step_index in their place."""
+    bundle_dir, model = tiny_bundle_factory("pi0", "float32", **({"optimize": None} if plain else {}))
     cfg = model.cfg
     manifest = load_manifest(bundle_dir)
     prefix = manifest.graphs[c.PREFIX_GRAPH]
@@ -80,7 +83,8 @@ def test_manifest_records_each_graphs_io_names_shapes_and_dtypes(tiny_bundle_fac
     assert prefix.io(c.PAST_KEYS)["shape"] == ["B" if d == "B" else d for d in
                                                (cfg.num_layers, "B", cfg.prefix_len, 1, cfg.vlm.head_dim)]
     step = manifest.graphs[c.DENOISE_STEP_GRAPH]
-    assert step.input_names == (c.X_T, c.TIME, c.DT, c.PAST_KEYS, c.PAST_VALUES, c.PREFIX_MASK, c.STATE)
+    time_inputs = (c.TIME, c.DT) if plain else (c.STEP_INDEX,)
+    assert step.input_names == (c.X_T, *time_inputs, c.PAST_KEYS, c.PAST_VALUES, c.PREFIX_MASK, c.STATE)
     assert step.io(c.X_NEXT) == {"name": c.X_NEXT, "dtype": "float32", "shape": ["B", 10, 8]}
     # and the ONNX files say the same
     import onnx

@@ -1,6 +1,7 @@
-"""The optimized graphs (export/optimize.py) equal the eager reference `Pi0Model.sample_actions`, with every
-optimization on, with each one switched on alone, and with none: ONNX Runtime CPU runs the prefix once and
-the step graph in the 10-step Euler loop (fed `step_index` where the graph is step-indexed).
+"""The optimized graphs (the one model with its switches on, export/optimize.py) equal the eager reference
+`Pi0Model.sample_actions`, with every optimization on, with each one switched on alone, and with none: ONNX
+Runtime CPU runs the prefix once and the step graph in the 10-step Euler loop (fed `step_index` where the
+graph is step-indexed).
 
 The reference's RMSNorm weights are zero and its LayerNorms identity at init, which would make norm
 folding trivially exact: every test model gets random norm weights first (`randomize_norms`). Images are
@@ -21,8 +22,8 @@ from onnx_loop import NUM_STEPS, random_observation, run_onnx  # tests/export/on
 from pi0edge import contract as c
 from pi0edge.export.bundle import write_bundle
 from pi0edge.export.config import GEMMA_DUMMY, SIGLIP_TINY, tiny
-from pi0edge.export.graphs import export_graphs
 from pi0edge.export.model import AdaRMSNorm, Pi0Model, RMSNorm
+from pi0edge.export.onnx.graphs import export_graphs
 from pi0edge.export.optimize import DEFAULT_OPTIMIZE, OptimizeOptions
 from pi0edge.manifest import load_manifest
 from pi0edge.normalization import NormStats
@@ -233,11 +234,12 @@ def test_policy_on_ort_cpu_runs_an_optimized_bundle_and_equals_eager_reference(o
 @pytest.mark.parametrize("model_type", ["pi0", "pi05"])
 def test_optimized_step_velocity_output_equals_reference_velocity(model_type):
     """with_velocity (the tests' extra output) still reports v, not dt * v, when dt is folded."""
-    from pi0edge.export.optimize import OptimizedDenoiseStepGraph
+    from pi0edge.export.onnx.graphs import DenoiseStepGraph
+    from pi0edge.export.optimize import optimized_model
 
     model = reference_model(model_type, shallow=True)
     cfg = model.cfg
-    step = OptimizedDenoiseStepGraph(model, ALL_ON, torch.float32, with_velocity=True)
+    step = DenoiseStepGraph(optimized_model(model, ALL_ON), with_velocity=True)
     g = torch.Generator().manual_seed(4)
     kv_shape = (cfg.num_layers, 2, cfg.prefix_len, cfg.vlm.num_kv_heads, cfg.vlm.head_dim)
     keys, values = torch.randn(kv_shape, generator=g), torch.randn(kv_shape, generator=g)
@@ -292,8 +294,7 @@ def test_ort_backend_sessions_stop_spinning_after_each_run(optimized_bundle):
 def test_attend_fast_equals_model_attend_for_one_and_several_kv_heads(kv_heads):
     """attend_fast has a transpose-free layout for one kv head (every config here) and the general grouped
     one: both against model.attend, with padded keys and a fully masked (padded) query row."""
-    from pi0edge.export.model import attend
-    from pi0edge.export.optimize_blocks import attend_fast, attention_mask
+    from pi0edge.export.model import attend, attend_fast, attention_mask
 
     g = torch.Generator().manual_seed(kv_heads)
     b, s, t, h, d = 2, 5, 9, 4, 16

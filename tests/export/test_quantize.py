@@ -99,7 +99,7 @@ def test_quantize_options_reject_a_bad_mode_and_chunk_count():
 def test_calibration_loop_reproduces_policy_infer(tiny_bundle_factory, model_type):
     """The recorded step inputs are the ones Policy.infer feeds: same final x, one sample per Euler step."""
     bundle, _ = tiny_bundle_factory(model_type)
-    with Policy(bundle) as policy:
+    with Policy(bundle, whole_loop=False) as policy:  # step by step, as collect_calibration runs it
         obs = synthetic_observation(policy, seed=3)
         noise = np.random.default_rng(3).standard_normal((1, policy.action_horizon, policy.manifest.action_dim),
                                                          dtype=np.float32)
@@ -202,7 +202,7 @@ def test_quantize_command_prints_the_error_and_refuses_to_overwrite(cli, quantiz
 def test_quantizing_a_loop_bundle_rebuilds_its_loop_graph_from_the_quantized_step_graph(tiny_bundle_factory,
                                                                                           tmp_path):
     pytest.importorskip("modelopt.onnx.quantization", reason=f"needs the [quant] extra: {QUANT_PIP}")
-    from pi0edge.export.optimize import DEFAULT_OPTIMIZE
+    from pi0edge.export.model import DEFAULT_OPTIMIZE
     from pi0edge.export.quantize import quantize_bundle
 
     bundle, _ = tiny_bundle_factory("pi0", optimize=DEFAULT_OPTIMIZE)  # what `pi0edge export` writes

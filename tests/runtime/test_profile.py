@@ -11,7 +11,7 @@ def test_profile_command_writes_json_summary_and_chrome_trace(tiny_bundle_factor
     bundle_dir, model = tiny_bundle_factory("pi0")
     json_path, trace_path = tmp_path / "profile.json", tmp_path / "trace.json"
     code = main(["profile", str(bundle_dir), "--iters", "4", "--warmup", "1", "--json", str(json_path),
-                 "--trace", str(trace_path)])
+                 "--trace", str(trace_path), "--per-step"])  # step by step (the default runs the loop graph)
     assert code == 0
     out = capsys.readouterr().out
     assert "prefix" in out and "step 9" in out and "total" in out and "peak host memory" in out

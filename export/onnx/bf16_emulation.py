@@ -34,7 +34,7 @@ import yaml
 
 from pi0edge.atomic import staged_dir, write_text_atomic
 from pi0edge.errors import BundleError
-from pi0edge.export.external_data import PAGE_BYTES, all_tensors
+from pi0edge.export.onnx.external_data import PAGE_BYTES, all_tensors
 from pi0edge.manifest import MANIFEST_NAME, load_manifest, sha256_file
 
 log = logging.getLogger(__name__)

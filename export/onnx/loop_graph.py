@@ -1,4 +1,4 @@
-"""The denoise loop as one graph: the step graph unrolled over the fixed schedule (issue 7, whole-loop capture).
+"""The denoise loop as one graph: the step graph unrolled over the fixed schedule (whole-loop capture).
 
 Why a third graph: ONNX Runtime captures one CUDA graph per session run (`enable_cuda_graph`). With the
 loop in one graph, a chunk's num_steps steps replay as ONE CUDA graph, the noise read in once and the
@@ -16,7 +16,7 @@ plain export, a quantized (Q/DQ) step graph and any later rewrite of it:
 - nodes whose inputs are the same at every step (the attention bias and RoPE tables, computed from
   prefix_mask; constants) are hoisted out and computed once per chunk;
 - nodes that feed no output (the `velocity` head of test bundles) are dropped.
-MODEL.md, "Sampling": x_{k+1} = x_k + dt v(x_k, t_k), t_0 = 1, dt = -1/num_steps.
+docs/model.md, "Sampling": x_{k+1} = x_k + dt v(x_k, t_k), t_0 = 1, dt = -1/num_steps.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def write_loop_graph(step_path: Path, loop_path: Path, num_steps: int) -> None:
     and the loop graph references that file (a runtime loads one graph or the other, never both)."""
     import onnx
 
-    from pi0edge.export.external_data import move_to_external_data
+    from pi0edge.export.onnx.external_data import move_to_external_data
 
     step_path, loop_path = Path(step_path), Path(loop_path)
     if step_path.parent.resolve() != loop_path.parent.resolve():

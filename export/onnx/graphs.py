@@ -1,4 +1,5 @@
-"""The two exportable graphs of DESIGN.md with the KV cache as explicit I/O, and their ONNX export.
+"""The exportable graphs (docs/export.md, "The graph contract") with the KV cache as explicit I/O, and their
+ONNX export.
 
 `prefix`: images + prompt -> past_keys, past_values, prefix_mask.
 `denoise_step`: x_t, t, dt, KV cache (+ state for pi0) -> x_next = x_t + dt * v.
@@ -18,11 +19,11 @@ from torch import Tensor, nn
 
 from pi0edge import contract as c
 from pi0edge.export.config import Pi0Config
-from pi0edge.export.external_data import all_tensors, gather_external_data
 from pi0edge.export.model import Pi0Model
+from pi0edge.export.onnx.external_data import all_tensors, gather_external_data
 
 if TYPE_CHECKING:
-    from pi0edge.export.optimize import OptimizeOptions
+    from pi0edge.export.model.options import OptimizeOptions
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,22 @@ class PrefixGraph(nn.Module):
 
 
 class DenoiseStepGraph(nn.Module):
+    """forward(x_t, step_index | (t, dt), past_keys, past_values, prefix_mask[, state]) in the contract's input
+    order (step_index when the model is step-indexed) -> x_next (and velocity with with_velocity)."""
+
     def __init__(self, model: Pi0Model, with_velocity: bool = False):
         super().__init__()
         self.model, self.with_velocity = model, with_velocity
 
-    def forward(self, x_t: Tensor, t: Tensor, dt: Tensor, past_keys: Tensor, past_values: Tensor,
-                prefix_mask: Tensor, state: Tensor | None = None):
-        x_next, v = self.model.denoise_step(x_t, t, dt, past_keys, past_values, prefix_mask, state)
+    def forward(self, x_t: Tensor, *rest: Tensor):
+        if self.model.options.uses_step_index:
+            step_index, past_keys, past_values, prefix_mask, *state = rest
+            t = dt = None
+        else:
+            t, dt, past_keys, past_values, prefix_mask, *state = rest
+            step_index = None
+        x_next, v = self.model.denoise_step(x_t, t, dt, past_keys, past_values, prefix_mask,
+                                            state[0] if state else None, step_index)
         return (x_next, v) if self.with_velocity else x_next
 
 
@@ -145,33 +155,29 @@ def export_graphs(model: Pi0Model, out_dir: Path, precision: str = "float32", wi
                   optimize: OptimizeOptions | None = None) -> dict[str, dict]:
     """Write prefix.onnx and denoise_step.onnx into out_dir; -> manifest entries {graph: {file, io}}.
 
-    The model is cast to the precision in place (float16/bfloat16 keep MODEL.md's float32 islands).
-    With `optimize`, the graphs are export/optimize.py's, derived from the float32 model (left as is).
+    The model is cast to the precision in place (float16/bfloat16 keep docs/model.md's float32 islands).
+    With `optimize`, the graphs come from the same model with those switches on, its weights derived from
+    the float32 model (left as is; export/optimize.py).
     With optimize.unroll_loop and a step graph that carries its schedule (precompute_time), also
-    denoise_loop.onnx: the step graph unrolled over cfg.num_steps (export/loop_graph.py).
+    denoise_loop.onnx: the step graph unrolled over cfg.num_steps (export/onnx/loop_graph.py).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     cfg = model.cfg
     examples = example_inputs(cfg, batch=1, precision=precision)
-    if optimize is not None:  # export/optimize.py's modules; their step graph may take step_index
-        from pi0edge.export.optimize import optimized_graphs
+    if optimize is not None:  # the same model with the switches on, its weights derived (export/optimize.py)
+        from pi0edge.export.optimize import optimized_model
 
-        modules = optimized_graphs(model.eval(), optimize, PRECISIONS[precision], with_velocity)
-        graphs = {
-            c.PREFIX_GRAPH: (modules.pop(c.PREFIX_GRAPH), prefix_spec()),
-            c.DENOISE_STEP_GRAPH: (modules.pop(c.DENOISE_STEP_GRAPH),
-                                   denoise_step_spec(cfg, with_velocity, optimize.uses_step_index)),
-        }
-    else:
-        model = model.to(PRECISIONS[precision]).eval()
-        graphs = {
-            c.PREFIX_GRAPH: (PrefixGraph(model), prefix_spec()),
-            c.DENOISE_STEP_GRAPH: (DenoiseStepGraph(model, with_velocity), denoise_step_spec(cfg, with_velocity)),
-        }
+        model = optimized_model(model.eval(), optimize, dtype=PRECISIONS[precision])
+    model = model.to_precision(PRECISIONS[precision]).eval()
+    graphs = {
+        c.PREFIX_GRAPH: (PrefixGraph(model), prefix_spec()),
+        c.DENOISE_STEP_GRAPH: (DenoiseStepGraph(model, with_velocity),
+                               denoise_step_spec(cfg, with_velocity, model.options.uses_step_index)),
+    }
     entries = {}
     for name in list(graphs):
-        module, spec = graphs.pop(name)  # dropped once exported: an optimized prefix holds ~5 GB of weights
+        module, spec = graphs.pop(name)
         path = out_dir / f"{name}.onnx"
         log.info("exporting %s (%s) -> %s", name, precision, path)
         with torch.no_grad():
@@ -188,7 +194,7 @@ def export_graphs(model: Pi0Model, out_dir: Path, precision: str = "float32", wi
 
 def write_loop_entry(out_dir: Path, cfg: Pi0Config, precision: str) -> dict:
     """Unroll out_dir's step graph into denoise_loop.onnx; -> its manifest entry (num_steps recorded)."""
-    from pi0edge.export.loop_graph import write_loop_graph
+    from pi0edge.export.onnx.loop_graph import write_loop_graph
 
     path = out_dir / f"{c.DENOISE_LOOP_GRAPH}.onnx"
     log.info("unrolling %s over %d steps -> %s", c.DENOISE_STEP_GRAPH, cfg.num_steps, path)
