@@ -38,7 +38,8 @@ def _profile(args: argparse.Namespace) -> int:
         options["use_cuda_graph"] = not args.per_step
     with Policy(args.bundle, backend=args.backend, **options) as policy:
         result = profile_policy(policy, iters=args.iters, warmup=args.warmup, num_steps=args.num_steps)
-    print(f"{result.bundle} on {result.backend}: {result.iters} chunks after {result.warmup} warm-up")
+    print(f"{result.bundle} on {result.backend} ({', '.join(result.providers)}): {result.iters} chunks after "
+          f"{result.warmup} warm-up")
     print(result.table())
     if args.json:
         write_json(args.json, result.to_json())
