@@ -1,4 +1,4 @@
-"""`pi0edge profile`: per-stage latency of a bundle on a backend."""
+"""`pi0edge profile`: per-stage latency of a bundle on a backend; `pi0edge doctor`: what runs here."""
 
 from __future__ import annotations
 
@@ -26,6 +26,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write a Chrome-trace file (chrome://tracing, Perfetto) to F")
     p.set_defaults(func=_profile)
 
+    d = sub.add_parser("doctor", help="what this machine can run: GPU, drivers, providers that start, bundle fit",
+                       description="Check this machine (CPU, GPU, driver, CUDA/cuDNN/TensorRT, Jetson, onnxruntime, "
+                       "the providers that really start) and, given a bundle, which backends run it. Exit 0 when "
+                       "at least one backend runs the bundle (without one: when a provider starts), else 1.")
+    d.add_argument("bundle", nargs="?", help="bundle directory to try on every backend (optional)")
+    d.add_argument("--json", metavar="F", nargs="?", const="-", type=writable_file,
+                   help="machine-readable report: to stdout instead of the text, or written to F (after BUNDLE)")
+    d.set_defaults(func=_doctor)
+
 
 def _profile(args: argparse.Namespace) -> int:
     from pi0edge.runtime.policy import Policy
@@ -49,3 +58,20 @@ def _profile(args: argparse.Namespace) -> int:
         print(f"wrote {args.trace}")
     return 0
 
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from pi0edge.runtime.doctor import diagnose, doctor_exit_code, render_text
+    from pi0edge.runtime.profile import write_json
+
+    report = diagnose(args.bundle)
+    if args.json == "-":
+        print(json.dumps(report, indent=2))
+    else:
+        print(render_text(report))
+        if args.json:
+            write_json(args.json, report)
+            print(f"wrote {args.json}")
+    return doctor_exit_code(report)

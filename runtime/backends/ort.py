@@ -52,8 +52,8 @@ class OrtBackend:
             raise BackendUnavailableError(f"unknown ORT backend {name!r}; choose one of {sorted(PROVIDERS)}")
         _check_precision(manifest, name)
         if PROVIDERS[name] not in ort.get_available_providers():
-            extra = "" if name == "ort-cpu" else " (install onnxruntime-gpu: pip install 'pi0edge[gpu]', "
-            "and never next to the CPU onnxruntime)"
+            extra = "" if name == "ort-cpu" else (" (install onnxruntime-gpu: pip install 'pi0edge[gpu]', "
+                                                  "and never next to the CPU onnxruntime)")
             raise BackendUnavailableError(f"backend {name} needs ONNX Runtime's {PROVIDERS[name]}, which this "
                                           f"onnxruntime build does not offer{extra}; available: "
                                           f"{ort.get_available_providers()}")
