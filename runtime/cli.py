@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-step", action="store_true",
                    help="time each denoise step (ORT: the step graph instead of the bundle's one-call loop graph)")
     p.add_argument("--cuda-graph", action="store_true",
-                   help="ort-cuda: capture the loop (or each step) as a CUDA graph (enable_cuda_graph)")
+                   help="ort-cuda / ort-trt: capture the loop (or each step) as a CUDA graph (enable_cuda_graph, "
+                        "trt_cuda_graph_enable)")
     p.add_argument("--json", metavar="F", type=writable_file, help="write the summary as JSON to F")
     p.add_argument("--trace", metavar="F", type=writable_file,
                    help="write a Chrome-trace file (chrome://tracing, Perfetto) to F")
