@@ -140,7 +140,8 @@ def bench_cameras(models: Models, cameras: int, args: argparse.Namespace, work: 
             policies[name] = Policy(bundle, backend, verify_checksums=False, **options)
         except Exception as exc:  # noqa: BLE001  (recorded: the other variants still run)
             errors[name] = f"{type(exc).__name__}: {exc}"
-        log(f"loaded {name}" if name in policies else f"{name} could not start: {errors[name]}")
+        log(f"loaded {name} on {', '.join(policies[name].providers)}" if name in policies
+            else f"{name} could not start: {errors[name]}")
     if not policies:
         raise SystemExit(f"no runtime variant could start: {errors}")
     first = next(iter(policies.values()))
@@ -185,6 +186,7 @@ def bench_cameras(models: Models, cameras: int, args: argparse.Namespace, work: 
     fastest_eager = min(results[f"eager torch {d}"]["model_ms"]["p50"] for d in eager_models)
     for name in policies:
         results[name]["speedup_vs_fastest_eager"] = round(fastest_eager / results[name]["model_ms"]["p50"], 2)
+        results[name]["providers"] = list(policies[name].providers)  # where it really ran
     for policy in policies.values():
         policy.close()
     return {"cameras": cameras, "prefix_tokens": cfg.prefix_len, "export_s": round(export_s, 1),

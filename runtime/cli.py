@@ -1,4 +1,4 @@
-"""`pi0edge profile`: per-stage latency of a bundle on a backend."""
+"""`pi0edge profile`: per-stage latency of a bundle on a backend; `pi0edge doctor`: what runs here."""
 
 from __future__ import annotations
 
@@ -20,11 +20,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-step", action="store_true",
                    help="time each denoise step (ORT: the step graph instead of the bundle's one-call loop graph)")
     p.add_argument("--cuda-graph", action="store_true",
-                   help="ort-cuda: capture the loop (or each step) as a CUDA graph (enable_cuda_graph)")
+                   help="ort-cuda / ort-trt: capture the loop (or each step) as a CUDA graph (enable_cuda_graph, "
+                        "trt_cuda_graph_enable)")
     p.add_argument("--json", metavar="F", type=writable_file, help="write the summary as JSON to F")
     p.add_argument("--trace", metavar="F", type=writable_file,
                    help="write a Chrome-trace file (chrome://tracing, Perfetto) to F")
     p.set_defaults(func=_profile)
+
+    d = sub.add_parser("doctor", help="what this machine can run: GPU, drivers, providers that start, bundle fit",
+                       description="Check this machine (CPU, GPU, driver, CUDA/cuDNN/TensorRT, Jetson, onnxruntime, "
+                       "the providers that really start) and, given a bundle, which backends run it. Exit 0 when "
+                       "at least one backend runs the bundle (without one: when a provider starts), else 1.")
+    d.add_argument("bundle", nargs="?", help="bundle directory to try on every backend (optional)")
+    d.add_argument("--json", metavar="F", nargs="?", const="-", type=writable_file,
+                   help="machine-readable report: to stdout instead of the text, or written to F (after BUNDLE)")
+    d.set_defaults(func=_doctor)
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -38,7 +48,8 @@ def _profile(args: argparse.Namespace) -> int:
         options["use_cuda_graph"] = not args.per_step
     with Policy(args.bundle, backend=args.backend, **options) as policy:
         result = profile_policy(policy, iters=args.iters, warmup=args.warmup, num_steps=args.num_steps)
-    print(f"{result.bundle} on {result.backend}: {result.iters} chunks after {result.warmup} warm-up")
+    print(f"{result.bundle} on {result.backend} ({', '.join(result.providers)}): {result.iters} chunks after "
+          f"{result.warmup} warm-up")
     print(result.table())
     if args.json:
         write_json(args.json, result.to_json())
@@ -48,3 +59,20 @@ def _profile(args: argparse.Namespace) -> int:
         print(f"wrote {args.trace}")
     return 0
 
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from pi0edge.runtime.doctor import diagnose, doctor_exit_code, render_text
+    from pi0edge.runtime.profile import write_json
+
+    report = diagnose(args.bundle)
+    if args.json == "-":
+        print(json.dumps(report, indent=2))
+    else:
+        print(render_text(report))
+        if args.json:
+            write_json(args.json, report)
+            print(f"wrote {args.json}")
+    return doctor_exit_code(report)

@@ -50,22 +50,35 @@ def _accepted(cls, options: dict) -> dict:
     return {k: v for k, v in options.items() if k in params}
 
 
+AUTO_ORDER = ("tensorrt", "ort-trt", "ort-cuda", "ort-cpu")  # fastest first
+
+
 def _auto_backend(manifest: Manifest, **options):
-    from pi0edge.runtime.backends.ort import OrtBackend, available_ort_backends
+    """The first backend of AUTO_ORDER that starts, each skip logged with its reason (one INFO line each): a
+    CPU fallback is never silent."""
+    from pi0edge.runtime.backends.ort import OrtBackend
 
     reasons = []
-    try:
-        from pi0edge.runtime.backends.tensorrt import TensorRTBackend
-
-        return TensorRTBackend(manifest, **_accepted(TensorRTBackend, options))
-    except (BackendUnavailableError, ImportError) as exc:
-        reasons.append(f"tensorrt: {exc}")
-    for name in available_ort_backends():
+    for name in AUTO_ORDER:
         try:
+            if name == "tensorrt":
+                from pi0edge.runtime.backends.tensorrt import TensorRTBackend
+
+                return TensorRTBackend(manifest, **_accepted(TensorRTBackend, options))
             return OrtBackend(manifest, name, **_accepted(OrtBackend, options))
-        except Exception as exc:  # a provider that is listed but cannot start (no driver, no TensorRT libs)
-            reasons.append(f"{name}: {exc}")
+        except (BackendUnavailableError, ImportError) as exc:
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a provider listed but failing in a way ORT words itself
+            reason = f"{type(exc).__name__}: {exc}"
+        log.info("auto: skipped %s: %s", name, reason)
+        reasons.append(f"{name}: {reason}")
     raise BackendUnavailableError("no backend could start: " + "; ".join(reasons))
+
+
+def running_providers(backend) -> tuple[str, ...]:
+    """What really computes: an ORT backend's providers as its sessions report them (requested first, proven
+    at start-up); the native TensorRT backend runs its own engines, no ONNX Runtime provider."""
+    return tuple(getattr(backend, "providers", None) or (backend.name,))
 
 
 class Policy:
@@ -76,6 +89,9 @@ class Policy:
         self.manifest = load_manifest(bundle_dir, verify_checksums=verify_checksums)
         m = self.manifest
         self.backend: Backend = make_backend(m, backend, **backend_options)
+        # The truth about where it runs (auto may have fallen back): profile, doctor and logs print these.
+        self.backend_name: str = self.backend.name
+        self.providers: tuple[str, ...] = running_providers(self.backend)
         self.assemble_images = AssembleImages(m.cameras, m.image_size)
         self.tokenizer = PromptTokenizer(m.path(m.tokenizer_file), m.max_token_len, m.model_type)
         self.prepare_state = PrepareState(m.norm_stats, m.state_dim)
@@ -83,7 +99,8 @@ class Policy:
         self.rng = np.random.default_rng(seed)
         # Optimized step graphs carry the schedule (time tables, folded dt): only this step count is valid.
         self.fixed_num_steps = m.fixed_num_steps
-        log.info("policy %s (%s, %s) on %s", m.bundle_dir, m.model_type, m.precision, self.backend.name)
+        log.info("policy %s (%s, %s) on %s (%s)", m.bundle_dir, m.model_type, m.precision, self.backend_name,
+                 ", ".join(self.providers))
 
     # what robot_io needs to know about a policy
     @property

@@ -65,7 +65,8 @@ def percentiles(values: list[float]) -> dict[str, float]:
 @dataclass(frozen=True)
 class ProfileResult:
     bundle: str
-    backend: str
+    backend: str  # the backend that ran (auto resolved)
+    providers: tuple[str, ...]  # where it ran, as ONNX Runtime reports it (requested provider first)
     iters: int
     warmup: int
     stages_ms: dict[str, dict[str, float]]
@@ -75,7 +76,8 @@ class ProfileResult:
     chunks: list[dict]  # raw timings per measured chunk, with start offsets for the trace
 
     def to_json(self) -> dict:
-        return {"bundle": self.bundle, "backend": self.backend, "iters": self.iters, "warmup": self.warmup,
+        return {"bundle": self.bundle, "backend": self.backend, "providers": list(self.providers),
+                "iters": self.iters, "warmup": self.warmup,
                 "stages_ms": self.stages_ms, "peak_host_memory_mb": self.peak_host_mb,
                 "device_memory_mb": self.device_mb, "machine": self.machine}
 
@@ -129,7 +131,8 @@ def profile_policy(policy, iters: int = 20, warmup: int = 3, seed: int = 0, num_
     stages["total"] = [c["total_ms"] for c in chunks]
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "cpu_count": os.cpu_count(), "python": platform.python_version()}
-    return ProfileResult(bundle=str(policy.manifest.bundle_dir), backend=policy.backend.name, iters=iters,
+    return ProfileResult(bundle=str(policy.manifest.bundle_dir), backend=policy.backend_name,
+                         providers=policy.providers, iters=iters,
                          warmup=warmup, stages_ms={k: percentiles(v) for k, v in stages.items()},
                          peak_host_mb=peak_host_memory_mb(), device_mb=device_memory_mb(), machine=machine,
                          chunks=chunks)

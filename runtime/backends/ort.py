@@ -50,9 +50,10 @@ class OrtBackend:
 
         if name not in PROVIDERS:
             raise BackendUnavailableError(f"unknown ORT backend {name!r}; choose one of {sorted(PROVIDERS)}")
+        _check_precision(manifest, name)
         if PROVIDERS[name] not in ort.get_available_providers():
-            extra = "" if name == "ort-cpu" else " (install onnxruntime-gpu: pip install 'pi0edge[gpu]', "
-            "and never next to the CPU onnxruntime)"
+            extra = "" if name == "ort-cpu" else (" (install onnxruntime-gpu: pip install 'pi0edge[gpu]', "
+                                                  "and never next to the CPU onnxruntime)")
             raise BackendUnavailableError(f"backend {name} needs ONNX Runtime's {PROVIDERS[name]}, which this "
                                           f"onnxruntime build does not offer{extra}; available: "
                                           f"{ort.get_available_providers()}")
@@ -63,8 +64,6 @@ class OrtBackend:
                 ort.preload_dlls()
             except Exception as exc:  # noqa: BLE001
                 log.debug("onnxruntime.preload_dlls() failed: %s", exc)
-        if manifest.precision == "bfloat16" and name == "ort-cpu":
-            raise BackendUnavailableError("bfloat16 bundles need a GPU backend; export float32 for ort-cpu")
         self.name, self.manifest = name, manifest
         self.device = "cpu" if name == "ort-cpu" else "cuda"
         self.device_id = device_id
@@ -87,31 +86,52 @@ class OrtBackend:
         # Only the graphs that run are loaded: each session would hold its own copy of the expert's weights.
         self._denoise_graph = c.DENOISE_LOOP_GRAPH if self.whole_loop else c.DENOISE_STEP_GRAPH
         self._ort = ort
-        self.prefix_session = ort.InferenceSession(
-            str(manifest.path(manifest.graphs[c.PREFIX_GRAPH].file)), options,
-            providers=self._providers(self._prefix_cuda_graph))
-        self.denoise_session = ort.InferenceSession(
-            str(manifest.path(manifest.graphs[self._denoise_graph].file)), options,
-            providers=self._providers(self.enable_cuda_graph))
+        self.prefix_session = self._session(c.PREFIX_GRAPH, options, self._prefix_cuda_graph)
+        self.denoise_session = self._session(self._denoise_graph, options, self.enable_cuda_graph)
+        # What really runs, as ONNX Runtime reports it (the requested provider first, proven in _session).
+        self.providers = tuple(self.prefix_session.get_providers())
         self._check_io()
         self._batch = None
         self._dtypes: dict[str, type] = {}
 
     # ---- setup ----------------------------------------------------------------------------------
 
+    def _session(self, graph: str, options, cuda_graph: bool):
+        """One InferenceSession, proven to run on the requested provider: ONNX Runtime falls back to the CPU
+        provider without an error when CUDA or TensorRT fails to initialise."""
+        path = self.manifest.path(self.manifest.graphs[graph].file)
+        providers = self._providers(cuda_graph)
+        try:
+            session = self._ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:
+            if self.name == "ort-cpu":
+                raise  # a graph the CPU provider refuses is the bundle's fault, reported as ORT words it
+            # A GPU provider that throws while starting (no device, bad device_id, missing library).
+            raise BackendUnavailableError(f"backend {self.name}: {PROVIDERS[self.name]} could not start a session "
+                                          f"for {path}: {exc}; {GPU_CAUSES[self.name]}") from exc
+        check_session_providers(self._ort, self.name, session.get_providers(), path)
+        return session
+
     def _providers(self, cuda_graph: bool) -> list:
         if self.name == "ort-cpu":
             return ["CPUExecutionProvider"]
-        cuda = ("CUDAExecutionProvider", {"device_id": self.device_id, "enable_cuda_graph": int(cuda_graph)})
         if self.name == "ort-cuda":
-            return [cuda]
+            return [("CUDAExecutionProvider", {"device_id": self.device_id, "enable_cuda_graph": int(cuda_graph)})]
+        # ort-trt: the TensorRT provider's own option names; the CUDA provider only takes the nodes TensorRT
+        # rejects, so the graph capture is TensorRT's (trt_cuda_graph_enable), never CUDA's.
         cache = self.manifest.bundle_dir / "engines" / "ort-trt"
-        cache.mkdir(parents=True, exist_ok=True)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendUnavailableError(f"ort-trt keeps its engine and timing caches in {cache}, which cannot be "
+                                          f"created ({exc}); make the bundle writable or copy it") from exc
+        # No trt_fp16_enable: the graphs are strongly typed (a float16 bundle is float16 in the graph), and
+        # letting TensorRT lower a float32 bundle would change its numerics behind the manifest's back.
         trt = ("TensorrtExecutionProvider", {
-            "device_id": self.device_id, "trt_fp16_enable": self.manifest.precision == "float16",
-            "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-            "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)})
-        return [trt, cuda]
+            "device_id": self.device_id, "trt_cuda_graph_enable": int(cuda_graph),
+            "trt_engine_cache_enable": 1, "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": 1, "trt_timing_cache_path": str(cache)})
+        return [trt, ("CUDAExecutionProvider", {"device_id": self.device_id})]
 
     def _check_io(self) -> None:
         """The sessions' I/O must be what bundle.yaml promises (checked at load, docs/runtime.md): names, then
@@ -278,6 +298,51 @@ class OrtBackend:
     def close(self) -> None:
         self.prefix_session = self.denoise_session = None
         self._batch = None
+
+
+GPU_CAUSES = {
+    "ort-cuda": "the CUDA provider could not initialise: check the NVIDIA driver (nvidia-smi), and that the CUDA 12 "
+                "runtime and cuDNN 9 libraries onnxruntime-gpu needs are installed (pip install 'pi0edge[gpu]' "
+                "brings them as nvidia-* wheels) and match its build",
+    "ort-trt": "the TensorRT provider could not initialise: check that TensorRT's libraries (libnvinfer) of the "
+               "version this onnxruntime-gpu was built against are on the loader path, besides the CUDA and cuDNN "
+               "libraries and the NVIDIA driver (nvidia-smi)",
+}
+
+
+def check_session_providers(ort, name: str, session_providers, graph_path) -> None:
+    """Refuse a session whose first provider is not the one `name` asked for, naming the cause that can be
+    told apart: a provider this onnxruntime does not offer (library missing, or the CPU-only distribution),
+    or one it offers that failed to initialise (driver, CUDA, cuDNN or TensorRT libraries)."""
+    wanted = PROVIDERS[name]
+    got = list(session_providers)
+    if got and got[0] == wanted:
+        return
+    if wanted not in ort.get_available_providers():
+        cause = (f"this onnxruntime does not offer {wanted} (available: {ort.get_available_providers()}): the "
+                 "CPU-only onnxruntime is installed, or installed next to onnxruntime-gpu; pip uninstall "
+                 "onnxruntime onnxruntime-gpu, then pip install 'pi0edge[gpu]'")
+    else:
+        cause = GPU_CAUSES.get(name, f"{wanted} failed to initialise")
+    raise BackendUnavailableError(f"backend {name}: the session for {graph_path} runs on {got} instead of "
+                                  f"{wanted}; {cause} (`pi0edge doctor` shows which providers start)")
+
+
+def _check_precision(manifest: Manifest, name: str) -> None:
+    """Refuse a precision an ORT provider cannot run, before any session is built (minutes on TensorRT)."""
+    if manifest.precision == "bfloat16":
+        where = ("the CPU provider has no bfloat16 kernels for these graphs" if name == "ort-cpu" else
+                 "the CUDA provider does not implement bfloat16 Conv at opset 19 (the vision tower's patch "
+                 "embedding), and ORT's TensorRT provider hands such nodes to it")
+        raise BackendUnavailableError(
+            f"{manifest.bundle_dir}: a bfloat16 bundle cannot run on {name}: {where}; export with --precision "
+            "float16 for ort-cuda / ort-trt (or float32 for ort-cpu), or run this bundle on the tensorrt backend")
+    for graph in manifest.graphs.values():
+        for io in (*graph.inputs, *graph.outputs):
+            if io["dtype"] not in c.NUMPY_DTYPES:
+                raise BackendUnavailableError(f"{manifest.bundle_dir}: {graph.file} input/output {io['name']} is "
+                                              f"{io['dtype']}, which has no host dtype (contract.NUMPY_DTYPES); "
+                                              "ORT backends run float32 and float16 bundles")
 
 
 def _check_shape(manifest: Manifest, graph: str, kind: str, name: str, graph_shape: list) -> None:

@@ -29,6 +29,7 @@ def test_latency_benchmark_runs_every_variant_per_camera_count_and_records_error
             assert variants[name]["max_abs_action_error_vs_eager_float32"] < 1e-4
             assert variants[name]["infer_ms"]["p50"] >= variants[name]["model_ms"]["p50"] > 0
             assert variants[name]["speedup_vs_fastest_eager"] > 0
+            assert variants[name]["providers"] == ["CPUExecutionProvider"]  # where it really ran
 
 
 def test_a_variant_that_fails_is_recorded_and_the_others_still_run():
