@@ -29,7 +29,8 @@ class GcPacer:
 
     def start(self, now: float) -> GcPacer:
         self._was_enabled = gc.isenabled()
-        gc.collect()  # start from a clean heap, then stop scanning what survives it
+        # No collection first: with torch or a model in the process a full one takes 100s of ms, and the
+        # cameras' first frames would be stale by the first tick. Garbage frozen here waits for stop().
         gc.freeze()
         gc.disable()
         self._next_young_s, self._next_full_s = now + self.young_every_s, now + self.full_every_s
