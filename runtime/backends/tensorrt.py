@@ -101,6 +101,7 @@ class TensorRTBackend:
         self._host: dict[str, PinnedArray] = {}
         self._x: list[DeviceBuffer] = []
         self._consts: list[dict[str, DeviceBuffer]] = []
+        self._const_sources: list[np.ndarray] = []  # host side of the constants' async uploads, kept until freed
         self._actions: PinnedArray | None = None
         self._step_ctx: list = []
         self._graph: CudaGraph | None = None
@@ -262,7 +263,7 @@ class TensorRTBackend:
             consts = {}
             for name, value in c.step_time_feeds(step.input_names, k, times, dt, batch).items():
                 consts[name] = DeviceBuffer(self._rt, value.nbytes, f"{name}[{k}]")
-                consts[name].upload(value)
+                self._const_sources.append(consts[name].upload(value, self.stream))
             self._consts.append(consts)
 
         shared = {n: dev[n].ptr for n in (c.PAST_KEYS, c.PAST_VALUES, c.PREFIX_MASK, c.STATE, c.VELOCITY) if n in dev}
@@ -288,6 +289,7 @@ class TensorRTBackend:
         for pinned in (*self._host.values(), *([self._actions] if self._actions is not None else [])):
             pinned.free()
         self._dev, self._host, self._x, self._consts, self._actions = {}, {}, [], [], None
+        self._const_sources = []
         self._in_flight.clear()
         self._key = None
 
