@@ -24,8 +24,8 @@ except ModuleNotFoundError:  # Python 3.10
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # install -> the onnxruntime distribution pip must bring (None: JetPack's wheel, installed outside pip)
-DOCUMENTED_INSTALLS = {"cpu": "onnxruntime", "gpu": "onnxruntime-gpu", "jetson": None, "export": "onnxruntime",
-                       "dev": "onnxruntime"}
+DOCUMENTED_INSTALLS = {"cpu": "onnxruntime", "gpu": "onnxruntime-gpu", "jetson": None, "export,cpu": "onnxruntime",
+                       "export,gpu": "onnxruntime-gpu", "export,cpu,sim": "onnxruntime", "dev": "onnxruntime"}
 GPU_LIBRARIES = ("nvidia-cuda-runtime", "nvidia-cudnn-cu13", "nvidia-cublas")
 
 
@@ -33,8 +33,11 @@ def _name(requirement: str) -> str:
     return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
 
-def _requirements(extra: str | None, seen: frozenset = frozenset()) -> list[str]:
-    """Base dependencies plus an extra's, with `pi0edge[...]` self-references expanded."""
+def _requirements(extras: str | None, seen: frozenset = frozenset()) -> list[str]:
+    """Base dependencies plus the extras' ("export,cpu"), with `pi0edge[...]` self-references expanded."""
+    if extras is not None and "," in extras:
+        return [r for extra in extras.split(",") for r in _requirements(extra, seen)]
+    extra = extras
     project = PYPROJECT["project"]
     out = list(project["dependencies"]) if extra is None else []
     for requirement in ([] if extra is None else project["optional-dependencies"][extra]):
@@ -61,6 +64,12 @@ def test_pyproject_extra_brings_exactly_its_one_onnxruntime(install):
     assert _onnxruntimes(_name(r) for r in _requirements(install)) == ([expected] if expected else [])
 
 
+def test_readme_quick_start_installs_are_documented_installs():
+    readme = (REPO / "README.md").read_text()
+    installs = set(re.findall(r'pip install (?:-e )?"\.\[([a-z,]+)\]"', readme))
+    assert installs and installs <= set(DOCUMENTED_INSTALLS), installs - set(DOCUMENTED_INSTALLS)
+
+
 def test_gpu_extra_is_onnxruntime_gpu_for_cuda_13_with_its_cuda_and_cudnn_wheels():
     (requirement,) = [r for r in _requirements("gpu") if _name(r) == "onnxruntime-gpu"]
     assert re.search(r"\[\s*cuda\s*,\s*cudnn\s*\]", requirement)
@@ -81,5 +90,5 @@ def test_pip_resolves_exactly_one_onnxruntime_per_install(install, tmp_path):
     names = _resolve(install, tmp_path)
     expected = DOCUMENTED_INSTALLS[install]
     assert _onnxruntimes(names) == ([expected] if expected else [])
-    if install == "gpu":
+    if "gpu" in install.split(","):
         assert set(GPU_LIBRARIES) <= set(names), f"missing CUDA/cuDNN wheels: {set(GPU_LIBRARIES) - set(names)}"
