@@ -10,6 +10,9 @@ Zero-copy loop (docs/runtime.md, "One chunk"), as in the ORT backend but with ra
   one stream, so their activations never overlap in time. Fixed addresses per context are also what CUDA
   graph capture needs;
 - inputs go through pinned host staging buffers (async copies at bus speed), the chunk comes back through one;
+- one stream orders everything: every copy (inputs, per-step constants, the chunk out) is a cudaMemcpyAsync on
+  it and every launch goes on it, with one synchronize at the end of the chunk. A blocking cudaMemcpy would
+  run on the legacy default stream, which this non-blocking stream does not wait for;
 - optionally the whole step loop is captured as one CUDA graph (`run_loop`): one launch for all steps.
 
 The engine folder is chosen by GPU and TensorRT version, and its fingerprint checked against this machine
