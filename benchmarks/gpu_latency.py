@@ -42,6 +42,8 @@ from pi0edge.export.random_checkpoint import random_norm_stats as random_stats_a
 from pi0edge.export.tokenizer import MAX_TEST_VOCAB, train_test_tokenizer
 from pi0edge.normalization import NormStats
 from pi0edge.runtime import Policy
+from pi0edge.runtime.backends.cuda_libs import preload_cuda_libraries
+from pi0edge.runtime.backends.ort_install import import_onnxruntime
 from pi0edge.runtime.profile import synthetic_observation
 
 ROBOT_DIM = 14  # ALOHA-like: 14 joints, zero-padded to the model's 32 (fewer in small configs)
@@ -84,6 +86,14 @@ def export(model: Pi0Model, out: Path, precision: str, tokenizer: Path) -> float
     write_bundle(model, out, norm_stats=norm_stats(dim), tokenizer_path=tokenizer, robot_state_dim=dim,
                  robot_action_dim=dim, precision=precision, optimize=DEFAULT_OPTIMIZE)
     return time.perf_counter() - start
+
+
+def load_cuda_libraries(backend: str) -> bool:
+    """GPU backends: CUDA/cuDNN from the nvidia-* wheels through onnxruntime.preload_dlls(), explicitly: the
+    runtime never imports torch, so the benchmark must not depend on torch having loaded them first."""
+    if backend == "ort-cpu":
+        return False
+    return preload_cuda_libraries(import_onnxruntime("benchmarks/gpu_latency.py"))
 
 
 def synchronize(device: str) -> None:
@@ -246,6 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-preflight", dest="preflight", action="store_false",
                         help="skip the tiny-size run of every variant that comes first (a few seconds)")
     args = parser.parse_args(argv)
+    preloaded = load_cuda_libraries(args.backend)  # before torch touches CUDA (machine() below)
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="pi0edge-latency-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -253,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                                         __import__("sys").argv[1:]),
               "model": args.model, "size": args.size, "precision": args.precision, "backend": args.backend,
               "device": args.device, "iters": args.iters, "warmup": args.warmup, "machine": machine(args.device),
-              "runs": []}
+              "cuda_libraries_preloaded": preloaded, "runs": []}
     if args.preflight and args.size != "tiny":
         # seconds at tiny size: a variant that cannot run on this machine shows before minutes of full size
         tiny_args = argparse.Namespace(**{**vars(args), "size": "tiny", "iters": 1, "warmup": 1})

@@ -82,24 +82,15 @@ def profile_shapes(entry: GraphEntry, max_batch: int, opt_batch: int | None = No
     return shapes
 
 
-@dataclass(frozen=True)
-class BuildMode:
-    """How TensorRT is told the precision: strongly typed (from the ONNX dtypes) or weakly typed builder flags."""
+def resolve_precision(bundle_precision: str, requested: str | None) -> tuple[str, bool]:
+    """-> (engine precision, whether the graphs must carry Q/DQ nodes). None asks for the bundle's own precision.
 
-    strongly_typed: bool
-    flags: tuple[str, ...] = ()  # trt.BuilderFlag names, weakly typed only
-    needs_qdq: bool = False  # fp8 / int8: the graphs must carry Q/DQ nodes (explicit quantization)
-
-
-def resolve_precision(bundle_precision: str, requested: str | None, *, weak_typing_available: bool
-                      ) -> tuple[str, BuildMode]:
-    """-> (engine precision, build mode). None asks for the bundle's own precision.
-
-    TensorRT 10.12+ deprecates weak typing and 11 removes it: a float16 or bfloat16 bundle builds strongly
-    typed, its ONNX dtypes (with the float32 islands the export keeps) fixing every layer's precision. A
-    float32 bundle can still become fp16/bf16 through the weakly typed builder flags where TensorRT has them.
-    FP8/INT8 need quantize/dequantize nodes in the graphs: implicit calibration is deprecated (10.x) and
-    removed (11), so without Q/DQ nodes the build refuses instead of producing an unquantized engine.
+    Every network is strongly typed: the ONNX dtypes (with the float32 islands the export keeps) fix each
+    layer's precision, and no FP16/BF16/INT8/FP8 builder flag is ever set. TensorRT 11 has no weak typing (no
+    BuilderFlag.FP16) and 10.12 deprecates it, so this is the one way that builds alike on JetPack 6's 10.3 and
+    on 11: the precision is the bundle's (`pi0edge export --precision`). FP8/INT8 need quantize/dequantize nodes
+    in the graphs: implicit calibration is deprecated (10.x) and removed (11), so without Q/DQ nodes the build
+    refuses instead of producing an unquantized engine.
     """
     if bundle_precision not in NATIVE_PRECISION:
         raise BundleError(f"bundle precision {bundle_precision!r} is not one of {sorted(NATIVE_PRECISION)}")
@@ -108,18 +99,13 @@ def resolve_precision(bundle_precision: str, requested: str | None, *, weak_typi
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {list(PRECISIONS)}, got {precision!r}")
     if precision in QUANTIZED:
-        return precision, BuildMode(strongly_typed=True, needs_qdq=True)
+        return precision, True
     if precision == native:
-        return precision, BuildMode(strongly_typed=True)
-    if native == "fp32" and precision in ("fp16", "bf16"):
-        if not weak_typing_available:
-            dtype = "float16" if precision == "fp16" else "bfloat16"
-            raise ConfigError(f"this TensorRT builds strongly typed networks only, so a float32 bundle builds as "
-                              f"fp32; for {precision}, export the bundle with `pi0edge export --precision {dtype}`")
-        return precision, BuildMode(strongly_typed=False, flags=(precision.upper(),))
-    raise ConfigError(f"the bundle's graphs are {bundle_precision}, and strongly typed TensorRT takes the precision "
-                      f"from the graph: build it with --precision {native}, or export a bundle in the precision you "
-                      f"want (`pi0edge export --precision ...`)")
+        return precision, False
+    dtype = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
+    raise ConfigError(f"the bundle's graphs are {bundle_precision}, and TensorRT's strongly typed networks take the "
+                      f"precision from the graph: build it with --precision {native} (or no --precision), or export "
+                      f"a bundle in the precision you want: pi0edge export --precision {dtype}")
 
 
 def check_gpu_supports(precision: str, compute_capability: str, gpu_name: str) -> None:
@@ -161,8 +147,7 @@ def build_engines(bundle_dir: str | Path, precision: str | None = None, max_batc
     trt = import_tensorrt("pi0edge build")
     gpu = device_info(load_cudart(), device_id)
     manifest = load_manifest(bundle_dir)  # checksums verified: the fingerprint's digests are the files' own
-    precision, mode = resolve_precision(manifest.precision, precision,
-                                        weak_typing_available=hasattr(trt.BuilderFlag, "FP16"))
+    precision, needs_qdq = resolve_precision(manifest.precision, precision)
     check_gpu_supports(precision, gpu.compute_capability, gpu.name)
     for graph in GRAPHS:
         profile_shapes(manifest.graphs[graph], max_batch)  # validates max_batch before minutes of building
@@ -170,9 +155,8 @@ def build_engines(bundle_dir: str | Path, precision: str | None = None, max_batc
                                     precision, max_batch)
     out_dir = default_engine_dir(manifest.bundle_dir, gpu.name, trt.__version__)
     cache_path = Path(timing_cache) if timing_cache else out_dir.parent / f"{out_dir.name}.timing.cache"
-    log.info("building %s engines for %s (sm %s, TensorRT %s, %s, max batch %d) -> %s", precision, gpu.name,
-             gpu.compute_capability, trt.__version__, "strongly typed" if mode.strongly_typed else "weakly typed",
-             max_batch, out_dir)
+    log.info("building strongly typed %s engines for %s (sm %s, TensorRT %s, max batch %d) -> %s", precision,
+             gpu.name, gpu.compute_capability, trt.__version__, max_batch, out_dir)
 
     start = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -181,7 +165,7 @@ def build_engines(bundle_dir: str | Path, precision: str | None = None, max_batc
     cache = None
     plans: dict[str, bytes] = {}
     for graph in GRAPHS:
-        plans[graph], cache = _build_plan(trt, builder, logger, manifest, graph, mode, precision, max_batch,
+        plans[graph], cache = _build_plan(trt, builder, logger, manifest, graph, needs_qdq, precision, max_batch,
                                           workspace_gb, cache, cache_bytes, allow_tf32)
     build_s = time.perf_counter() - start
 
@@ -190,24 +174,24 @@ def build_engines(bundle_dir: str | Path, precision: str | None = None, max_batc
         "fingerprint": fingerprint.to_dict(),
         "plans": {graph: {"file": f"{graph}.plan", "sha256": hashlib.sha256(plans[graph]).hexdigest()}
                   for graph in GRAPHS},
-        "build": {"pi0edge": pi0edge.__version__, "strongly_typed": mode.strongly_typed, "flags": list(mode.flags),
+        "build": {"pi0edge": pi0edge.__version__, "strongly_typed": True,
                   "allow_tf32": allow_tf32, "build_s": round(build_s, 1),
                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
     }
     _write_engine_dir(out_dir, plans, engine_yaml)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(cache_path, bytes(memoryview(cache.serialize())))
-    return EngineReport(out_dir, fingerprint, mode.strongly_typed, build_s,
+    return EngineReport(out_dir, fingerprint, True, build_s,
                         {graph: len(plan) for graph, plan in plans.items()}, cache_path)
 
 
-def _build_plan(trt, builder, logger, manifest: Manifest, graph: str, mode: BuildMode, precision: str,
+def _build_plan(trt, builder, logger, manifest: Manifest, graph: str, needs_qdq: bool, precision: str,
                 max_batch: int, workspace_gb: float | None, cache, cache_bytes: bytes, allow_tf32: bool):
-    """Parse one graph and build its serialized engine; -> (plan bytes, the timing cache shared by both)."""
+    """Parse one graph into a strongly typed network and build its serialized engine; -> (plan bytes, the
+    timing cache shared by both). Only calls TensorRT 10.3 (JetPack 6) and 11 both have."""
     entry = manifest.graphs[graph]
     path = manifest.path(entry.file)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if mode.strongly_typed else 0
-    network = builder.create_network(flags)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     # parse_from_file, not parse(bytes): the external-data file next to the graph resolves from its folder.
     if not parser.parse_from_file(str(path)):
@@ -218,7 +202,7 @@ def _build_plan(trt, builder, logger, manifest: Manifest, graph: str, mode: Buil
     if inputs != set(entry.input_names) or outputs != set(entry.output_names):
         raise EngineBuildError(f"{path}: graph I/O {sorted(inputs)} -> {sorted(outputs)} differs from bundle.yaml "
                                f"{list(entry.input_names)} -> {list(entry.output_names)}")
-    if mode.needs_qdq and not _has_qdq(trt, network):
+    if needs_qdq and not _has_qdq(trt, network):
         raise ConfigError(f"--precision {precision} needs quantized graphs (QuantizeLinear/DequantizeLinear nodes, "
                           f"e.g. from NVIDIA ModelOpt), and {path.name} has none: building it would silently give an "
                           "unquantized engine. Build --precision fp16/bf16, or export a quantized bundle")
@@ -226,8 +210,8 @@ def _build_plan(trt, builder, logger, manifest: Manifest, graph: str, mode: Buil
     config = builder.create_builder_config()
     if workspace_gb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    for flag in mode.flags:
-        config.set_flag(getattr(trt.BuilderFlag, flag))
+    # No precision flag: a strongly typed network refuses them. TF32 is not a precision of the graph but a
+    # math mode for its float32 layers, on by default: fp32 parity needs it off.
     if precision == "fp32" and not allow_tf32 and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)  # TensorRT enables TF32 by default; fp32 parity needs it off
     profile = builder.create_optimization_profile()
@@ -276,8 +260,8 @@ def register_build(subparsers: argparse._SubParsersAction) -> None:
                     f"(pip install 'pi0edge[trt]'; {TENSORRT_HINT}).")
     p.add_argument("bundle", help="bundle directory (from `pi0edge export`)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="engine precision; default: the bundle's own (float16 -> fp16). fp16/bf16 from a float32 "
-                        "bundle use TensorRT 10's weakly typed flags; fp8/int8 need a quantized (Q/DQ) bundle")
+                   help="engine precision: the bundle's own (the default; float16 -> fp16), the network being strongly "
+                        "typed; another needs a bundle exported in it. fp8/int8 need a quantized (Q/DQ) bundle")
     p.add_argument("--max-batch", type=positive_int, default=1,
                    help="largest batch (robots per call) the engines accept")
     p.add_argument("--timing-cache", help="timing cache file to read and update (default: next to the engines)")

@@ -109,13 +109,18 @@ class DeviceBuffer:
         self._rt, self.nbytes, self.what = cudart, max(int(nbytes), 1), what
         self.ptr = int(check(cudart, cudart.cudaMalloc(self.nbytes), f"cudaMalloc({self.nbytes} bytes for {what})"))
 
-    def upload(self, array: np.ndarray) -> None:
-        """Synchronous host -> device copy: for constants written once in prepare, not for the hot path."""
+    def upload(self, array: np.ndarray, stream: Stream) -> np.ndarray:
+        """Async host -> device copy on `stream`, ordered with the kernels on it (a blocking cudaMemcpy runs on
+        the legacy default stream, which a non-blocking stream does not wait for: a race with queued work).
+        For constants written once in prepare. -> the contiguous source: keep it alive until the stream is
+        synchronized (CUDA may read pageable memory after the call returns)."""
         array = np.ascontiguousarray(array)
         if array.nbytes > self.nbytes:
             raise ValueError(f"{self.what}: {array.nbytes} bytes do not fit in {self.nbytes}")
-        check(self._rt, self._rt.cudaMemcpy(self.ptr, array.ctypes.data, array.nbytes,
-                                            self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice), f"upload {self.what}")
+        check(self._rt, self._rt.cudaMemcpyAsync(self.ptr, array.ctypes.data, array.nbytes,
+                                                 self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream.handle),
+              f"upload {self.what}")
+        return array
 
     def free(self) -> None:
         if self.ptr:

@@ -10,6 +10,9 @@ Zero-copy loop (docs/runtime.md, "One chunk"), as in the ORT backend but with ra
   one stream, so their activations never overlap in time. Fixed addresses per context are also what CUDA
   graph capture needs;
 - inputs go through pinned host staging buffers (async copies at bus speed), the chunk comes back through one;
+- one stream orders everything: every copy (inputs, per-step constants, the chunk out) is a cudaMemcpyAsync on
+  it and every launch goes on it, with one synchronize at the end of the chunk. A blocking cudaMemcpy would
+  run on the legacy default stream, which this non-blocking stream does not wait for;
 - optionally the whole step loop is captured as one CUDA graph (`run_loop`): one launch for all steps.
 
 The engine folder is chosen by GPU and TensorRT version, and its fingerprint checked against this machine
@@ -101,6 +104,7 @@ class TensorRTBackend:
         self._host: dict[str, PinnedArray] = {}
         self._x: list[DeviceBuffer] = []
         self._consts: list[dict[str, DeviceBuffer]] = []
+        self._const_sources: list[np.ndarray] = []  # host side of the constants' async uploads, kept until freed
         self._actions: PinnedArray | None = None
         self._step_ctx: list = []
         self._graph: CudaGraph | None = None
@@ -262,7 +266,7 @@ class TensorRTBackend:
             consts = {}
             for name, value in c.step_time_feeds(step.input_names, k, times, dt, batch).items():
                 consts[name] = DeviceBuffer(self._rt, value.nbytes, f"{name}[{k}]")
-                consts[name].upload(value)
+                self._const_sources.append(consts[name].upload(value, self.stream))
             self._consts.append(consts)
 
         shared = {n: dev[n].ptr for n in (c.PAST_KEYS, c.PAST_VALUES, c.PREFIX_MASK, c.STATE, c.VELOCITY) if n in dev}
@@ -288,6 +292,7 @@ class TensorRTBackend:
         for pinned in (*self._host.values(), *([self._actions] if self._actions is not None else [])):
             pinned.free()
         self._dev, self._host, self._x, self._consts, self._actions = {}, {}, [], [], None
+        self._const_sources = []
         self._in_flight.clear()
         self._key = None
 

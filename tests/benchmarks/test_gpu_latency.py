@@ -42,3 +42,14 @@ def test_a_variant_that_fails_is_recorded_and_the_others_still_run():
                                   errors=errors)
     assert samples == {"ok": [{"model_ms": 1.0}] * 2}
     assert errors == {"broken": "RuntimeError: CUDA graph capture failed"}
+
+
+def test_gpu_latency_benchmark_preloads_cuda_libraries_for_ort_cuda_only(monkeypatch):
+    import types
+
+    ort = types.ModuleType("onnxruntime")
+    ort.calls = []
+    ort.preload_dlls = lambda **kwargs: ort.calls.append(kwargs)
+    monkeypatch.setitem(sys.modules, "onnxruntime", ort)
+    assert gpu_latency.load_cuda_libraries("ort-cpu") is False and ort.calls == []
+    assert gpu_latency.load_cuda_libraries("ort-cuda") is True and ort.calls == [{"cuda": True, "cudnn": True}]

@@ -22,7 +22,6 @@ import yaml
 from pi0edge import contract as c
 from pi0edge.errors import BackendUnavailableError, BundleError, ConfigError, MissingExtraError
 from pi0edge.export.engine_build import (
-    BuildMode,
     build_engines,
     check_gpu_supports,
     profile_shapes,
@@ -174,30 +173,29 @@ def test_profile_shapes_refuse_bad_batch(tiny_bundle_factory, max_batch, opt):
 # ---- precision rules -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bundle,requested,weak,expected", [
-    ("float16", None, True, ("fp16", BuildMode(strongly_typed=True))),
-    ("float16", "fp16", False, ("fp16", BuildMode(strongly_typed=True))),
-    ("bfloat16", None, False, ("bf16", BuildMode(strongly_typed=True))),
-    ("float32", None, True, ("fp32", BuildMode(strongly_typed=True))),
-    ("float32", "fp16", True, ("fp16", BuildMode(strongly_typed=False, flags=("FP16",)))),
-    ("float32", "bf16", True, ("bf16", BuildMode(strongly_typed=False, flags=("BF16",)))),
-    ("float16", "fp8", True, ("fp8", BuildMode(strongly_typed=True, needs_qdq=True))),
-    ("float16", "int8", False, ("int8", BuildMode(strongly_typed=True, needs_qdq=True))),
+@pytest.mark.parametrize("bundle,requested,expected", [
+    ("float16", None, ("fp16", False)),
+    ("float16", "fp16", ("fp16", False)),
+    ("bfloat16", None, ("bf16", False)),
+    ("float32", None, ("fp32", False)),
+    ("float16", "fp8", ("fp8", True)),
+    ("float16", "int8", ("int8", True)),
 ])
-def test_resolve_precision(bundle, requested, weak, expected):
-    assert resolve_precision(bundle, requested, weak_typing_available=weak) == expected
+def test_resolve_precision_is_the_bundles_own_or_a_qdq_one(bundle, requested, expected):
+    assert resolve_precision(bundle, requested) == expected
 
 
-@pytest.mark.parametrize("bundle,requested,weak,match", [
-    ("float16", "bf16", True, "--precision fp16"),  # strong typing: the ONNX dtypes decide
-    ("bfloat16", "fp16", True, "--precision bf16"),
-    ("float16", "fp32", True, "--precision fp16"),
-    ("float32", "fp16", False, "export --precision float16"),  # TensorRT 11: no weak typing
-    ("float32", "fp4", True, "must be one of"),
+@pytest.mark.parametrize("bundle,requested,match", [
+    ("float16", "bf16", "--precision fp16"),  # strong typing: the ONNX dtypes decide
+    ("bfloat16", "fp16", "--precision bf16"),
+    ("float16", "fp32", "--precision fp16"),
+    ("float32", "fp16", "export --precision float16"),  # no weakly typed FP16 flag, on TensorRT 10 either
+    ("float32", "bf16", "export --precision bfloat16"),
+    ("float32", "fp4", "must be one of"),
 ])
-def test_resolve_precision_refuses_what_cannot_be_built(bundle, requested, weak, match):
+def test_resolve_precision_refuses_what_cannot_be_built(bundle, requested, match):
     with pytest.raises(ConfigError, match=match):
-        resolve_precision(bundle, requested, weak_typing_available=weak)
+        resolve_precision(bundle, requested)
 
 
 def test_fp8_on_orin_is_refused_with_the_int8_alternative():
