@@ -23,6 +23,9 @@ from pi0edge import contract as c
 from pi0edge.errors import BackendUnavailableError, BundleError
 from pi0edge.manifest import MANIFEST_NAME, Manifest
 
+from .cuda_libs import preload_cuda_libraries
+from .ort_install import import_onnxruntime
+
 log = logging.getLogger(__name__)
 
 PROVIDERS = {
@@ -34,7 +37,7 @@ PROVIDERS = {
 
 def available_ort_backends() -> list[str]:
     """The ORT backends this machine's onnxruntime build offers, fastest first."""
-    import onnxruntime as ort
+    ort = import_onnxruntime("the ONNX Runtime backends")
 
     have = set(ort.get_available_providers())
     return [name for name in ("ort-trt", "ort-cuda", "ort-cpu") if PROVIDERS[name] in have]
@@ -46,7 +49,7 @@ class OrtBackend:
     def __init__(self, manifest: Manifest, name: str = "ort-cpu", *, device_id: int = 0,
                  intra_op_threads: int | None = None, enable_cuda_graph: bool = False, cuda_graph_prefix: bool = True,
                  whole_loop: bool | None = None):
-        import onnxruntime as ort
+        ort = import_onnxruntime(f"backend {name}")
 
         if name not in PROVIDERS:
             raise BackendUnavailableError(f"unknown ORT backend {name!r}; choose one of {sorted(PROVIDERS)}")
@@ -57,13 +60,8 @@ class OrtBackend:
             raise BackendUnavailableError(f"backend {name} needs ONNX Runtime's {PROVIDERS[name]}, which this "
                                           f"onnxruntime build does not offer{extra}; available: "
                                           f"{ort.get_available_providers()}")
-        if name != "ort-cpu" and hasattr(ort, "preload_dlls"):
-            # CUDA/cuDNN from the nvidia-* pip packages (not on the loader path; torch is not imported here to
-            # load them for us). Best effort: a system CUDA install is found by the loader anyway.
-            try:
-                ort.preload_dlls()
-            except Exception as exc:  # noqa: BLE001
-                log.debug("onnxruntime.preload_dlls() failed: %s", exc)
+        if name != "ort-cpu":
+            preload_cuda_libraries(ort)  # CUDA/cuDNN from the nvidia-* wheels, without torch (cuda_libs.py)
         self.name, self.manifest = name, manifest
         self.device = "cpu" if name == "ort-cpu" else "cuda"
         self.device_id = device_id
