@@ -12,9 +12,10 @@ from dataclasses import fields, replace
 
 import pytest
 import torch
+from test_optimized_parity import randomize_norms
 
 from pi0edge.export.config import GEMMA_DUMMY, SIGLIP_TINY, tiny
-from pi0edge.export.model import AdaRMSNorm, OptimizeOptions, Pi0Model, RMSNorm
+from pi0edge.export.model import OptimizeOptions, Pi0Model
 from pi0edge.export.optimize import optimized_model, optimized_state_dict
 from pi0edge.schedule import euler_schedule
 
@@ -28,18 +29,7 @@ def plain_model(model_type: str, seed: int = 0) -> Pi0Model:
     cfg = tiny(model_type, vision=replace(SIGLIP_TINY, image_size=56, depth=2), cameras=("a", "b"),
                vlm=replace(GEMMA_DUMMY, depth=2), expert=replace(tiny(model_type).expert, depth=2))
     torch.manual_seed(seed)
-    model = Pi0Model(cfg).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, RMSNorm):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=g) * 0.5)
-            elif isinstance(module, torch.nn.LayerNorm):
-                module.weight.copy_(1 + torch.randn(module.weight.shape, generator=g) * 0.3)
-                module.bias.copy_(torch.randn(module.bias.shape, generator=g) * 0.1)
-            elif isinstance(module, AdaRMSNorm):
-                module.dense.bias.copy_(torch.randn(module.dense.bias.shape, generator=g) * 0.3)
-    return model
+    return randomize_norms(Pi0Model(cfg).eval(), seed)
 
 
 def inputs(cfg, batch: int = 2) -> dict[str, torch.Tensor]:

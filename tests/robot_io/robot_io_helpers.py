@@ -110,3 +110,4 @@ def after(seconds: float, fn: Callable[[], None]) -> threading.Thread:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
+

@@ -12,21 +12,11 @@ pytest.importorskip("msgpack", reason="msgpack is not installed: pip install 'pi
 
 from robot_io_helpers import base_config_dict, make_policy  # noqa: E402
 
-from pi0edge.robot_io.arms import ArmLimits, SimArm  # noqa: E402
 from pi0edge.robot_io.config import robot_config_from_dict  # noqa: E402
 from pi0edge.robot_io.errors import ArmTimeoutError, NetProtocolError  # noqa: E402
 from pi0edge.robot_io.loop import open_cameras, run_loop  # noqa: E402
 from pi0edge.robot_io.net_arm import NetArm  # noqa: E402
 from pi0edge.robot_io.net_protocol import decode, encode  # noqa: E402
-from pi0edge.robot_io.net_server import ArmServer  # noqa: E402
-
-
-@pytest.fixture
-def served():
-    arm = SimArm(dof=3, time_constant_s=0.01, limits=ArmLimits.uniform(3, 1.0, 5.0))
-    server = ArmServer(arm, "tcp://127.0.0.1:*").start()
-    yield arm, server
-    server.close()
 
 
 def test_round_trip_state_and_command(served):

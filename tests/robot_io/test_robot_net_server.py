@@ -22,14 +22,6 @@ REPLY_WAIT_MS = 2000
 
 
 @pytest.fixture
-def served():
-    arm = SimArm(dof=3, time_constant_s=0.01, limits=ArmLimits.uniform(3, 1.0, 5.0))
-    server = ArmServer(arm, "tcp://127.0.0.1:*").start()
-    yield arm, server
-    server.close()
-
-
-@pytest.fixture
 def dealer(served):
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.connect(served[1].bound_address)
