@@ -75,12 +75,6 @@ def _auto_backend(manifest: Manifest, **options):
     raise BackendUnavailableError("no backend could start: " + "; ".join(reasons))
 
 
-def running_providers(backend) -> tuple[str, ...]:
-    """What really computes: an ORT backend's providers as its sessions report them (requested first, proven
-    at start-up); the native TensorRT backend runs its own engines, no ONNX Runtime provider."""
-    return tuple(getattr(backend, "providers", None) or (backend.name,))
-
-
 class Policy:
     """policy = Policy("bundle/"); chunk = policy.infer(Observation(images, state, prompt))."""
 
@@ -91,7 +85,7 @@ class Policy:
         self.backend: Backend = make_backend(m, backend, **backend_options)
         # The truth about where it runs (auto may have fallen back): profile, doctor and logs print these.
         self.backend_name: str = self.backend.name
-        self.providers: tuple[str, ...] = running_providers(self.backend)
+        self.providers: tuple[str, ...] = tuple(self.backend.providers)  # proven at start-up by ORT backends
         self.assemble_images = AssembleImages(m.cameras, m.image_size)
         self.tokenizer = PromptTokenizer(m.path(m.tokenizer_file), m.max_token_len, m.model_type)
         self.prepare_state = PrepareState(m.norm_stats, m.state_dim)

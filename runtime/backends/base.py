@@ -18,6 +18,7 @@ class Backend(Protocol):
     name: str  # "ort-cpu", "ort-cuda", "ort-trt", "tensorrt"
     device: str  # "cpu" or "cuda"
     whole_loop: bool  # True: Policy calls run_loop once per chunk, never run_step
+    providers: tuple[str, ...]  # what really computes: ORT's providers as the sessions report them, or ("tensorrt",)
 
     def prepare(self, batch: int, times: np.ndarray, dt: float) -> None:
         """Allocate and bind every buffer for this batch size and step schedule (idempotent)."""

@@ -76,6 +76,7 @@ class TensorRTBackend:
     """Prefix and denoise_step engines sharing device buffers; see the module docstring."""
 
     name = "tensorrt"
+    providers = ("tensorrt",)  # its own engines: no ONNX Runtime provider
     device = "cuda"
 
     def __init__(self, manifest: Manifest, device_id: int = 0, use_cuda_graph: bool = True,
