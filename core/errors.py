@@ -21,6 +21,10 @@ class BundleError(Pi0EdgeError):
     """A bundle is missing, incomplete, tampered with, or of an unknown format version."""
 
 
+class InsufficientMemoryError(BundleError):
+    """The bundle's weights are larger than the memory they would load into (refused before allocating)."""
+
+
 class ObservationError(Pi0EdgeError, ValueError):
     """An observation handed to the runtime does not fit the bundle (camera, dtype, shape, state...)."""
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from pi0edge.errors import Pi0EdgeError
 from pi0edge.manifest import Manifest, load_manifest
 from pi0edge.runtime.machine_info import machine_summary
+from pi0edge.runtime.memory_budget import weights_mb
 from pi0edge.runtime.policy import AUTO_ORDER, Policy
 from pi0edge.runtime.profile import synthetic_observation
 from pi0edge.runtime.provider_probe import probe_providers
@@ -36,13 +37,6 @@ def try_backend(bundle_dir: Path, backend: str) -> dict:
     except Exception as exc:  # noqa: BLE001 - every failure is a diagnosis to print, not a crash
         reason = str(exc) if isinstance(exc, Pi0EdgeError) else f"{type(exc).__name__}: {exc}"
         return {"backend": backend, "runs": False, "error": reason}
-
-
-def weights_mb(manifest: Manifest) -> float:
-    """The bundle's graph files (weights included), the tokenizer left out."""
-    sizes = [manifest.path(name).stat().st_size for name in manifest.files
-             if name != manifest.tokenizer_file and manifest.path(name).is_file()]
-    return sum(sizes) / (1 << 20)
 
 
 def memory_fit(manifest: Manifest, machine: dict) -> dict:

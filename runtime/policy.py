@@ -18,6 +18,7 @@ import numpy as np
 from pi0edge.errors import BackendUnavailableError, ObservationError
 from pi0edge.manifest import Manifest, load_manifest
 from pi0edge.runtime.backends.base import Backend
+from pi0edge.runtime.memory_budget import check_weights_fit
 from pi0edge.runtime.preprocess import AssembleImages, FinishActions, PrepareState, PromptTokenizer, normalize_state
 from pi0edge.runtime.types import ActionChunk, ChunkInternals, ChunkTimings, Observation, PolicyInputs
 from pi0edge.schedule import euler_schedule
@@ -82,6 +83,7 @@ class Policy:
                  seed: int | None = None, **backend_options):
         self.manifest = load_manifest(bundle_dir, verify_checksums=verify_checksums)
         m = self.manifest
+        check_weights_fit(m, backend)  # before any session allocates
         self.backend: Backend = make_backend(m, backend, **backend_options)
         # The truth about where it runs (auto may have fallen back): profile, doctor and logs print these.
         self.backend_name: str = self.backend.name
