@@ -379,7 +379,8 @@ def main(argv: list[str] | None = None) -> dict:
               "device": args.device, "iters": args.iters, "warmup": args.warmup, "budget_s": args.budget_s,
               "machine": machine(args.device, providers), "cuda_libraries_preloaded": preloaded,
               "runs": [], "skipped": []}
-    fall_back_if_no_gpu_ort(args, providers, record)
+    if not args.export_only:
+        fall_back_if_no_gpu_ort(args, providers, record)
     record["backend"] = args.backend
     skip = preflight(args, work, record) if args.preflight and args.size != "tiny" and not args.export_only else {}
     ctx = {"budget": budget, "seen": {}, "skip": skip, "json": args.json, "markdown": args.markdown}

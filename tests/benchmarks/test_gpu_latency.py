@@ -123,3 +123,19 @@ def test_dry_run_flag_means_tiny_cpu_ort_cpu_eager_float32():
     assert (args.size, args.device, args.backend, args.precision, args.eager_dtypes) == (
         "tiny", "cpu", "ort-cpu", "float32", ["float32"])
     assert args.markdown == Path("x/gpu.md") and isinstance(args, argparse.Namespace)
+
+
+def test_the_device_session_script_rehearses_on_a_cpu_and_writes_json_and_markdown(tmp_path):
+    import os
+    import subprocess
+
+    env = {**os.environ, "SKIP_ORT_GPU": "1", "PY": sys.executable, "CARRY": str(tmp_path / "carry"),
+           "STAGE": str(tmp_path / "stage"), "SITE": str(tmp_path / "site"), "WORK": str(tmp_path / "work"),
+           "OUT": str(tmp_path / "out")}
+    subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_session.sh"), "run", "--dry-run", "--models", "pi0"],
+                   env=env, check=True, capture_output=True, timeout=300)
+    record = json.loads((tmp_path / "out" / "gpu.json").read_text())
+    assert [run["model"] for run in record["runs"]] == ["pi0"] and record["skipped"] == []
+    assert set(record["runs"][0]["variants"]) == set(DRY_RUN_VARIANTS)
+    assert (tmp_path / "site" / "pi0edge" / "runtime").is_symlink()  # the tree's code, no build step
+    assert len(table_row((tmp_path / "out" / "gpu.md").read_text(), "pi0", "ort-cpu, loop graph")) == 1
