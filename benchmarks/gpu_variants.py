@@ -46,7 +46,7 @@ def eager_runner(model, observation: dict, noise: torch.Tensor, device: str) -> 
     unchanged; one synchronize is added between the prefix and the loop)."""
     state: dict = {"actions": None, "peak_gpu_mb": None}
     marks: dict[str, float] = {}
-    prefix = model.prefix
+    prefix = type(model).prefix.__get__(model)  # the method itself, also when a runner wrapped it before
 
     def timed_prefix(*args, **kwargs):
         out = prefix(*args, **kwargs)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -126,9 +128,6 @@ def test_dry_run_flag_means_tiny_cpu_ort_cpu_eager_float32():
 
 
 def test_the_device_session_script_rehearses_on_a_cpu_and_writes_json_and_markdown(tmp_path):
-    import os
-    import subprocess
-
     env = {**os.environ, "SKIP_ORT_GPU": "1", "PY": sys.executable, "CARRY": str(tmp_path / "carry"),
            "STAGE": str(tmp_path / "stage"), "SITE": str(tmp_path / "site"), "WORK": str(tmp_path / "work"),
            "OUT": str(tmp_path / "out")}
