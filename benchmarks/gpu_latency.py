@@ -192,6 +192,38 @@ def inputs_for(bundle: Path, policies: dict, cfg: Pi0Config, device: str):
     return obs, noise, eager_obs, torch.from_numpy(noise).to(device)
 
 
+def summaries(samples: dict, models: Models, eager_inputs: tuple, eager_state: dict, policies: dict,
+              runtime_inputs: tuple, errors: dict[str, str]) -> dict:
+    """p50/p99 per stage, each variant's max abs action error against eager float32 on the same noise, and the
+    runtime's speed-up over the faster eager variant."""
+    (eager_obs, eager_noise), (obs, noise) = eager_inputs, runtime_inputs
+    try:
+        with torch.inference_mode():
+            reference = models.reference.sample_actions(eager_obs, eager_noise).float().cpu().numpy()
+    except Exception as exc:  # noqa: BLE001  (out of memory, say: the timings stand without their errors)
+        reference, errors["eager torch float32 reference"] = None, f"{type(exc).__name__}: {exc}"
+    results = {}
+    for name, rows in samples.items():
+        if not rows:
+            errors[name] = "no timed chunk fitted the budget"
+            continue
+        entry = {key: summarize([r[key] for r in rows]) for key in rows[0]}
+        if name in eager_state:
+            actions = eager_state[name]["actions"].float().cpu().numpy()
+            entry["peak_gpu_mb"] = eager_state[name]["peak_gpu_mb"]
+        else:
+            policies[name].infer(obs, noise=noise)
+            actions = policies[name].backend.read_actions()
+            entry["providers"] = list(policies[name].providers)  # where it really ran
+        if reference is not None:
+            entry["max_abs_action_error_vs_float32"] = float(np.abs(actions - reference).max())
+        results[name] = entry
+    eager_p50 = [r["chunk_ms"]["p50"] for n, r in results.items() if n in eager_state]
+    for name in (n for n in results if n in policies and eager_p50):
+        results[name]["speedup_vs_fastest_eager"] = round(min(eager_p50) / results[name]["chunk_ms"]["p50"], 2)
+    return results
+
+
 def bench_cameras(models: Models, cameras: int, args: argparse.Namespace, work: Path, timing_deadline_s: float,
                   skip: dict[str, str]) -> dict:
     cfg = with_cameras(models.source, cameras)
@@ -219,27 +251,8 @@ def bench_cameras(models: Models, cameras: int, args: argparse.Namespace, work: 
         policy_mem[name] = None if before is None else round(after - before, 1)
     samples = measure(variants, args.warmup, args.iters, errors, deadline_s=timing_deadline_s)
 
-    with torch.inference_mode():
-        reference = models.reference.sample_actions(eager_obs, eager_noise).float().cpu().numpy()
-    results = {}
-    for name, rows in samples.items():
-        if not rows:
-            errors[name] = "no timed chunk fitted the budget"
-            continue
-        entry = {key: summarize([r[key] for r in rows]) for key in rows[0]}
-        if name in eager_state:
-            actions = eager_state[name]["actions"].float().cpu().numpy()
-            entry["peak_gpu_mb"] = eager_state[name]["peak_gpu_mb"]
-        else:
-            policies[name].infer(obs, noise=noise)
-            actions = policies[name].backend.read_actions()
-            entry["peak_gpu_mb"] = policy_mem[name]
-            entry["providers"] = list(policies[name].providers)  # where it really ran
-        entry["max_abs_action_error_vs_float32"] = float(np.abs(actions - reference).max())
-        results[name] = entry
-    eager_p50 = [r["chunk_ms"]["p50"] for n, r in results.items() if n in eager_state]
-    for name in (n for n in results if n in policies and eager_p50):
-        results[name]["speedup_vs_fastest_eager"] = round(min(eager_p50) / results[name]["chunk_ms"]["p50"], 2)
+    results = summaries(samples, models, (eager_obs, eager_noise), eager_state, policies, (obs, noise), errors)
+    results |= {name: r | {"peak_gpu_mb": policy_mem[name]} for name, r in results.items() if name in policy_mem}
     for policy in policies.values():
         policy.close()
     return {"model": cfg.model_type, "cameras": cameras, "prefix_tokens": cfg.prefix_len,

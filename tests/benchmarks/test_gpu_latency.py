@@ -138,3 +138,13 @@ def test_the_device_session_script_rehearses_on_a_cpu_and_writes_json_and_markdo
     assert set(record["runs"][0]["variants"]) == set(DRY_RUN_VARIANTS)
     assert (tmp_path / "site" / "pi0edge" / "runtime").is_symlink()  # the tree's code, no build step
     assert len(table_row((tmp_path / "out" / "gpu.md").read_text(), "pi0", "ort-cpu, loop graph")) == 1
+
+
+def test_export_only_writes_the_bundles_that_the_timed_run_then_reuses(tmp_path):
+    work = tmp_path / "work"
+    record = gpu_latency.main(["--dry-run", "--export-only", "--models", "pi0", "--workdir", str(work)])
+    assert record["runs"] == [] and record["skipped"] == []
+    assert (work / "pi0-tiny-3cam-float32" / "bundle.yaml").is_file()
+    record = gpu_latency.main(["--dry-run", "--models", "pi0", "--workdir", str(work)])
+    assert record["runs"][0]["export_s"] == 0.0  # found, not exported again
+    assert set(record["runs"][0]["variants"]) == set(DRY_RUN_VARIANTS)
