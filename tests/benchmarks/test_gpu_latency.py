@@ -10,6 +10,8 @@ import sys
 import types
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -148,3 +150,17 @@ def test_export_only_writes_the_bundles_that_the_timed_run_then_reuses(tmp_path)
     record = gpu_latency.main(["--dry-run", "--models", "pi0", "--workdir", str(work)])
     assert record["runs"][0]["export_s"] == 0.0  # found, not exported again
     assert set(record["runs"][0]["variants"]) == set(DRY_RUN_VARIANTS)
+
+
+def test_a_reference_that_cannot_run_is_recorded_and_the_timings_are_kept():
+    class Broken:
+        def sample_actions(self, observation, noise):
+            raise RuntimeError("CUDA out of memory")
+
+    models = gpu_latency.Models(source=None, eager={}, reference=Broken(), tokenizer=Path("t"))
+    state = {"eager torch float16": {"actions": torch.zeros(1, 2, 3), "peak_gpu_mb": None}}
+    errors = {}
+    results = gpu_latency.summaries({"eager torch float16": [{"chunk_ms": 2.0}]}, models, ({}, None), state, {},
+                                    (None, None), errors)
+    assert results == {"eager torch float16": {"chunk_ms": gpu_variants.summarize([2.0]), "peak_gpu_mb": None}}
+    assert errors == {"eager torch float32 reference": "RuntimeError: CUDA out of memory"}
