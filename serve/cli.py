@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from pi0edge.cli_args import positive_float, positive_int
+
+API_KEY_ENV = "PI0EDGE_API_KEY"
 
 
 def _port(text: str) -> int:
@@ -25,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0: any free port)")
     p.add_argument("--backend", default="auto", help="inference backend (default auto)")
-    p.add_argument("--api-key", default=None, help="require `Authorization: Api-Key KEY` on every connection")
+    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
+                   help=f"require `Authorization: Api-Key KEY` on every connection (default: ${API_KEY_ENV}; the "
+                        "variable keeps the key out of the process list)")
     p.add_argument("--obs-map", default=None, metavar="aloha|droid|libero|FILE.yaml",
                    help="the clients' observation keys (default: the bundle's camera names, `state`, `prompt`)")
     p.add_argument("--seed", type=int, default=None, help="seed of the per-connection noise (default: random)")

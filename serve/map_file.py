@@ -54,7 +54,7 @@ def load_obs_map(path: Path) -> ObsMap:
     for field, value in (("images_in", images_in), ("prompt_key", prompt_key)):
         if value is not None and (not isinstance(value, str) or not value):
             raise ConfigError(f"{path}: {field} must be a non-empty string, got {value!r}")
-    return ObsMap(str(path), cameras=tuple(CameraKey(k, c, required=k not in optional) for k, c in cameras.items()),
+    return ObsMap(path.name, cameras=tuple(CameraKey(k, c, required=k not in optional) for k, c in cameras.items()),
                   state=_state(doc, path), images_in=images_in, layout=layout, prompt_key=prompt_key)
 
 

@@ -29,6 +29,7 @@ from .obs_map import ObsMap
 log = logging.getLogger(__name__)
 
 HEALTH_PATH = "/healthz"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 INTERNAL_ERROR = 1011  # websockets.frames.CloseCode.INTERNAL_ERROR, as openpi closes on an error
 
 
@@ -50,7 +51,8 @@ class PolicyServer:
         self.port: int | None = None
         m = policy.manifest
         self.metadata = {
-            "server": "pi0edge", "bundle": str(m.bundle_dir), "model_type": m.model_type,
+            "server": "pi0edge", "bundle": m.bundle_dir.name,  # the folder's name: no server paths to clients
+            "model_type": m.model_type,
             "precision": m.precision, "backend": policy.backend_name, "cameras": list(m.cameras),
             "obs_map": obs_map.name, "action_horizon": m.action_horizon, "action_dim": m.robot_action_dim,
             "state_dim": m.robot_state_dim, "observation_keys": list(obs_map.top_keys),
@@ -68,6 +70,9 @@ class PolicyServer:
                 self.port = server.sockets[0].getsockname()[1]
                 log.info("serving %s on ws://%s:%d (obs map %s)", self.metadata["bundle"], self.config.host,
                          self.port, self.obs_map.name)
+                if self.config.api_key is None and self.config.host not in LOOPBACK_HOSTS:
+                    log.warning("listening on %s without an API key: anyone who reaches this port drives the "
+                                "policy (--api-key)", self.config.host)
                 if on_ready is not None:
                     on_ready(self.port)
                 await (stop.wait() if stop is not None else asyncio.Future())

@@ -46,3 +46,11 @@ def test_pi0edge_serve_with_a_map_that_does_not_fit_the_bundle_exits_1_naming_it
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "'aloha' gives a 14-D state" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_api_key_can_come_from_the_environment_and_the_flag_wins(monkeypatch):
+    from pi0edge.cli import build_parser
+
+    monkeypatch.setenv("PI0EDGE_API_KEY", "from-env")
+    assert build_parser().parse_args(["serve", "b"]).api_key == "from-env"
+    assert build_parser().parse_args(["serve", "b", "--api-key", "flag"]).api_key == "flag"

@@ -57,6 +57,7 @@ def test_openpi_client_gets_metadata_and_the_actions_policy_infer_gives_with_the
         assert meta["action_horizon"] == reference.action_horizon
         assert meta["action_dim"] == reference.robot_action_dim
         assert meta["cameras"] == list(reference.camera_names)
+        assert meta["bundle"] == bundle.name  # the folder's name, not the server's path
         noises = connection_noise(reference, SEED, 0, 2)
         for i, noise in enumerate(noises):
             obs = bundle_observation(reference, seed=i)
