@@ -4,6 +4,7 @@ healthz, the API key, error frames, and other clients served after one errs."""
 from __future__ import annotations
 
 import http.client
+import threading
 
 import numpy as np
 import pytest
@@ -100,6 +101,35 @@ def http_get(port: int, path: str, headers: dict | None = None) -> int:
 def test_healthz_answers_200_even_with_an_api_key(bundle, serving):
     with serving(bundle, api_key="s3cret") as (server, _):
         assert http_get(server.port, "/healthz") == 200
+
+
+class GatedPolicy:
+    """The real policy, whose infer waits until the test opens the gate (a long inference, made certain)."""
+
+    def __init__(self, policy):
+        self.policy, self.started, self.gate = policy, threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.policy, name)
+
+    def infer(self, *args, **kwargs):
+        self.started.set()
+        assert self.gate.wait(timeout=60)
+        return self.policy.infer(*args, **kwargs)
+
+
+def test_the_event_loop_answers_healthz_while_an_inference_runs(bundle, serving):
+    gated = []
+    with serving(bundle, wrap=lambda p: gated.append(GatedPolicy(p)) or gated[0]) as (server, reference):
+        client = WebsocketClientPolicy("127.0.0.1", server.port)
+        result = []
+        caller = threading.Thread(target=lambda: result.append(client.infer(bundle_observation(reference))))
+        caller.start()
+        assert gated[0].started.wait(timeout=60)
+        assert http_get(server.port, "/healthz") == 200  # inference blocked on the loop would hang this
+        gated[0].gate.set()
+        caller.join(timeout=60)
+        assert result[0]["actions"].shape == (reference.action_horizon, reference.robot_action_dim)
 
 
 def test_api_key_refused_with_401_when_missing_or_wrong_and_accepted_when_right(bundle, serving):
