@@ -102,7 +102,7 @@ class PolicyServer:
                 start = time.monotonic()
                 try:
                     response = await self._answer(frame, rng)
-                except Pi0EdgeError as exc:  # the client's input: say what is wrong, no stack trace
+                except Pi0EdgeError as exc:  # mostly bad input: the message says what is wrong, no stack trace
                     return await self._refuse(ws, f"{type(exc).__name__}: {exc}")
                 except Exception:  # noqa: BLE001 - the server's fault: the traceback, as openpi sends it
                     log.exception("inference failed for %s", ws.remote_address)
