@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pi0edge.errors import ObservationError, Pi0EdgeError, require
+from pi0edge.errors import ConfigError, ObservationError, Pi0EdgeError, require
 
 from .batching import BatchConfig, SharedPolicy
 from .msgpack_numpy import packb, unpackb
@@ -65,8 +65,7 @@ class PolicyServer:
 
         self.shared.start()
         try:
-            async with serve(self._handle, self.config.host, self.config.port, compression=None,
-                             max_size=self.config.max_message_bytes, process_request=self._process_request) as server:
+            async with await self._listen(serve) as server:
                 self.port = server.sockets[0].getsockname()[1]
                 log.info("serving %s on ws://%s:%d (obs map %s)", self.metadata["bundle"], self.config.host,
                          self.port, self.obs_map.name)
@@ -78,6 +77,15 @@ class PolicyServer:
                 await (stop.wait() if stop is not None else asyncio.Future())
         finally:
             await self.shared.close()
+
+    async def _listen(self, serve):
+        host, port = self.config.host, self.config.port
+        try:
+            return await serve(self._handle, host, port, compression=None, max_size=self.config.max_message_bytes,
+                               process_request=self._process_request)
+        except OSError as exc:  # the port taken, an address this machine does not have
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (--host / --port; is "
+                              "another server on that port?)") from exc
 
     def _process_request(self, connection, request):
         if request.path == HEALTH_PATH:

@@ -3,7 +3,9 @@ healthz, the API key, error frames, and other clients served after one errs."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
+import socket
 import threading
 
 import numpy as np
@@ -13,8 +15,12 @@ from openpi_client import msgpack_numpy as openpi_msgpack
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from pi0edge.errors import ConfigError
+from pi0edge.runtime.policy import Policy
 from pi0edge.runtime.types import Observation
 from pi0edge.serve import msgpack_numpy
+from pi0edge.serve.map_file import resolve_obs_map
+from pi0edge.serve.server import PolicyServer, ServeConfig
 
 SEED = 7
 
@@ -201,3 +207,14 @@ def test_a_frame_over_the_size_limit_closes_only_that_connection(bundle, serving
         small = dict(obs, images={"base_0_rgb": np.zeros((8, 8, 3), np.uint8)})
         out = WebsocketClientPolicy("127.0.0.1", server.port).infer(small)
         assert out["actions"].shape[0] == reference.action_horizon
+
+
+def test_a_port_already_taken_is_a_config_error_naming_it(bundle):
+    with socket.socket() as taken, Policy(bundle, "ort-cpu") as policy:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = PolicyServer(policy, resolve_obs_map(None, policy.camera_names, policy.robot_state_dim),
+                              ServeConfig(port=port))
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+            asyncio.run(server.serve())
