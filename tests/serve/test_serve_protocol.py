@@ -8,6 +8,7 @@ import http.client
 import socket
 import threading
 
+import msgpack
 import numpy as np
 import pytest
 import websockets.sync.client
@@ -190,10 +191,17 @@ def test_bad_input_gets_an_error_frame_naming_it_then_1011_and_the_next_client_i
         assert out["actions"].shape == (reference.action_horizon, reference.robot_action_dim)
 
 
-def test_a_frame_that_is_not_msgpack_gets_an_error_frame(bundle, serving):
+def array_frame(data: bytes, dtype: str, shape: list) -> bytes:
+    return msgpack.packb({"state": {b"__ndarray__": True, b"data": data, b"dtype": dtype, b"shape": shape}})
+
+
+@pytest.mark.parametrize("frame", [b"\xc1 not msgpack", array_frame(b"\0" * 3, "<f4", [4]),
+                                   array_frame(b"\0" * 8, "|O", [1])],
+                         ids=["not msgpack", "array data shorter than its shape", "object dtype"])
+def test_a_frame_that_is_not_msgpack_numpy_gets_an_error_frame(bundle, serving, frame):
     with serving(bundle) as (server, _):
-        answer, code = raw_exchange(server.port, b"\xc1 not msgpack")
-        assert "not openpi msgpack-numpy" in answer and code == 1011
+        answer, code = raw_exchange(server.port, frame)
+        assert "not openpi msgpack-numpy" in answer and "Traceback" not in answer and code == 1011
 
 
 def test_a_frame_over_the_size_limit_closes_only_that_connection(bundle, serving):
