@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="run up to this many clients' requests as one batch (default 1: no batching)")
     p.add_argument("--batch-window-ms", type=positive_float, default=2.0,
                    help="how long a request waits for others to join its batch (default 2 ms)")
+    p.add_argument("--max-message-mib", type=positive_float, default=64.0,
+                   help="largest observation frame accepted; a bigger one closes its connection (default 64 MiB)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -58,6 +60,7 @@ def cmd_serve(args) -> int:
         obs_map = resolve_obs_map(args.obs_map, policy.camera_names, policy.robot_state_dim)
         window_ms = args.batch_window_ms if args.max_batch > 1 else 0.0
         config = ServeConfig(host=args.host, port=args.port, api_key=args.api_key, seed=args.seed,
+                             max_message_bytes=int(args.max_message_mib * 2**20),
                              batch=BatchConfig(max_batch=args.max_batch, window_ms=window_ms))
         server = PolicyServer(policy, obs_map, config)
         asyncio.run(server.serve(on_ready=lambda port: print(f"pi0edge serve: ws://{args.host}:{port}", flush=True)))

@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
+from websockets.exceptions import ConnectionClosed
 
 from pi0edge.runtime.policy import Policy
 from pi0edge.runtime.types import Observation
@@ -17,10 +19,11 @@ def serve_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "pi0edge.cli", "serve", *args]
 
 
-def test_pi0edge_serve_answers_an_openpi_client_with_the_policys_actions(tiny_bundle_factory):
+def test_pi0edge_serve_answers_an_openpi_client_with_the_policys_actions_and_applies_its_size_limit(
+        tiny_bundle_factory):
     bundle = tiny_bundle_factory()[0]
-    proc = subprocess.Popen(serve_command(str(bundle), "--port", "0", "--seed", "5"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(serve_command(str(bundle), "--port", "0", "--seed", "5", "--max-message-mib", "1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         assert line.startswith("pi0edge serve: ws://127.0.0.1:"), proc.stderr.read() if not line else line
@@ -35,6 +38,10 @@ def test_pi0edge_serve_answers_an_openpi_client_with_the_policys_actions(tiny_bu
                 (m.action_horizon, m.action_dim), dtype=np.float32)
             expected = reference.infer(Observation(obs["images"], obs["state"], obs["prompt"]), noise=noise).actions
         np.testing.assert_array_equal(out["actions"], expected)
+        big = dict(obs, images={"base_0_rgb": np.zeros((700, 700, 3), np.uint8)})  # 1.4 MiB
+        with pytest.raises(ConnectionClosed) as closed:
+            WebsocketClientPolicy("127.0.0.1", port).infer(big)
+        assert closed.value.rcvd.code == 1009
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 130  # interrupted, not crashed
