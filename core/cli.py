@@ -15,6 +15,7 @@ _REGISTRARS = (
     "pi0edge.runtime.cli",
     "pi0edge.robot_io.cli",
     "pi0edge.calibration.cli",
+    "pi0edge.serve.cli",
     "pi0edge.demo",
 )
 

@@ -1,9 +1,9 @@
 """The walls between the packages, read from the source with `ast` (every import, including those inside
 functions), as docs/architecture.md, "Layering rules" states them:
 
-- no import cycle between the packages (ground, export, runtime, robot_io, calibration), nor between the
+- no import cycle between the packages (ground, export, runtime, robot_io, calibration, serve), nor between the
   modules of one package;
-- runtime/, robot_io/ and calibration/ never import torch, onnx or the export package;
+- runtime/, robot_io/, calibration/ and serve/ never import torch, onnx or the export package;
 - the CLI modules (core/cli.py, core/demo.py, each package's cli.py) are the application layer: they may
   import any package (the ground CLI dispatches to the package CLIs) and are left out of the cycle checks,
   but no library module imports one.
@@ -26,8 +26,9 @@ PACKAGE_DIRS = {
     "runtime": ("runtime", "pi0edge.runtime"),
     "robot_io": ("robot_io", "pi0edge.robot_io"),
     "calibration": ("calibration", "pi0edge.calibration"),
+    "serve": ("serve", "pi0edge.serve"),
 }
-LEAN_PACKAGES = ("runtime", "robot_io", "calibration")  # what runs on the robot
+LEAN_PACKAGES = ("runtime", "robot_io", "calibration", "serve")  # what runs on the robot
 FORBIDDEN_IN_LEAN = ("torch", "onnx", "pi0edge.export")  # top-level names / package prefixes
 
 
@@ -43,7 +44,7 @@ class Import:
 
 
 def module_names(root: Path) -> dict[str, Path]:
-    """Every module of the five packages: dotted name -> file."""
+    """Every module of the packages: dotted name -> file."""
     modules = {}
     for folder, (_, prefix) in PACKAGE_DIRS.items():
         for path in sorted((root / folder).rglob("*.py")):
