@@ -12,9 +12,11 @@ from pi0edge.cli_args import non_empty_text, positive_float, writable_file
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     run = subparsers.add_parser("run", help="drive a robot from a robot YAML with a policy bundle",
-                                description="Run the control loop: cameras + arm from --config, actions from --bundle.")
+                                description="Run the control loop: cameras + arm from --config, actions from "
+                                            "--bundle or from the YAML's `policy: {remote: ws://...}` server.")
     run.add_argument("--config", required=True, help="robot YAML (see docs/control_loop.md)")
-    run.add_argument("--bundle", required=True, help="exported policy bundle directory")
+    run.add_argument("--bundle", default=None,
+                     help="exported policy bundle directory (not with a `policy: remote` in --config)")
     run.add_argument("--prompt", required=True, type=non_empty_text, help="the task in plain text")
     run.add_argument("--backend", default="ort-cpu", help="inference backend (default ort-cpu)")
     run.add_argument("--duration-s", type=positive_float, default=None,
@@ -31,6 +33,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     replay.add_argument("--config", default=None, help="robot YAML whose arm replays the commands")
     replay.add_argument("--speed", type=positive_float, default=1.0, help="playback speed factor (default 1.0)")
     replay.set_defaults(func=cmd_replay)
+
+
+def _policy_source(args: argparse.Namespace, config) -> str:
+    """'bundle' or 'remote': exactly one of --bundle and the YAML's policy.remote (errors name both)."""
+    from .errors import ConfigError
+
+    remote = config.policy.remote if config.policy is not None else None
+    if args.bundle is not None and remote is not None:
+        raise ConfigError(f"--bundle {args.bundle} and policy.remote {remote} in {args.config}: give one policy, "
+                          "not both (drop --bundle, or the policy section)")
+    if args.bundle is None and remote is None:
+        raise ConfigError(f"no policy: give --bundle DIR, or `policy: {{remote: ws://host:port}}` in {args.config}")
+    return "bundle" if args.bundle is not None else "remote"
+
+
+def _remote_policy(config):
+    from .remote_policy import RemotePolicy
+
+    spec = config.policy
+    return RemotePolicy(spec.remote, api_key=spec.api_key(), timeout_s=spec.timeout_s,
+                        key_source=f"the key in ${spec.api_key_env} (policy.api_key_env)")
 
 
 def _load_policy(bundle: str, backend: str):
@@ -96,14 +119,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .loop import run_loop
 
     config = load_robot_config(args.config)
+    source = _policy_source(args, config)
     if config.arm["kind"] == "aloha":  # before the bundle loads: gym-aloha is only imported when the arm opens
         from pi0edge.errors import require_installed
 
         require_installed("gym_aloha", "sim", f"{args.config} (arm kind aloha)")
-    policy = _load_policy(args.bundle, args.backend)
+    policy = _load_policy(args.bundle, args.backend) if source == "bundle" else _remote_policy(config)
     show, interactive = _status_printer()
-    stats = run_loop(config, policy, args.prompt, args.duration_s, record_path=args.record,
-                     on_status=None if args.no_status else show, before_start=partial(startup_check, config))
+    try:
+        stats = run_loop(config, policy, args.prompt, args.duration_s, record_path=args.record,
+                         on_status=None if args.no_status else show, before_start=partial(startup_check, config))
+    finally:
+        if source == "remote":
+            policy.close()
     if interactive and not args.no_status:
         sys.stderr.write("\n")
     print(stats.summary())

@@ -19,7 +19,7 @@ from .cameras import validate_camera_spec
 
 STRATEGIES = ("sync", "async", "ensemble")
 TOP_LEVEL_KEYS = {"rate_hz", "realtime_priority", "cameras", "arm", "joints", "chunking", "safety", "estop",
-                  "startup_check", "recording", "inference", "cpu_affinity"}
+                  "startup_check", "recording", "inference", "cpu_affinity", "policy"}
 INFERENCE_MODES = ("process", "thread")
 # The loop sleeps to ~1 ms before each deadline and spins the rest (clock.py): above 1 kHz a period is
 # shorter than the sleep margin and Python's per-tick work, so the rate would not be held.
@@ -216,6 +216,48 @@ class CpuAffinityConfig:
 
 
 @dataclass(frozen=True)
+class RemotePolicyConfig:
+    """`policy: {remote: ws://host:port, api_key_env: NAME, timeout_s: S}`: actions from a `pi0edge serve`
+    server instead of a local bundle (robot_io/remote_policy.py). The key itself stays out of the file: the
+    environment variable `api_key_env` holds it."""
+
+    remote: str
+    api_key_env: str | None = None
+    timeout_s: float = 5.0  # per request, and for each connection attempt
+
+    def __post_init__(self):
+        if not isinstance(self.remote, str) or not self.remote.startswith(("ws://", "wss://")):
+            raise ConfigError(f"policy.remote: must be a websocket address ws://host:port (or wss://), "
+                              f"got {self.remote!r}")
+        env = self.api_key_env
+        if env is not None and (not isinstance(env, str) or not env or "=" in env or " " in env):
+            raise ConfigError(f"policy.api_key_env: must name an environment variable (e.g. PI0EDGE_API_KEY), "
+                              f"got {env!r}")
+        _positive("policy.timeout_s", self.timeout_s)
+
+    def api_key(self) -> str | None:
+        """The key from the environment; a variable named but unset is an error (not a silent no-key)."""
+        import os
+
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ConfigError(f"policy.api_key_env: the environment variable {self.api_key_env} is not set "
+                              f"(or empty); export it with the server's API key")
+        return key
+
+
+def _policy(data) -> RemotePolicyConfig | None:
+    if data is None:
+        return None
+    _known_keys("policy", data, {"remote", "api_key_env", "timeout_s"})
+    if "remote" not in data:
+        raise ConfigError("policy.remote: missing (required: the server's address, ws://host:port)")
+    return RemotePolicyConfig(**data)
+
+
+@dataclass(frozen=True)
 class RobotConfig:
     rate_hz: float
     cameras: tuple[CameraConfig, ...]
@@ -230,6 +272,7 @@ class RobotConfig:
     source: str | None = None  # the YAML file, for messages
     inference: str = "process"  # a bundle's model runs in its own process; "thread": beside the loop, sharing its GIL
     cpu_affinity: CpuAffinityConfig = field(default_factory=CpuAffinityConfig)
+    policy: RemotePolicyConfig | None = None  # None: the policy comes from `pi0edge run --bundle`
 
     def __post_init__(self):
         _positive("rate_hz", self.rate_hz)
@@ -354,7 +397,8 @@ def robot_config_from_dict(data: Mapping, source: str | None = None, base_dir: P
     return RobotConfig(rate_hz=data["rate_hz"], cameras=tuple(cameras), arm=arm, joints=mapping, chunking=chunking,
                        safety=safety_cfg, estop=estop_cfg, startup_check=check_cfg, recording=rec_cfg,
                        realtime_priority=data.get("realtime_priority"), source=source,
-                       inference=data.get("inference", "process"), cpu_affinity=affinity_cfg)
+                       inference=data.get("inference", "process"), cpu_affinity=affinity_cfg,
+                       policy=_policy(data.get("policy")))
 
 
 def _cpu_list(field_name: str, value) -> list:

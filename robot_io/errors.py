@@ -12,6 +12,8 @@ __all__ = [
     "EpisodeError",
     "InferenceProcessError",
     "NetProtocolError",
+    "PolicyUnavailableError",
+    "RemotePolicyError",
     "SafetyError",
     "StartupCheckError",
 ]
@@ -47,3 +49,13 @@ class EpisodeError(Pi0EdgeError):
 
 class InferenceProcessError(Pi0EdgeError):
     """The inference process could not load the policy, raised in `infer`, or died; the message says which."""
+
+
+class RemotePolicyError(Pi0EdgeError):
+    """A remote policy server (`pi0edge serve`) refused the key, answered with an error or with something else
+    than the actions; the message names the server's address."""
+
+
+class PolicyUnavailableError(RemotePolicyError):
+    """The remote policy cannot be reached now (refused, dropped, no answer in time): a transient, so the loop
+    holds and goes on, and the next request reconnects; it does not count toward the policy's errors in a row."""

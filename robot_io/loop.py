@@ -31,7 +31,7 @@ from .cameras import Camera, Frame
 from .chunking import Chunk, make_strategy
 from .clock import Ratekeeper
 from .config import RobotConfig
-from .errors import ArmError, SafetyError
+from .errors import ArmError, PolicyUnavailableError, SafetyError
 from .faults import Faults
 from .gc_pacing import GcPacer
 from .inference import InferenceResult, InferenceWorker
@@ -137,7 +137,10 @@ class ControlLoop:
             self.stats.discarded_chunks += 1
             self._timed_out_pending = False
         elif result.error is not None:
-            self._policy_errors += 1
+            # A server that cannot be reached now is a transient (the arm holds until it answers again), not
+            # a policy bug: it does not count toward the errors in a row that stop the run.
+            if not isinstance(result.error, PolicyUnavailableError):
+                self._policy_errors += 1
             self._fault(tick, "policy_error", f"policy.infer raised {type(result.error).__name__}: {result.error}",
                         lasting=False)
         else:
