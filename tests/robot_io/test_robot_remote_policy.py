@@ -257,3 +257,31 @@ def test_run_refuses_both_bundle_and_remote_and_neither_naming_the_flags(tmp_pat
     assert main(["run", "--config", str(without), "--prompt", "p"]) == 1
     err = capsys.readouterr().err
     assert "no policy: give --bundle DIR, or `policy: {remote: ws://host:port}`" in err
+
+
+def test_pi0edge_serve_killed_with_sigkill_mid_run_holds_the_arm_and_pi0edge_run_finishes(
+        tmp_path, tiny_bundle_factory, served_policy, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    bundle, _ = tiny_bundle_factory("pi0")
+    proc = subprocess.Popen([sys.executable, "-m", "pi0edge.cli", "serve", str(bundle), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("pi0edge serve: ws://127.0.0.1:"), line
+        config_path, episode_path = tmp_path / "robot.yaml", tmp_path / "run.episode"
+        config_path.write_text(yaml.safe_dump(robot_dict(served_policy, policy={"remote": line.split()[-1]})))
+        after(1.5, lambda: proc.send_signal(signal.SIGKILL))  # no close frame: the socket just goes
+        code = main(["run", "--config", str(config_path), "--prompt", "pick", "--duration-s", "3", "--no-status",
+                     "--record", str(episode_path)])
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    out = capsys.readouterr().out
+    assert code == 0 and "stopped: duration reached" in out, out
+    assert "policy_error" in out and "PolicyUnavailableError" in out, out
+    status = load_episode(episode_path).arrays["tick_status"]
+    first_hold = int(np.flatnonzero(status == "hold:policy_error")[0])
+    assert (status[:first_hold] == "run").any() and (status[first_hold:] != "run").all()
