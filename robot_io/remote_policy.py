@@ -95,6 +95,13 @@ class RemotePolicy:
         if missing:
             self._drop()
             raise RemotePolicyError(f"{self.url}: the server's metadata lacks {missing}: is it `pi0edge serve`?")
+        dims = [metadata[k] for k in ("action_horizon", "action_dim", "state_dim")]
+        cameras = metadata["cameras"]
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims) or not (
+                isinstance(cameras, list) and all(isinstance(c, str) for c in cameras)):
+            self._drop()
+            raise RemotePolicyError(f"{self.url}: the server's metadata {({k: metadata[k] for k in SHAPE_KEYS})} "
+                                    "is not a policy shape (camera names, positive dims)")
         if metadata.get("obs_map", DEFAULT_MAP) != DEFAULT_MAP:
             self._drop()
             raise RemotePolicyError(f"{self.url}: the server takes the {metadata['obs_map']!r} observation map; "

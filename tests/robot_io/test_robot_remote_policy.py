@@ -285,3 +285,64 @@ def test_pi0edge_serve_killed_with_sigkill_mid_run_holds_the_arm_and_pi0edge_run
     status = load_episode(episode_path).arrays["tick_status"]
     first_hold = int(np.flatnonzero(status == "hold:policy_error")[0])
     assert (status[:first_hold] == "run").any() and (status[first_hold:] != "run").all()
+
+
+class FakeServer:
+    """A websocket server that sends `metadata[i]` to its i-th connection (the last one to later ones) and
+    answers each frame with zero actions of the first metadata's shape: what `pi0edge serve` must not do."""
+
+    def __init__(self, *metadata: dict):
+        from websockets.sync.server import serve
+
+        from pi0edge.serve.msgpack_numpy import packb
+
+        self.connections = 0
+
+        def handle(ws):
+            meta = metadata[min(self.connections, len(metadata) - 1)]
+            self.connections += 1
+            ws.send(packb(meta))
+            shape = (metadata[0]["action_horizon"], metadata[0]["action_dim"])
+            for _ in ws:
+                ws.send(packb({"actions": np.zeros(shape, np.float32)}))
+
+        self._server = serve(handle, "127.0.0.1", 0)
+        self.url = f"ws://127.0.0.1:{self._server.socket.getsockname()[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+
+
+SHAPE = {"cameras": ["base_0_rgb"], "action_horizon": 4, "action_dim": 3, "state_dim": 3, "obs_map": "bundle"}
+
+
+@pytest.mark.parametrize("metadata, words", [
+    ({"server": "openpi"}, "metadata lacks ['cameras', 'action_horizon', 'action_dim', 'state_dim']"),
+    ({**SHAPE, "action_horizon": "4"}, "is not a policy shape"),
+    ({**SHAPE, "obs_map": "droid"}, "takes the 'droid' observation map"),
+])
+def test_a_server_whose_metadata_does_not_fit_is_refused_at_start_naming_why(metadata, words):
+    server = FakeServer(metadata)
+    try:
+        with pytest.raises(RemotePolicyError, match=re.escape(words)):
+            RemotePolicy(server.url)
+    finally:
+        server.close()
+
+
+def test_a_server_that_comes_back_with_another_policy_shape_is_an_error_not_a_transient(monkeypatch):
+    from pi0edge.robot_io import remote_policy
+
+    monkeypatch.setattr(remote_policy, "_sleep", lambda s: None)
+    server = FakeServer(SHAPE, {**SHAPE, "action_horizon": 8})
+    try:
+        remote = RemotePolicy(server.url)
+        obs = Observation(images={}, state=np.zeros(3, np.float32), prompt="pick")
+        assert remote.infer(obs).actions.shape == (4, 3)
+        remote._drop()  # as a dropped connection leaves it
+        with pytest.raises(RemotePolicyError, match="another policy shape") as info:
+            remote.infer(obs)
+        assert not isinstance(info.value, PolicyUnavailableError)
+    finally:
+        server.close()
