@@ -258,7 +258,7 @@ def start_inference(policy, inference: str = "process", cpus: Sequence[int] = ()
         if spec is not None:
             worker = ProcessInferenceWorker(spec, cpus=cpus, on_stop=unpin)
         else:
-            if inference == "process":
+            if inference == "process" and not getattr(policy, "is_remote", False):
                 log.info("inference: %s cannot be loaded in another process; running it in a thread",
                          type(policy).__name__)
             worker = InferenceWorker(policy.load() if isinstance(policy, PolicyHandle) else policy, cpus=cpus,

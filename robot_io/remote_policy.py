@@ -40,6 +40,8 @@ class RemotePolicy:
     Connects in the constructor (the loop needs the dims before it starts): a server that cannot be
     reached or refuses the key fails here. key_source names where the key came from, for messages."""
 
+    is_remote = True  # runs on the inference thread: the model is on the server, nothing to load in a process
+
     def __init__(self, url: str, api_key: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
                  key_source: str = "the API key"):
         require("websockets", "serve", "a remote policy (policy.remote)")
