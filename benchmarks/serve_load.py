@@ -19,7 +19,8 @@ small beside the server's on the same machine. Before the clock starts every rob
 
 The bundle: a random pi0 checkpoint of --config (seed 0) exported with `pi0edge export`'s defaults (as
 benchmarks/serve_overhead.py makes it), or --bundle. Ray with 2 replicas is not built and not measured.
-Needs the `export` extra (unless --bundle) and the `serve` extra.
+Needs the `export` extra (unless --bundle), the `serve` extra and openpi_client (imported by
+benchmarks/serve_overhead.py, whose bundle and observation helpers this reuses).
 """
 
 from __future__ import annotations
@@ -229,7 +230,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.config = args.config or ["tiny"]
     args.robots = args.robots or list(QUICK_ROBOTS if args.quick else (1, 4, 16, 64))
-    args.duration_s = args.duration_s or (QUICK_DURATION_S if args.quick else 20.0)
+    args.duration_s = args.duration_s if args.duration_s is not None else (QUICK_DURATION_S if args.quick else 20.0)
     if args.bundle is not None and len(args.config) != 1:
         parser.error("--bundle serves one bundle: give one --config (its name in the table)")
     for name in ("duration_s", "control_hz", "n_execute", "max_batch"):

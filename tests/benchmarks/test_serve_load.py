@@ -53,6 +53,7 @@ def test_serve_load_quick_runs_1_and_4_robots_single_and_batched_and_writes_tabl
 @pytest.mark.parametrize("argv, message", [
     (["--robots", "0"], "--robots must be >= 1"),
     (["--duration-s", "-1"], "--duration-s must be > 0"),
+    (["--duration-s", "0"], "--duration-s must be > 0"),
     (["--bundle", "x", "--config", "tiny", "mid"], "--bundle serves one bundle"),
 ])
 def test_serve_load_refuses_bad_options_with_a_message(argv, message, capsys):
