@@ -5,6 +5,8 @@ docs/serve.md):
 - each binary frame from the client is an observation dict; the answer is {"actions": [H, robot_action_dim],
   "policy_timing": {"infer_ms"}, "server_timing": {"infer_ms", "prev_total_ms"}};
 - an error is sent as a text frame, then the connection is closed with code 1011 (the client raises it);
+- pi0edge's extension: an optional `deadline_ms` in the observation dict; a deadline the server cannot meet is
+  answered {"error", "deadline_ms", "estimate_ms"} and the connection stays open;
 - `GET /healthz` is answered 200; with an API key, a handshake without `Authorization: Api-Key <key>` gets 401.
 """
 
@@ -14,6 +16,7 @@ import asyncio
 import hmac
 import http
 import logging
+import math
 import time
 import traceback
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ import numpy as np
 
 from pi0edge.errors import ConfigError, ObservationError, Pi0EdgeError, require
 
-from .batching import BatchConfig, SharedPolicy
+from .batching import BatchConfig, DeadlineUnmeetable, SharedPolicy
 from .msgpack_numpy import packb, unpackb
 from .obs_map import ObsMap
 
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 HEALTH_PATH = "/healthz"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 INTERNAL_ERROR = 1011  # websockets.frames.CloseCode.INTERNAL_ERROR, as openpi closes on an error
+DEADLINE_KEY = "deadline_ms"  # optional in an observation: from receipt, by when the client needs the answer
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,10 @@ class PolicyServer:
                 start = time.monotonic()
                 try:
                     response = await self._answer(frame, rng)
+                except DeadlineUnmeetable as exc:  # load, not a fault: the client may go on (docs/serve.md)
+                    log.warning("refused for %s: %s", ws.remote_address, exc)
+                    response = {"error": f"DeadlineUnmeetable: {exc}", "deadline_ms": exc.deadline_ms,
+                                "estimate_ms": exc.needed_ms, "server_timing": {}}
                 except Pi0EdgeError as exc:  # mostly bad input: the message says what is wrong, no stack trace
                     return await self._refuse(ws, f"{type(exc).__name__}: {exc}")
                 except Exception:  # noqa: BLE001 - the server's fault: the traceback, as openpi sends it
@@ -126,11 +134,13 @@ class PolicyServer:
     async def _answer(self, frame, rng: np.random.Generator) -> dict:
         if isinstance(frame, str):
             raise ObservationError("expected a binary msgpack-numpy frame, got a text frame")
-        observation = self.obs_map.observation(unpackb(frame))
+        message = unpackb(frame)
+        deadline_ms = pop_deadline_ms(message)
+        observation = self.obs_map.observation(message)
         m = self.policy.manifest
         noise = rng.standard_normal((m.action_horizon, m.action_dim), dtype=np.float32)
         start = time.monotonic()
-        result = await self.shared.infer(observation, noise)
+        result = await self.shared.infer(observation, noise, deadline_ms)
         return {"actions": result.actions,
                 "policy_timing": {"infer_ms": result.policy_ms},
                 "server_timing": {"infer_ms": (time.monotonic() - start) * 1e3, "batch_size": result.batch_size}}
@@ -145,3 +155,18 @@ class PolicyServer:
         except ConnectionClosed:
             pass
 
+
+
+def pop_deadline_ms(message) -> float | None:
+    """The optional deadline taken out of the client's dict (the policy never sees it); checked."""
+    if not isinstance(message, dict) or DEADLINE_KEY not in message:
+        return None
+    value = message.pop(DEADLINE_KEY)
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ObservationError(f"{DEADLINE_KEY} must be a number of milliseconds, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ObservationError(f"{DEADLINE_KEY} must be finite and >= 0 (milliseconds from now), got {value:g}")
+    return value
