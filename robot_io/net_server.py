@@ -15,7 +15,6 @@ the wrapped arm simply keeps its last target, i.e. holds.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import sys
 import threading
@@ -25,6 +24,7 @@ import numpy as np
 
 from pi0edge.cli_args import positive_int
 from pi0edge.errors import ConfigError, Pi0EdgeError, require
+from pi0edge.net import is_loopback_host
 
 from .arm_base import Arm
 from .errors import NetProtocolError
@@ -38,13 +38,7 @@ def is_local_address(address: str) -> bool:
     transport, _, rest = address.partition("://")
     if transport in ("ipc", "inproc"):
         return True
-    host = rest.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # "*", an interface name, a host name: may be reachable from elsewhere
-        return False
+    return is_loopback_host(rest.rpartition(":")[0])
 
 
 class _AllowedClients:

@@ -52,6 +52,7 @@ class RemotePolicy:
         self.url, self.api_key, self.timeout_s, self.key_source = url, api_key, float(timeout_s), key_source
         self._ws = None
         self._last_attempt_s = -math.inf
+        self.metadata: dict | None = None  # the first connection's; a reconnect must match its shape
         self.metadata = self._connect()
         self.camera_names = tuple(self.metadata["cameras"])
         self.action_horizon = int(self.metadata["action_horizon"])
@@ -93,27 +94,29 @@ class RemotePolicy:
         return metadata
 
     def _check_metadata(self, metadata) -> None:
+        problem = self._metadata_problem(metadata)
+        if problem is not None:
+            self._drop()
+            raise RemotePolicyError(f"{self.url}: {problem}")
+
+    def _metadata_problem(self, metadata) -> str | None:
+        """Why the server's metadata does not give the loop a policy it can drive (None: it does)."""
         missing = [k for k in SHAPE_KEYS if not isinstance(metadata, dict) or k not in metadata]
         if missing:
-            self._drop()
-            raise RemotePolicyError(f"{self.url}: the server's metadata lacks {missing}: is it `pi0edge serve`?")
+            return f"the server's metadata lacks {missing}: is it `pi0edge serve`?"
+        shape = {k: metadata[k] for k in SHAPE_KEYS}
         dims = [metadata[k] for k in ("action_horizon", "action_dim", "state_dim")]
         cameras = metadata["cameras"]
         if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims) or not (
                 isinstance(cameras, list) and all(isinstance(c, str) for c in cameras)):
-            self._drop()
-            raise RemotePolicyError(f"{self.url}: the server's metadata {({k: metadata[k] for k in SHAPE_KEYS})} "
-                                    "is not a policy shape (camera names, positive dims)")
+            return f"the server's metadata {shape} is not a policy shape (camera names, positive dims)"
         if metadata.get("obs_map", DEFAULT_MAP) != DEFAULT_MAP:
-            self._drop()
-            raise RemotePolicyError(f"{self.url}: the server takes the {metadata['obs_map']!r} observation map; "
-                                    "pi0edge run sends the bundle's own: start `pi0edge serve` without --obs-map")
-        previous = getattr(self, "metadata", None)
-        if previous is not None and any(previous[k] != metadata[k] for k in SHAPE_KEYS):
-            self._drop()
-            shape = {k: metadata[k] for k in SHAPE_KEYS}
-            raise RemotePolicyError(f"{self.url}: after reconnecting the server serves another policy shape "
-                                    f"{shape} (was {({k: previous[k] for k in SHAPE_KEYS})}); restart the run")
+            return (f"the server takes the {metadata['obs_map']!r} observation map; pi0edge run sends the "
+                    "bundle's own: start `pi0edge serve` without --obs-map")
+        if self.metadata is not None and any(self.metadata[k] != metadata[k] for k in SHAPE_KEYS):
+            was = {k: self.metadata[k] for k in SHAPE_KEYS}
+            return f"after reconnecting the server serves another policy shape {shape} (was {was}); restart the run"
+        return None
 
     def _reconnect(self) -> None:
         wait_s = self._last_attempt_s + RECONNECT_INTERVAL_S - time.monotonic()
@@ -180,8 +183,7 @@ class RemotePolicy:
             got = getattr(actions, "shape", type(actions).__name__)
             raise RemotePolicyError(f"{self.url}: the answer's actions are {got}, expected an array of shape {shape}")
         timings = {"total_ms": (time.perf_counter() - start) * 1e3}  # the round trip, as the loop sees it
-        server_ms = reply.get("server_timing", {}).get("infer_ms") if isinstance(reply.get("server_timing"), dict) \
-            else None
-        if isinstance(server_ms, (int, float)):
-            timings["server_infer_ms"] = float(server_ms)
+        server_timing = reply.get("server_timing")
+        if isinstance(server_timing, dict) and isinstance(server_timing.get("infer_ms"), (int, float)):
+            timings["server_infer_ms"] = float(server_timing["infer_ms"])
         return ActionChunk(actions=actions.astype(np.float32), timings_ms=timings)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pi0edge.errors import ConfigError, ObservationError, Pi0EdgeError, require
+from pi0edge.net import is_loopback_host
 
 from .batching import BatchConfig, DeadlineUnmeetable, SharedPolicy
 from .msgpack_numpy import packb, unpackb
@@ -32,7 +33,6 @@ from .obs_map import ObsMap
 log = logging.getLogger(__name__)
 
 HEALTH_PATH = "/healthz"
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 INTERNAL_ERROR = 1011  # websockets.frames.CloseCode.INTERNAL_ERROR, as openpi closes on an error
 DEADLINE_KEY = "deadline_ms"  # optional in an observation: from receipt, by when the client needs the answer
 
@@ -73,7 +73,7 @@ class PolicyServer:
                 self.port = server.sockets[0].getsockname()[1]
                 log.info("serving %s on ws://%s:%d (obs map %s)", self.metadata["bundle"], self.config.host,
                          self.port, self.obs_map.name)
-                if self.config.api_key is None and self.config.host not in LOOPBACK_HOSTS:
+                if self.config.api_key is None and not is_loopback_host(self.config.host):
                     log.warning("listening on %s without an API key: anyone who reaches this port drives the "
                                 "policy (--api-key)", self.config.host)
                 if on_ready is not None:
@@ -154,7 +154,6 @@ class PolicyServer:
             await ws.close(code=INTERNAL_ERROR, reason="error; the message is in the previous frame")
         except ConnectionClosed:
             pass
-
 
 
 def pop_deadline_ms(message) -> float | None:
