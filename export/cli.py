@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="graph precision: float32 for CPU and parity, float16 for GPUs, bfloat16 for GPUs with bf16 "
                         "(Ampere and later); measured errors in docs/benchmarks.md (default float32)")
     p.add_argument("--tokenizer", help="PaliGemma SentencePiece tokenizer.model, when the checkpoint has none")
+    p.add_argument("--fast-tokenizer", help="Pi0-FAST: the FAST tokenizer folder (tokenizer.json, "
+                   "processor_config.json), when the checkpoint has no fast_tokenizer/")
     p.add_argument("--num-steps", type=positive_int,
                    help="default number of Euler steps recorded in the bundle (default 10)")
     p.add_argument("--asset-id", help="openpi layout: which assets/<ASSET_ID>/norm_stats.json to use when there "
@@ -68,7 +70,8 @@ def _export(args: argparse.Namespace) -> int:
     optimize = None if args.no_optimize else replace(DEFAULT_OPTIMIZE, **switches)
     report = export_bundle(args.checkpoint, args.output, precision=args.precision, tokenizer=args.tokenizer,
                            overwrite=args.overwrite, num_steps=args.num_steps,
-                           check_finite=not args.no_finite_check, optimize=optimize, asset_id=args.asset_id)
+                           check_finite=not args.no_finite_check, optimize=optimize, asset_id=args.asset_id,
+                           fast_tokenizer=args.fast_tokenizer)
     print(f"wrote {report.bundle_dir} ({report.precision}, {report.bundle_bytes / 1e6:.1f} MB) "
           f"in {report.export_s:.1f} s")
     return 0

@@ -37,18 +37,18 @@ from pi0edge.export.checkpoint.safetensors_io import (
     scan_files,
 )
 from pi0edge.export.checkpoint.stats import lerobot_stats, openpi_stats, robot_dims
-from pi0edge.export.config import Pi0Config
+from pi0edge.export.config import Pi0Config, Pi0FastConfig
 from pi0edge.normalization import NormStats
 
-SUPPORTED_TYPES = ("pi0", "pi05")  # LeRobot config.json "type"
+SUPPORTED_TYPES = ("pi0", "pi05", "pi0_fast")  # LeRobot config.json "type"
 
 
 @dataclass(frozen=True)
 class LoadedCheckpoint:
     """What load_checkpoint returns: the model with its weights and everything export needs beside it."""
 
-    config: Pi0Config
-    model: Any  # Pi0Model, weights assigned (memory-mapped when lazy)
+    config: Pi0Config | Pi0FastConfig
+    model: Any  # Pi0Model or Pi0FastModel, weights assigned (memory-mapped when lazy)
     norm_stats: NormStats | None
     tokenizer_path: Path | None
     layout: str  # "lerobot" | "openpi"
@@ -71,8 +71,6 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float
     require_stats: raise when no normalization statistics are found (else norm_stats is None).
     asset_id: which openpi assets/<asset_id>/norm_stats.json to use when there are several.
     """
-    from pi0edge.export.model import Pi0Model
-
     root = _checkpoint_dir(path)
     files, weight_map = weight_files(root)
     raw = read_config(root)
@@ -81,7 +79,7 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float
     mapped = map_keys(infos)
     cfg = detect_config(raw, mapped, source=str(root / CONFIG_FILE), weights=", ".join(str(f) for f in files))
     with torch.device("meta"):
-        model = Pi0Model(cfg)
+        model = build_model(cfg)
     model_prefix = bool(infos) and all(k.startswith(LEROBOT_MODEL_PREFIX) for k in infos)
     needed = _check_tensors(model, mapped, cfg, where=files[0] if len(files) == 1 else root,
                             model_prefix=model_prefix)
@@ -97,6 +95,17 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float
         source_sha256=digest.hexdigest() if digest is not None else None, robot_state_dim=state_dim,
         robot_action_dim=action_dim, camera_names=cfg.cameras, weights_files=tuple(files),
         weights_bytes=sum(f.stat().st_size for f in files))
+
+
+def build_model(cfg: Pi0Config | Pi0FastConfig):
+    """The model a config describes: Pi0Model (pi0, pi0.5) or Pi0FastModel (Pi0-FAST)."""
+    if isinstance(cfg, Pi0FastConfig):
+        from pi0edge.export.model.pi0fast import Pi0FastModel
+
+        return Pi0FastModel(cfg)
+    from pi0edge.export.model import Pi0Model
+
+    return Pi0Model(cfg)
 
 
 def _checkpoint_dir(path: str | Path) -> Path:
