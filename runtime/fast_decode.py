@@ -111,6 +111,12 @@ class FastDecoder:
             token_ms.append((time.perf_counter() - t0) * 1e3)
         return DecodedTokens(chosen[:, :step + 1], prefix_ms, token_ms)
 
+    def read_cache(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of the last chunk's (keys, values, valid slots): debugging and tests only."""
+        if self._cache is None:
+            raise RuntimeError("no chunk decoded yet")
+        return tuple(a.copy() for a in self._cache)
+
     def close(self) -> None:
         self.sessions.clear()
         self._cache = None
