@@ -30,7 +30,9 @@ class FastChunks:
             raise ObservationError(f"temperature must be >= 0 (0: greedy), got {temperature!r}")
         m, fast = manifest, manifest.fast
         self.manifest, self.temperature = m, float(temperature)
-        self.decoder = FastDecoder(m, "ort-cpu" if backend == "auto" else backend, **backend_options)
+        # the flow-matching backends' options (loop graph, CUDA graphs) do not apply to the decode loop
+        self.decoder = FastDecoder(m, "ort-cpu" if backend == "auto" else backend,
+                                   intra_op_threads=backend_options.get("intra_op_threads"))
         self.tokenizer = PromptTokenizer(m.path(m.tokenizer_file), m.max_token_len, m.model_type)
         self.reader = ActionTokenReader(m.path(m.tokenizer_file), m.path(fast.tokenizer_dir), vocab_size=m.vocab_size,
                                         fast_skip_tokens=fast.fast_skip_tokens, action_horizon=m.action_horizon,
