@@ -319,9 +319,15 @@ def test_bad_prompt_inputs_raise_observation_error(sp_model_path):
         tok("grasp cup", np.array([0.0, np.nan]))
 
 
+def test_pi0fast_prompt_writes_the_state_but_leaves_action_to_the_model(sp_model_path):
+    tok = PromptTokenizer(sp_model_path, 200, "pi0fast")
+    text = tok.format_prompt("grasp_cup", np.array([-1.0, 0.0, 0.999]))
+    assert text == "Task: grasp cup, State: 0 128 255;\n"  # openpi FASTTokenizer's prefix; "Action: " is generated
+
+
 def test_tokenizer_config_is_validated(sp_model_path):
-    with pytest.raises(ValueError, match="pi0fast"):
-        PromptTokenizer(sp_model_path, 48, "pi0fast")
+    with pytest.raises(ValueError, match="pi1"):
+        PromptTokenizer(sp_model_path, 48, "pi1")
     with pytest.raises(ValueError, match="max_token_len"):
         PromptTokenizer(sp_model_path, 0, "pi0")
 
