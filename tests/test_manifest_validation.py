@@ -118,3 +118,26 @@ def test_a_zero_std_joint_is_accepted_since_eps_keeps_normalization_finite(tiny_
     bundle = _copy(tiny_bundle_factory("pi0")[0], tmp_path)
     _edit(bundle, _set("normalization.state.std", lambda v: [0.0, *v[1:]]))
     assert load_manifest(bundle).norm_stats.state.b[0] == 0.0
+
+
+FAST_EDITS = {
+    "model.max_token_len": _set("model.max_token_len", lambda v: v - 1),
+    "model.vocab_size": _set("model.vocab_size", lambda v: v + 1),
+    "model.cameras": _set("model.cameras", lambda v: v[:-1]),
+    "fast.cache_len": _set("fast.cache_len", lambda v: v + 1),
+    "fast.max_action_tokens": _set("fast.max_action_tokens", lambda v: v + 1),
+    "fast.bos_after_prompt": _set("fast.bos_after_prompt", "yes"),
+    "fast.tokenizer_dir": _set("fast.tokenizer_dir", "missing_folder"),
+    "fast.action_dim": _set("fast.action_dim", 99),
+    "graphs.decode_step": lambda raw: _io(raw, "decode_step", "outputs", "new_keys").update(dtype="float16"),
+    "graphs.decode_step.inputs": lambda raw: raw["graphs"]["decode_step"]["inputs"].pop(),
+}
+
+
+@pytest.mark.parametrize("field", sorted(FAST_EDITS))
+def test_an_edited_pi0fast_manifest_field_is_refused_at_load_naming_it(field, tiny_bundle_factory, tmp_path):
+    bundle = _copy(tiny_bundle_factory("pi0fast")[0], tmp_path)
+    assert load_manifest(bundle).fast is not None  # as exported: accepted
+    _edit(bundle, FAST_EDITS[field])
+    with pytest.raises(BundleError, match=rf"field '{field}'"):
+        load_manifest(bundle)
