@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_latency.py --models pi0 pi05 --cameras 3 --budget-s 480 --json $OUT/gpu.json
     python benchmarks/gpu_latency.py --dry-run --json /tmp/gpu.json      # the same code on a CPU, tiny, < 60 s
+    python benchmarks/gpu_latency.py --models pi0fast --fast-tokens 64   # the Pi0-FAST row (benchmarks/gpu_fast.py)
 
 Per model (full-size pi0 and pi0.5 by default): a random model (export/random_checkpoint.py's init, built in
 memory: no checkpoint file), exported with `pi0edge export`'s defaults at --precision; then, round-robin after
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gpu_fast import FAST_RUNTIME_VARIANTS, fast_eager_runner, fast_policy_runner, token_agreement
 from gpu_report import markdown, write_outputs
 from gpu_variants import (
     EAGER_DTYPES,
@@ -46,7 +48,10 @@ from gpu_variants import (
 )
 
 from pi0edge.export.bundle import write_bundle
+from pi0edge.export.checkpoint.loader import build_model
 from pi0edge.export.config import PRESETS, Pi0Config
+from pi0edge.export.fast_bundle import write_fast_bundle
+from pi0edge.export.fast_checkpoint import write_test_fast_tokenizer
 from pi0edge.export.model import Pi0Model
 from pi0edge.export.optimize import DEFAULT_OPTIMIZE
 from pi0edge.export.random_checkpoint import parameter_shapes, random_chunks
@@ -68,9 +73,10 @@ def log(message: str, start: float = time.perf_counter()) -> None:
 
 
 def random_model(cfg: Pi0Config, seed: int = 0) -> Pi0Model:
-    """Full-size capable: parameters built on the meta device, then filled one by one (1x memory)."""
+    """Full-size capable: parameters built on the meta device, then filled one by one (1x memory). A Pi0FastModel
+    for a Pi0-FAST config."""
     with torch.device("meta"):
-        model = Pi0Model(cfg)
+        model = build_model(cfg)
     state = {name: torch.cat(list(random_chunks(name, shape, seed))).reshape(shape)
              for name, shape in parameter_shapes(cfg).items()}
     model.load_state_dict(state, assign=True)
@@ -87,6 +93,11 @@ def export(model: Pi0Model, out: Path, precision: str, tokenizer: Path) -> float
         return 0.0  # exported by an earlier call on the same machine, or by --export-only in the background
     start = time.perf_counter()
     dim = min(ROBOT_DIM, model.cfg.state_dim, model.cfg.action_dim)
+    if model.cfg.model_type == "pi0fast":  # its FAST tokenizer fitted on synthetic chunks of the robot's width
+        fast = write_test_fast_tokenizer(out.with_name(out.name + "-fast-tokenizer"), model.cfg, dim)
+        write_fast_bundle(model, out, norm_stats=norm_stats(dim), tokenizer_path=tokenizer, fast_tokenizer_dir=fast,
+                          robot_state_dim=dim, robot_action_dim=dim, fast_width=dim, precision=precision)
+        return time.perf_counter() - start
     write_bundle(model, out, norm_stats=norm_stats(dim), tokenizer_path=tokenizer, robot_state_dim=dim,
                  robot_action_dim=dim, precision=precision, optimize=DEFAULT_OPTIMIZE)
     return time.perf_counter() - start
@@ -139,6 +150,8 @@ class Models:
 
 def build(args: argparse.Namespace, model_type: str, work: Path, with_eager: bool = True) -> Models:
     cfg = PRESETS[args.size](model_type)
+    if model_type == "pi0fast" and getattr(args, "fast_tokens", None):
+        cfg = replace(cfg, max_action_tokens=args.fast_tokens)
     vocab = min(MAX_TEST_VOCAB, cfg.vocab_size)  # every id the tokenizer emits must be a row of the embedding
     tokenizer = work / f"tokenizer-{vocab}.model"
     if not tokenizer.is_file():
@@ -165,10 +178,11 @@ def with_cameras(model: Pi0Model, cameras: int) -> Pi0Config:
     return model.cfg
 
 
-def load_policies(bundle: Path, args: argparse.Namespace, skip: dict[str, str], errors: dict[str, str]) -> dict:
+def load_policies(bundle: Path, args: argparse.Namespace, skip: dict[str, str], errors: dict[str, str],
+                  variants: dict = RUNTIME_VARIANTS) -> dict:
     """Every runtime variant of --backend that starts; a failure is recorded, never raised."""
     policies = {}
-    for name, backend, options in RUNTIME_VARIANTS[args.backend]:
+    for name, backend, options in variants[args.backend]:
         if name in skip:
             errors[name] = f"skipped: failed in the tiny preflight: {skip[name]}"
             continue
@@ -231,6 +245,10 @@ def bench_cameras(models: Models, cameras: int, args: argparse.Namespace, work: 
     export_s = export(models.source, bundle, args.precision, models.tokenizer)
     log(f"{cfg.model_type}, {cameras} camera(s): exported {bundle} in {export_s:.0f} s")
     errors: dict[str, str] = {}
+    if cfg.model_type == "pi0fast":
+        results = bench_fast(models, bundle, args, timing_deadline_s, skip, errors)
+        return {"model": cfg.model_type, "cameras": cameras, "prefix_tokens": cfg.prefix_len,
+                "export_s": round(export_s, 1), "bundle": str(bundle), "variants": results, "errors": errors}
     policies = load_policies(bundle, args, skip, errors)
     obs, noise, eager_obs, eager_noise = inputs_for(bundle, policies, cfg, args.device)
 
@@ -257,6 +275,45 @@ def bench_cameras(models: Models, cameras: int, args: argparse.Namespace, work: 
         policy.close()
     return {"model": cfg.model_type, "cameras": cameras, "prefix_tokens": cfg.prefix_len,
             "export_s": round(export_s, 1), "bundle": str(bundle), "variants": results, "errors": errors}
+
+
+def bench_fast(models: Models, bundle: Path, args: argparse.Namespace, deadline_s: float, skip: dict[str, str],
+               errors: dict[str, str]) -> dict:
+    """Pi0-FAST (benchmarks/gpu_fast.py): eager generate per dtype vs the runtime's decode loop, same arrays."""
+    policies = load_policies(bundle, args, skip, errors, FAST_RUNTIME_VARIANTS)
+    helper = next(iter(policies.values()), None) or Policy(bundle, "ort-cpu", verify_checksums=False)
+    feeds = helper.preprocess([synthetic_observation(helper, seed=0)])
+    eager_obs = {k: torch.from_numpy(v).to(args.device) for k, v in feeds.items() if v is not None}
+    variants, states = {}, {}
+    for dtype, model in models.eager.items():
+        variants[f"eager torch {dtype}"], states[f"eager torch {dtype}"] = fast_eager_runner(model, eager_obs,
+                                                                                           args.device)
+    for name, policy in policies.items():
+        states[name] = {}
+        variants[name] = fast_policy_runner(policy, feeds, states[name])
+    samples = measure(variants, args.warmup, args.iters, errors, deadline_s=deadline_s)
+    reference = reference_tokens(models.reference, eager_obs, errors)
+    results = {name: {key: summarize([r[key] for r in rows]) for key in rows[0]}
+               | {"tokens_equal_to_float32": token_agreement(states[name].get("tokens"), reference)}
+               for name, rows in samples.items() if rows}
+    eager_p50 = [r["chunk_ms"]["p50"] for n, r in results.items() if n.startswith("eager")]
+    for name in (n for n in results if n in policies and eager_p50):
+        results[name]["speedup_vs_fastest_eager"] = round(min(eager_p50) / results[name]["chunk_ms"]["p50"], 2)
+        results[name]["providers"] = list(policies[name].providers)
+    for policy in policies.values():
+        policy.close()
+    return results
+
+
+def reference_tokens(model, observation: dict, errors: dict[str, str]) -> np.ndarray | None:
+    """Eager float32's tokens for the same budget, untimed (None, recorded, when it cannot run)."""
+    try:
+        with torch.inference_mode():
+            return model.generate({k: observation[k] for k in ("images", "image_masks", "tokens", "token_masks")},
+                                  ()).cpu().numpy()
+    except Exception as exc:  # noqa: BLE001  (out of memory, say: the timings stand without the comparison)
+        errors["eager torch float32 reference"] = f"{type(exc).__name__}: {exc}"
+        return None
 
 
 def machine(device: str, providers: list[str]) -> dict:
@@ -335,7 +392,10 @@ def bench_model(model_type: str, args: argparse.Namespace, work: Path, record: d
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", choices=("pi0", "pi05"), default=["pi0", "pi05"])
+    parser.add_argument("--models", nargs="+", choices=("pi0", "pi05", "pi0fast"), default=["pi0", "pi05"],
+                        help="pi0fast: the Pi0-FAST row (benchmarks/gpu_fast.py)")
+    parser.add_argument("--fast-tokens", type=int, default=None,
+                        help="Pi0-FAST: tokens decoded per chunk (default: the preset's max_action_tokens)")
     parser.add_argument("--size", choices=tuple(PRESETS), default="full")
     parser.add_argument("--cameras", type=int, nargs="+", default=[3])
     parser.add_argument("--precision", choices=("float32", "float16", "bfloat16"), default="float16")

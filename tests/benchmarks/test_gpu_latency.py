@@ -164,3 +164,18 @@ def test_a_reference_that_cannot_run_is_recorded_and_the_timings_are_kept():
                                     (None, None), errors)
     assert results == {"eager torch float16": {"chunk_ms": gpu_variants.summarize([2.0]), "peak_gpu_mb": None}}
     assert errors == {"eager torch float32 reference": "RuntimeError: CUDA out of memory"}
+
+
+def test_dry_run_pi0fast_row_times_eager_and_the_decode_loop_on_the_same_tokens(tmp_path):
+    out = tmp_path / "gpu.json"
+    record = gpu_latency.main(["--dry-run", "--models", "pi0fast", "--fast-tokens", "6", "--workdir",
+                               str(tmp_path / "work"), "--json", str(out)])
+    (run,) = record["runs"]
+    assert run["model"] == "pi0fast" and run["errors"] == {}
+    assert set(run["variants"]) == {"eager torch float32", "ort-cpu, decode loop"}
+    markdown = out.with_suffix(".md").read_text()
+    for name, entry in run["variants"].items():
+        assert len(table_row(markdown, "pi0fast", name)) == 1
+        assert entry["prefix_ms"]["p50"] > 0 and entry["denoise_ms"]["p50"] > 0  # the decode loop's column
+        assert entry["tokens_equal_to_float32"] == 1.0  # greedy, float32: the same six tokens
+    assert run["variants"]["ort-cpu, decode loop"]["speedup_vs_fastest_eager"] > 0
