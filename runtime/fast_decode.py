@@ -18,7 +18,7 @@ import numpy as np
 from pi0edge import contract as c
 from pi0edge.errors import BackendUnavailableError
 from pi0edge.manifest import Manifest
-from pi0edge.runtime.backends.ort import PROVIDERS, check_session_providers
+from pi0edge.runtime.backends.ort import PROVIDERS, check_session_io, check_session_providers
 from pi0edge.runtime.backends.ort_install import import_onnxruntime
 
 FAST_BACKENDS = ("ort-cpu", "ort-cuda")
@@ -66,6 +66,7 @@ class FastDecoder:
             path = manifest.path(manifest.graphs[graph].file)
             session = ort.InferenceSession(str(path), options, providers=[PROVIDERS[backend]])
             check_session_providers(ort, backend, session.get_providers(), path)
+            check_session_io(manifest, graph, session)  # an edited bundle.yaml fails here, naming the field
             self.sessions[graph] = session
         self.providers = tuple(self.sessions[c.PREFIX_GRAPH].get_providers())
         self.kv_dtype = c.NUMPY_DTYPES[manifest.precision]

@@ -141,3 +141,23 @@ def test_an_edited_pi0fast_manifest_field_is_refused_at_load_naming_it(field, ti
     _edit(bundle, FAST_EDITS[field])
     with pytest.raises(BundleError, match=rf"field '{field}'"):
         load_manifest(bundle)
+
+
+def test_a_pi0fast_manifest_edited_consistently_is_refused_by_the_graphs_themselves(tiny_bundle_factory, tmp_path):
+    """The decode budget and the cache's slots both edited: bundle.yaml agrees with itself, decode_step.onnx
+    does not, and the decoder compares them at load."""
+    from pi0edge.runtime.policy import Policy
+
+    bundle = _copy(tiny_bundle_factory("pi0fast")[0], tmp_path)
+
+    def change(raw):
+        raw["fast"]["max_action_tokens"] += 1
+        raw["fast"]["cache_len"] += 1
+        for name in ("past_keys", "past_values"):
+            _io(raw, "decode_step", "inputs", name)["shape"][2] += 1
+        _io(raw, "decode_step", "inputs", "cache_mask")["shape"][1] += 1
+
+    _edit(bundle, change)
+    load_manifest(bundle)
+    with pytest.raises(BundleError, match=r"field 'graphs.decode_step.inputs' gives \w+ shape"):
+        Policy(bundle, "ort-cpu")

@@ -135,16 +135,7 @@ class OrtBackend:
         """The sessions' I/O must be what bundle.yaml promises (checked at load, docs/runtime.md): names, then
         every static dim, so an edited manifest fails here, naming the field, never inside a run."""
         for graph, session in ((c.PREFIX_GRAPH, self.prefix_session), (self._denoise_graph, self.denoise_session)):
-            entry = self.manifest.graphs[graph]
-            got_in = tuple(i.name for i in session.get_inputs())
-            got_out = tuple(o.name for o in session.get_outputs())
-            if set(got_in) != set(entry.input_names) or set(got_out) != set(entry.output_names):
-                raise BackendUnavailableError(
-                    f"{self.manifest.path(entry.file)}: graph I/O {got_in} -> {got_out} differs from bundle.yaml "
-                    f"{entry.input_names} -> {entry.output_names}")
-            for kind, args in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
-                for arg in args:
-                    _check_shape(self.manifest, graph, kind, arg.name, arg.shape)
+            check_session_io(self.manifest, graph, session)
 
     def _alloc(self, graph: str, name: str, batch: int):
         spec = self.manifest.graphs[graph].io(name)
@@ -341,6 +332,19 @@ def _check_precision(manifest: Manifest, name: str) -> None:
                 raise BackendUnavailableError(f"{manifest.bundle_dir}: {graph.file} input/output {io['name']} is "
                                               f"{io['dtype']}, which has no host dtype (contract.NUMPY_DTYPES); "
                                               "ORT backends run float32 and float16 bundles")
+
+
+def check_session_io(manifest: Manifest, graph: str, session) -> None:
+    """A session's I/O must be what bundle.yaml records for `graph`: the names, then every static dim."""
+    entry = manifest.graphs[graph]
+    got_in = tuple(i.name for i in session.get_inputs())
+    got_out = tuple(o.name for o in session.get_outputs())
+    if set(got_in) != set(entry.input_names) or set(got_out) != set(entry.output_names):
+        raise BackendUnavailableError(f"{manifest.path(entry.file)}: graph I/O {got_in} -> {got_out} differs from "
+                                      f"bundle.yaml {entry.input_names} -> {entry.output_names}")
+    for kind, args in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
+        for arg in args:
+            _check_shape(manifest, graph, kind, arg.name, arg.shape)
 
 
 def _check_shape(manifest: Manifest, graph: str, kind: str, name: str, graph_shape: list) -> None:
