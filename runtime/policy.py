@@ -174,6 +174,9 @@ class Policy:
             raise ObservationError("infer() needs at least one observation")
         feeds = self.preprocess(observations)
         if self.fast is not None:
+            if noise is not None or num_steps is not None:
+                raise ObservationError("noise and num_steps drive the flow-matching Euler loop; a Pi0-FAST bundle "
+                                       "decodes tokens (its randomness: Policy(..., temperature=T, seed=N))")
             return self._infer_fast(feeds, single, t0)
         noise = self._noise(len(observations), noise)
         times, dt = euler_schedule(self._num_steps(num_steps))
