@@ -12,7 +12,7 @@ import torch
 from pi0edge import contract as c
 from pi0edge.export.bundle import export_bundle
 from pi0edge.export.checkpoint import load_checkpoint
-from pi0edge.export.config import Pi0FastConfig, tiny
+from pi0edge.export.config import Pi0FastConfig, mid, tiny
 from pi0edge.export.model.pi0fast import Pi0FastModel
 from pi0edge.export.random_checkpoint import write_random_checkpoint
 from pi0edge.runtime import Policy
@@ -53,7 +53,20 @@ def fast_bundle(tiny_bundle_factory):
 
 
 def test_onnx_graphs_give_the_eager_logits_and_the_same_tokens(fast_bundle):
-    bundle, model = fast_bundle
+    check_onnx_matches_eager(*fast_bundle)
+
+
+@pytest.mark.slow
+def test_onnx_graphs_give_the_eager_logits_and_the_same_tokens_at_mid_size(tmp_path):
+    cfg = replace(mid("pi0fast"), max_action_tokens=16)
+    checkpoint = write_random_checkpoint(tmp_path / "checkpoint", cfg, robot_state_dim=14, robot_action_dim=14)
+    export_bundle(checkpoint, tmp_path / "bundle")
+    check_onnx_matches_eager(tmp_path / "bundle", load_checkpoint(checkpoint).model.eval())
+
+
+def check_onnx_matches_eager(bundle, model) -> None:
+    """Two observations through the runtime's decode loop and the eager reference: the same tokens, and the
+    prefix's and one decode step's logits within LOGITS_ATOL."""
     with Policy(bundle) as policy:
         obs = synthetic_observation(policy)
         feeds = policy.preprocess([obs, replace(obs, prompt="open the drawer slowly")])
