@@ -92,11 +92,12 @@ class Pi0FastModel(nn.Module):
         cache_v = torch.cat([past_values, past_values.new_zeros(layers, b, n, k, d)], dim=2)
         cache_mask = torch.cat([pad, pad.new_zeros(b, n)], dim=1)
         position = pad.to(torch.int64).sum(dim=1)  # right after the last valid prefix token
-        tokens, finished = [], torch.zeros(b, dtype=torch.bool)
+        ends = torch.tensor(end_token_ids, dtype=torch.int64, device=pad.device)
+        tokens, finished = [], torch.zeros(b, dtype=torch.bool, device=pad.device)
         for step in range(n):
             token = pick_token(logits, temperature, generator)
             tokens.append(token)
-            finished |= torch.isin(token, torch.tensor(end_token_ids))
+            finished |= torch.isin(token, ends)
             if bool(finished.all()) or step == n - 1:
                 break
             logits, new_k, new_v = self.decode_step(token, position + step, cache_k, cache_v, cache_mask)
@@ -114,18 +115,20 @@ class Pi0FastModel(nn.Module):
                               observation["image_masks"], observation["tokens"], observation["token_masks"],
                               self.dtype)
         b, t = int(pad.shape[0]), int(pad.shape[1])
+        ends = torch.tensor(end_token_ids, dtype=torch.int64, device=pad.device)
         tokens: list[Tensor] = []
-        finished = torch.zeros(b, dtype=torch.bool)
+        finished = torch.zeros(b, dtype=torch.bool, device=pad.device)
         for _ in range(max_tokens):
             n = len(tokens)
             generated = embed_text(self.vlm, torch.stack(tokens, dim=1)) if tokens else x[:, :0]
             valid = torch.cat([pad, pad.new_ones(b, n)], dim=1)
-            ar = torch.cat([torch.zeros(b, t, dtype=torch.int64), torch.ones(b, n, dtype=torch.int64)], dim=1)
+            ar = torch.cat([torch.zeros_like(pad, dtype=torch.int64), torch.ones_like(valid[:, t:], dtype=torch.int64)],
+                           dim=1)
             out, _, _ = self._layers(torch.cat([x, generated], dim=1), torch.cumsum(valid.to(torch.int64), 1) - 1,
                                      mask_2d(valid, ar))  # prefix bidirectional, action tokens causal
             token = pick_token(self.lm_logits(last_valid(out, valid)), 0.0, None)
             tokens.append(token)
-            finished |= torch.isin(token, torch.tensor(end_token_ids))
+            finished |= torch.isin(token, ends)
             if bool(finished.all()):
                 break
         return torch.stack(tokens, dim=1)
