@@ -64,7 +64,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     model = load_checkpoint(checkpoint).model.eval()
     rows: dict[str, list[dict]] = {"eager torch": [], "ort-cpu graphs": []}
     load_before = os.getloadavg()
-    with Policy(work / "bundle") as policy:
+    options = {"intra_op_threads": args.ort_threads} if args.ort_threads else {}
+    with Policy(work / "bundle", **options) as policy:
         feeds = policy.preprocess([synthetic_observation(policy)])
         names = (c.IMAGES, c.IMAGE_MASKS, c.TOKENS, c.TOKEN_MASKS)
         np_feeds = {k: np.asarray(feeds[k]) for k in names}
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     for entry in result.values():
         entry["time_vs_eager"] = entry["chunk_ms"] / eager_ms
     return {"preset": args.preset, "tokens": args.tokens, "repeats": args.repeats, "results": result,
+            "ort_threads": args.ort_threads,
             "load_before": load_before, "load_after": os.getloadavg(), "torch_threads": torch.get_num_threads(),
             "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()}}
 
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--torch-threads", type=int, default=2, help="eager torch's intra-op threads")
+    parser.add_argument("--ort-threads", type=int, default=None,
+                        help="ONNX Runtime's intra-op threads (default: its own, one per core)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.torch_threads)
