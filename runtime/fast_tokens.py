@@ -24,8 +24,8 @@ from pi0edge.runtime.dct import dct_ortho, idct_ortho
 
 TOKENIZER_FILE = "tokenizer.json"  # the BPE, `tokenizers` serialization
 CONFIG_FILE = "processor_config.json"  # FAST's processor fields
-# Largest character code Python's str and UTF-8 can hold below the surrogates: a coefficient beyond it has no spelling.
-_MAX_SPELLABLE_CODE = 0xD7FF
+# Largest character code below the UTF-16 surrogates, which UTF-8 cannot spell: a code (<= vocab_size) must fit.
+MAX_VOCAB_SIZE = 0xD7FF
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ class FastTokenizerConfig:
     def __post_init__(self):
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"scale must be a finite number > 0, got {self.scale}")
-        if self.vocab_size < 1:
-            raise ValueError(f"vocab_size must be >= 1, got {self.vocab_size}")
+        if not 1 <= self.vocab_size <= MAX_VOCAB_SIZE:
+            raise ValueError(f"vocab_size must be in [1, {MAX_VOCAB_SIZE}], got {self.vocab_size}")
         for name in ("action_horizon", "action_dim"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -100,9 +100,9 @@ def read_fast_config(path: Path) -> FastTokenizerConfig:
     fields = {
         "scale": _field(raw, "scale", path, (int, float)),
         "min_token": _field(raw, "min_token", path, (int,)),
-        "vocab_size": _field(raw, "vocab_size", path, (int,)),
-        "action_horizon": _field(raw, "time_horizon", path, (int,), optional=True),
-        "action_dim": _field(raw, "action_dim", path, (int,), optional=True),
+        "vocab_size": _field(raw, "vocab_size", path, (int,), minimum=1),
+        "action_horizon": _field(raw, "time_horizon", path, (int,), optional=True, minimum=1),
+        "action_dim": _field(raw, "action_dim", path, (int,), optional=True, minimum=1),
     }
     try:
         return FastTokenizerConfig(**fields)
@@ -110,13 +110,16 @@ def read_fast_config(path: Path) -> FastTokenizerConfig:
         raise BundleError(f"{path}: {exc}") from exc
 
 
-def _field(raw: dict, name: str, path: Path, types: tuple[type, ...], optional: bool = False):
+def _field(raw: dict, name: str, path: Path, types: tuple[type, ...], optional: bool = False,
+           minimum: int | None = None):
     value = raw.get(name)
     if value is None and optional:
         return None
     if value is None or isinstance(value, bool) or not isinstance(value, types):
         kind = " or ".join(t.__name__ for t in types) + (" or null" if optional else "")
         raise BundleError(f"{path}: field '{name}' must be {kind}, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise BundleError(f"{path}: field '{name}' must be >= {minimum}, got {value}")
     return value
 
 
@@ -133,15 +136,27 @@ def load_fast_tokenizer(directory: str | Path) -> FastActionTokenizer:
         raise BundleError(f"{files.tokenizer_json}: not a `tokenizers` JSON file ({exc})") from exc
     if bpe.get_vocab_size() < 1:
         raise BundleError(f"{files.tokenizer_json}: the BPE vocabulary is empty")
-    return FastActionTokenizer(bpe, config)
+    return FastActionTokenizer(bpe, config, files.directory)
 
 
 class FastActionTokenizer:
-    """Normalized action chunk [H, A] <-> FAST BPE ids (not yet PaliGemma ids: see `action_token_to_paligemma`)."""
+    """Normalized action chunk [H, A] <-> FAST BPE ids (not yet PaliGemma ids: see `action_token_to_paligemma`).
+    To decode a model's output: `decode(paligemma_to_action_token(ids, vocab_size, fast_skip_tokens), H, A)`;
+    ids that are not action tokens map outside [0, bpe_vocab_size) and are dropped and flagged."""
 
-    def __init__(self, bpe, config: FastTokenizerConfig):
+    def __init__(self, bpe, config: FastTokenizerConfig, source: Path | None = None):
         self._bpe = bpe  # tokenizers.Tokenizer
         self.config = config
+        self.source = source  # the folder it was loaded from, for messages
+
+    def check_chunk_shape(self, action_horizon: int, action_dim: int) -> None:
+        """BundleError when the tokenizer was fitted on another chunk shape than the model's (a universal
+        tokenizer, shape null, fits any): every chunk it decoded would be padded or cut."""
+        fitted = (self.config.action_horizon, self.config.action_dim)
+        for name, have, want in zip(("time_horizon", "action_dim"), fitted, (action_horizon, action_dim), strict=True):
+            if have is not None and have != want:
+                raise BundleError(f"{Path(self.source or '.') / CONFIG_FILE}: field '{name}' is {have}, but the "
+                                  f"model's chunk is {action_horizon} x {action_dim}; refit the FAST tokenizer")
 
     @property
     def bpe_vocab_size(self) -> int:
@@ -156,15 +171,18 @@ class FastActionTokenizer:
             raise ValueError(f"actions must be a finite, non-empty [H, A] array, got shape {actions.shape}")
         quantized = np.around(dct_ortho(actions) * self.config.scale)  # [H, A]: frequency k, action dim a
         codes = np.maximum(quantized.reshape(-1) - self.config.min_token, 0).astype(np.int64)  # k-major order
-        if codes.max() > _MAX_SPELLABLE_CODE:
-            raise ValueError(f"a DCT coefficient ({codes.max() + self.config.min_token} / scale) is too large "
-                             "to spell as a FAST character; are the actions normalized?")
+        if codes.max() > self.config.vocab_size:
+            raise ValueError(f"a scaled DCT coefficient ({codes.max() + self.config.min_token}) is beyond the "
+                             f"tokenizer's range (min_token {self.config.min_token} + vocab_size "
+                             f"{self.config.vocab_size}); are the actions normalized?")
         return self._bpe.encode("".join(map(chr, codes.tolist()))).ids
 
     def decode(self, bpe_ids, action_horizon: int, action_dim: int) -> DecodedActions:
         """BPE ids -> DecodedActions [action_horizon, action_dim]. Never raises on the ids: unknown ids are
         dropped, codes outside [0, vocab_size] zeroed, the coefficient count padded with zeros or cut on the
         right (LeRobot's relaxed decoding), and each repair named in `reason` with well_formed False."""
+        if action_horizon < 1 or action_dim < 1:
+            raise ValueError(f"action_horizon and action_dim must be >= 1, got {action_horizon} x {action_dim}")
         ids = np.asarray(bpe_ids, dtype=np.int64).reshape(-1)
         problems = [] if ids.size else ["no action tokens"]
         known = (ids >= 0) & (ids < self.bpe_vocab_size)

@@ -147,7 +147,8 @@ def test_a_missing_file_is_named(fast_tokenizer_dir, tmp_path, missing):
     ("scale", 0, "scale must be a finite number > 0"),
     ("min_token", None, "field 'min_token' must be int"),
     ("vocab_size", 1.5, "field 'vocab_size' must be int"),
-    ("time_horizon", 0, "action_horizon must be >= 1 or null"),
+    ("time_horizon", 0, "field 'time_horizon' must be >= 1"),
+    ("vocab_size", 0, "field 'vocab_size' must be >= 1"),
     ("action_dim", True, "field 'action_dim' must be int or null"),
 ])
 def test_a_bad_config_field_is_named_with_its_file(fast_tokenizer_dir, tmp_path, field, value, message):
@@ -176,6 +177,19 @@ def test_a_universal_tokenizer_without_a_chunk_shape_loads(fast_tokenizer_dir, t
     (folder / CONFIG_FILE).write_text(json.dumps(config))
     tokenizer = load_fast_tokenizer(folder)
     assert tokenizer.config.action_horizon is None and tokenizer.config.action_dim is None
+
+
+def test_a_tokenizer_fitted_on_another_chunk_shape_is_refused_naming_the_field(tokenizer):
+    horizon, action_dim = _shape(tokenizer)
+    tokenizer.check_chunk_shape(horizon, action_dim)
+    with pytest.raises(BundleError, match=f"{CONFIG_FILE}: field 'time_horizon' is {horizon}"):
+        tokenizer.check_chunk_shape(horizon + 40, action_dim)
+
+
+def test_encode_refuses_a_chunk_whose_coefficients_lie_beyond_the_tokenizer_range(tokenizer):
+    horizon, action_dim = _shape(tokenizer)
+    with pytest.raises(ValueError, match="are the actions normalized"):
+        tokenizer.encode(np.full((horizon, action_dim), 100.0))
 
 
 def test_the_dct_basis_is_orthonormal_and_idct_inverts_dct():
