@@ -165,7 +165,8 @@ class FastActionTokenizer:
 
     def encode(self, actions: np.ndarray) -> list[int]:
         """[H, A] normalized actions -> BPE ids, as FAST's processor `__call__` (coefficients below min_token
-        clamp to code 0, as there)."""
+        clamp to code 0, as there). ValueError, where FAST would silently drop coefficients, for a chunk with
+        coefficients the tokenizer cannot spell."""
         actions = np.asarray(actions, dtype=np.float64)
         if actions.ndim != 2 or actions.size == 0 or not np.isfinite(actions).all():
             raise ValueError(f"actions must be a finite, non-empty [H, A] array, got shape {actions.shape}")
@@ -175,7 +176,12 @@ class FastActionTokenizer:
             raise ValueError(f"a scaled DCT coefficient ({codes.max() + self.config.min_token}) is beyond the "
                              f"tokenizer's range (min_token {self.config.min_token} + vocab_size "
                              f"{self.config.vocab_size}); are the actions normalized?")
-        return self._bpe.encode("".join(map(chr, codes.tolist()))).ids
+        text = "".join(map(chr, codes.tolist()))
+        ids = self._bpe.encode(text).ids
+        if self._bpe.decode(ids) != text:  # `tokenizers` drops a character whose bytes it has no symbol for
+            raise ValueError("the chunk has DCT coefficients this tokenizer cannot spell (outside the range it was "
+                             f"fitted on, min_token {self.config.min_token}); are the actions normalized?")
+        return ids
 
     def decode(self, bpe_ids, action_horizon: int, action_dim: int) -> DecodedActions:
         """BPE ids -> DecodedActions [action_horizon, action_dim]. Never raises on the ids: unknown ids are

@@ -54,16 +54,35 @@ def test_bpe_compresses_smooth_chunks_below_one_token_per_coefficient(fitted, ch
     assert tokens_per_chunk < 0.5 * HORIZON * ACTION_DIM
 
 
-def test_coefficients_beyond_the_fitted_range_still_encode_and_round_trip(fitted, chunks):
-    """The byte-level alphabet joins FAST's: a chunk whose codes lie beyond any seen at fit (so beyond FAST's own
-    initial alphabet, chr(0 .. max - min)) loses no coefficient."""
+def _chunks_with_codes(codes: np.ndarray) -> np.ndarray:
+    """Chunks [N, H, A] whose rounded scaled DCT coefficients are exactly `codes` (padded with 0 to whole chunks)."""
+    per_chunk = HORIZON * ACTION_DIM
+    padded = np.zeros(-(-codes.size // per_chunk) * per_chunk)
+    padded[:codes.size] = codes
+    return np.stack([idct_ortho(c.reshape(HORIZON, ACTION_DIM) / SCALE) for c in padded.reshape(-1, per_chunk)])
+
+
+def test_every_code_of_the_fitted_range_encodes_and_decodes_exactly(fitted, chunks):
     tokenizer = load_fast_tokenizer(fitted[0])
-    max_token = int(quantized_coefficients(chunks, SCALE).max())
-    coefficients = np.zeros((HORIZON, ACTION_DIM))
-    coefficients[0] = (max_token + 40 + np.arange(ACTION_DIM)) / SCALE  # DC terms well past the fitted maximum
-    decoded = tokenizer.decode(tokenizer.encode(idct_ortho(coefficients)), HORIZON, ACTION_DIM)
-    assert decoded.well_formed, decoded.reason
-    np.testing.assert_allclose(dct_ortho(decoded.actions), coefficients, atol=1e-4)
+    min_token, max_token = tokenizer.config.min_token, int(quantized_coefficients(chunks, SCALE).max())
+    for chunk in _chunks_with_codes(np.arange(min_token, max_token + 1)):
+        decoded = tokenizer.decode(tokenizer.encode(chunk), HORIZON, ACTION_DIM)
+        assert decoded.well_formed, decoded.reason
+        np.testing.assert_allclose(dct_ortho(decoded.actions), dct_ortho(chunk), atol=1e-4)
+
+
+def test_the_bpe_vocabulary_never_exceeds_vocab_size(chunks, tmp_path):
+    """The model has room for vocab_size action tokens below its skipped ids; the BPE must not spill over."""
+    for vocab_size in (40, 100):
+        fit_fast_tokenizer(chunks, tmp_path / "fast", vocab_size=vocab_size)
+        assert load_fast_tokenizer(tmp_path / "fast").bpe_vocab_size == vocab_size
+
+
+def test_fit_refuses_a_vocab_below_the_symbols_that_spell_the_range(tmp_path):
+    """Codes 0..139: 128 one-byte symbols plus two-byte ones (lead 0xC2, 12 continuation bytes) = 141 symbols,
+    more than vocab_size 139, which FAST's own range check (139 <= 139) lets through."""
+    with pytest.raises(ConfigError, match="vocab_size 139 is below the 141 byte-level symbols"):
+        fit_fast_tokenizer(_chunks_with_codes(np.arange(140)), tmp_path / "fast", vocab_size=139, scale=SCALE)
 
 
 def test_fit_refuses_a_vocab_too_small_for_the_coefficient_range(chunks, tmp_path):

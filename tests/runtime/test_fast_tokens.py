@@ -16,7 +16,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from pi0edge.errors import BundleError
-from pi0edge.export.fast_tokenizer_fit import synthetic_action_chunks
+from pi0edge.export.fast_tokenizer_fit import fit_fast_tokenizer, synthetic_action_chunks
 from pi0edge.runtime.dct import dct_basis, dct_ortho, idct_ortho
 from pi0edge.runtime.fast_tokens import (
     CONFIG_FILE,
@@ -109,12 +109,16 @@ def test_ids_outside_the_fast_vocabulary_are_dropped_and_flagged(tokenizer, held
     np.testing.assert_array_equal(decoded.actions, tokenizer.decode(ids, horizon, action_dim).actions)
 
 
-def test_garbage_bytes_become_zero_coefficients_and_are_flagged(tokenizer, fast_tokenizer_dir):
-    """A lone UTF-8 lead byte decodes to U+FFFD, far outside the fitted code range: zeroed, not executed."""
-    horizon, action_dim = _shape(tokenizer)
-    lead_byte_id = Tokenizer.from_file(str(fast_tokenizer_dir / TOKENIZER_FILE)).token_to_id("\u00c4")  # byte 0xC4
+def test_a_broken_byte_sequence_becomes_zero_coefficients_and_is_flagged(tmp_path):
+    """A lone UTF-8 lead byte decodes to U+FFFD, far outside the code range: zeroed, not executed. Needs a
+    tokenizer whose codes reach two-byte characters (>= 128), as FAST's published one does: scale 100."""
+    horizon, action_dim = 10, 7
+    fit_fast_tokenizer(synthetic_action_chunks(300, horizon, action_dim), tmp_path / "fast", vocab_size=1024,
+                       scale=100.0)
+    tokenizer = load_fast_tokenizer(tmp_path / "fast")
+    lead_byte_id = Tokenizer.from_file(str(tmp_path / "fast" / TOKENIZER_FILE)).token_to_id("\u00c2")  # byte 0xC2
     decoded = tokenizer.decode([lead_byte_id] * (horizon * action_dim), horizon, action_dim)
-    assert not decoded.well_formed and "outside the fitted range zeroed" in decoded.reason
+    assert not decoded.well_formed and decoded.reason == "70 characters outside the fitted range zeroed"
     np.testing.assert_array_equal(decoded.actions, np.zeros((horizon, action_dim), np.float32))
 
 
@@ -190,6 +194,15 @@ def test_encode_refuses_a_chunk_whose_coefficients_lie_beyond_the_tokenizer_rang
     horizon, action_dim = _shape(tokenizer)
     with pytest.raises(ValueError, match="are the actions normalized"):
         tokenizer.encode(np.full((horizon, action_dim), 100.0))
+
+
+def test_encode_refuses_coefficients_it_cannot_spell_instead_of_dropping_them(tokenizer):
+    """A code above the fitted range but below vocab_size has no byte symbol in this small tokenizer."""
+    horizon, action_dim = _shape(tokenizer)
+    coefficients = np.zeros((horizon, action_dim))
+    coefficients[0, 0] = (tokenizer.config.vocab_size // 2 + tokenizer.config.min_token) / tokenizer.config.scale
+    with pytest.raises(ValueError, match="cannot spell"):
+        tokenizer.encode(idct_ortho(coefficients))
 
 
 def test_the_dct_basis_is_orthonormal_and_idct_inverts_dct():
