@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from pi0edge.errors import BundleError
 from pi0edge.runtime.dct import dct_ortho, idct_ortho
@@ -72,7 +73,9 @@ class FastTokenizerFiles:
         return Path(self.directory) / CONFIG_FILE
 
     def check_present(self) -> None:
-        """BundleError naming the first missing file."""
+        """BundleError naming the missing folder or its first missing file."""
+        if not Path(self.directory).is_dir():
+            raise BundleError(f"{self.directory}: no such folder (a FAST tokenizer: {TOKENIZER_FILE} + {CONFIG_FILE})")
         for path in (self.tokenizer_json, self.config_json):
             if not path.is_file():
                 raise BundleError(f"{path}: missing; a FAST tokenizer folder holds {TOKENIZER_FILE} and {CONFIG_FILE}")
@@ -163,7 +166,7 @@ class FastActionTokenizer:
         """Number of BPE ids: every FAST action token k is in [0, bpe_vocab_size)."""
         return self._bpe.get_vocab_size()
 
-    def encode(self, actions: np.ndarray) -> list[int]:
+    def encode(self, actions: npt.ArrayLike) -> list[int]:
         """[H, A] normalized actions -> BPE ids, as FAST's processor `__call__` (coefficients below min_token
         clamp to code 0, as there). ValueError, where FAST would silently drop coefficients, for a chunk with
         coefficients the tokenizer cannot spell."""
@@ -183,7 +186,7 @@ class FastActionTokenizer:
                              f"fitted on, min_token {self.config.min_token}); are the actions normalized?")
         return ids
 
-    def decode(self, bpe_ids, action_horizon: int, action_dim: int) -> DecodedActions:
+    def decode(self, bpe_ids: npt.ArrayLike, action_horizon: int, action_dim: int) -> DecodedActions:
         """BPE ids -> DecodedActions [action_horizon, action_dim]. Never raises on the ids: unknown ids are
         dropped, codes outside [0, vocab_size] zeroed, the coefficient count padded with zeros or cut on the
         right (LeRobot's relaxed decoding), and each repair named in `reason` with well_formed False."""
@@ -212,13 +215,13 @@ class FastActionTokenizer:
         return DecodedActions(actions.astype(np.float32), not problems, "; ".join(problems))
 
 
-def action_token_to_paligemma(action_tokens, vocab_size: int, fast_skip_tokens: int) -> np.ndarray:
+def action_token_to_paligemma(action_tokens: npt.ArrayLike, vocab_size: int, fast_skip_tokens: int) -> np.ndarray:
     """FAST token k -> PaliGemma id vocab_size - 1 - fast_skip_tokens - k (docs/model.md, "FAST action tokens"):
     action tokens count down from the top of the vocabulary, below its last `fast_skip_tokens` special ids.
     Vectorized over numpy arrays (int64)."""
     return vocab_size - 1 - fast_skip_tokens - np.asarray(action_tokens, dtype=np.int64)
 
 
-def paligemma_to_action_token(paligemma_ids, vocab_size: int, fast_skip_tokens: int) -> np.ndarray:
+def paligemma_to_action_token(paligemma_ids: npt.ArrayLike, vocab_size: int, fast_skip_tokens: int) -> np.ndarray:
     """The inverse of `action_token_to_paligemma` (the map is its own inverse: k = vocab_size - 1 - skip - id)."""
     return vocab_size - 1 - fast_skip_tokens - np.asarray(paligemma_ids, dtype=np.int64)

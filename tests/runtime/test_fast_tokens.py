@@ -173,6 +173,11 @@ def test_an_unreadable_file_is_named(fast_tokenizer_dir, tmp_path, name):
         load_fast_tokenizer(folder)
 
 
+def test_a_missing_folder_is_named(tmp_path):
+    with pytest.raises(BundleError, match="fast_tokenizer: no such folder"):
+        load_fast_tokenizer(tmp_path / "fast_tokenizer")
+
+
 def test_a_universal_tokenizer_without_a_chunk_shape_loads(fast_tokenizer_dir, tmp_path):
     """FAST's published processor_config.json has time_horizon and action_dim null: decode gets them."""
     folder = _copy(fast_tokenizer_dir, tmp_path)
