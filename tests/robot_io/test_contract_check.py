@@ -222,3 +222,53 @@ def test_an_older_bundle_without_a_deployment_record_loads_and_its_fields_are_un
     assert report.ok, report.table()
     unknown = {f.field for f in report.findings if f.status == "unknown"}
     assert {"deployment", "joints.names", "cameras.front.width/height", "normalization"} <= unknown
+
+
+def synthetic_robot(tmp_path, **override):
+    """A robot YAML file with a synthetic camera (no device to enumerate) and the 6-joint sim arm."""
+    data = robot_dict(**{"cameras": {"front": {"model_camera": "base_0_rgb", "kind": "synthetic", "width": 64,
+                                               "height": 48}},
+                         "binding": {"masked_cameras": ["left_wrist_0_rgb", "right_wrist_0_rgb"]}, **override})
+    path = tmp_path / "robot.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_cli_check_passes_the_good_binding_and_prints_json(named_bundle, tmp_path, capsys):
+    from pi0edge.cli import main
+
+    assert main(["check", str(synthetic_robot(tmp_path)), str(named_bundle), "--json"]) == 0
+    findings = {f["field"]: f for f in json.loads(capsys.readouterr().out)["findings"]}
+    assert findings["state"]["status"] == "pass" and findings["cameras.front.width/height"]["status"] == "pass"
+
+
+def test_cli_check_exits_2_naming_the_field_of_a_camera_index(named_bundle, tmp_path, capsys):
+    from pi0edge.cli import main
+
+    path = synthetic_robot(tmp_path, cameras={"front": {"model_camera": "base_0_rgb", "kind": "opencv",
+                                                        "device": "/dev/video0"}})
+    assert main(["check", str(path), str(named_bundle)]) == 2
+    out = capsys.readouterr().out
+    assert "FAIL    robot YAML" in out and "cameras.front.device: device '/dev/video0' is an index" in out
+
+
+def test_run_refuses_a_wrong_binding_before_opening_the_arm(named_bundle, tmp_path, capsys, monkeypatch):
+    import pi0edge.robot_io.arms as arms
+    from pi0edge.cli import main
+
+    monkeypatch.setattr(arms, "open_arm", lambda spec: pytest.fail("the arm was opened"))
+    path = synthetic_robot(tmp_path, joints={"names": JOINTS[:5]}, arm={"kind": "sim", "dof": 5})
+    assert main(["run", "--config", str(path), "--bundle", str(named_bundle), "--prompt", "pick"]) == 2
+    err = capsys.readouterr().err
+    assert "refused by the deployment check" in err and "joints.state_index: policy state dims [5]" in err
+
+
+def test_run_refuses_a_start_state_outside_the_statistics_without_commanding_the_arm(named_bundle, tmp_path,
+                                                                                     capsys, monkeypatch):
+    from pi0edge.cli import main
+    from pi0edge.robot_io.sim_arm import SimArm
+
+    monkeypatch.setattr(SimArm, "command", lambda self, positions: pytest.fail("the arm was commanded"))
+    path = synthetic_robot(tmp_path, arm={"kind": "sim", "dof": 6, "initial": [0, 0, 40, 0, 0, 0]})
+    assert main(["run", "--config", str(path), "--bundle", str(named_bundle), "--prompt", "pick"]) == 2
+    assert "state: the arm starts outside the statistics' range" in capsys.readouterr().err
