@@ -358,14 +358,7 @@ def _cameras(cameras_data, base_dir: Path | None) -> list[CameraConfig]:
     return cameras
 
 
-def robot_config_from_dict(data: Mapping, source: str | None = None, base_dir: Path | None = None) -> RobotConfig:
-    """Validate a parsed YAML mapping. Relative paths in it are taken relative to `base_dir`."""
-    _known_keys("robot config", data, TOP_LEVEL_KEYS)
-    for required in ("rate_hz", "arm", "joints"):
-        if required not in data:
-            raise ConfigError(f"{required}: missing (required)")
-    cameras = _cameras(data.get("cameras"), base_dir)
-    joints = data["joints"]
+def _joints(joints) -> JointMapping:
     _known_keys("joints", joints, {"names", "action_index", "state_index", "units"})
     names = joints.get("names")
     if not isinstance(names, list):
@@ -375,8 +368,18 @@ def robot_config_from_dict(data: Mapping, source: str | None = None, base_dir: P
     state_index = _indices("joints.state_index", joints.get("state_index", default_index), len(names))
     units = joints.get("units")
     units = [units] * len(names) if isinstance(units, str) else units  # one unit for every joint
-    mapping = JointMapping(tuple(names), action_index, state_index,
-                           None if units is None else tuple(units) if isinstance(units, list) else (units,))
+    return JointMapping(tuple(names), action_index, state_index,
+                        None if units is None else tuple(units) if isinstance(units, list) else (units,))
+
+
+def robot_config_from_dict(data: Mapping, source: str | None = None, base_dir: Path | None = None) -> RobotConfig:
+    """Validate a parsed YAML mapping. Relative paths in it are taken relative to `base_dir`."""
+    _known_keys("robot config", data, TOP_LEVEL_KEYS)
+    for required in ("rate_hz", "arm", "joints"):
+        if required not in data:
+            raise ConfigError(f"{required}: missing (required)")
+    cameras = _cameras(data.get("cameras"), base_dir)
+    mapping = _joints(data["joints"])
 
     chunk = data.get("chunking") or {}
     _known_keys("chunking", chunk, {"strategy", "n_execute", "ensemble_m"})

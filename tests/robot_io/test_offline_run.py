@@ -21,7 +21,8 @@ class NetworkBlocked(OSError):
 @pytest.fixture
 def no_network(monkeypatch):
     """Name lookups of other hosts and connections to them raise; loopback and Unix sockets still work."""
-    real_connect, real_connect_ex, real_getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+    real_getaddrinfo = socket.getaddrinfo
 
     def outside(sock, address) -> bool:
         return sock.family in (socket.AF_INET, socket.AF_INET6) and not is_loopback_host(str(address[0]))
