@@ -175,6 +175,11 @@ def _refuse_unless(report) -> None:
     if not report.ok:
         print(report.table(), file=sys.stderr)
         raise _Refused(report.refusal())
+    import logging
+
+    unknown = [f.field for f in report.findings if f.status == "unknown"]
+    logging.getLogger(__name__).info("deployment check passed%s", f"; not compared: {', '.join(unknown)}"
+                                     if unknown else "")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -71,6 +71,8 @@ def check_binding(config: RobotConfig, bundle_dir: str | Path | None, devices: D
     bundle_dir None (a remote policy): the devices only."""
     report = report if report is not None else CheckReport()
     _check_devices(config, devices or DeviceProbe(), report)
+    if bundle_dir is None:
+        report.add("bundle", "unknown", "no bundle given: only the devices were checked")
     manifest = _load(Path(bundle_dir), report) if bundle_dir is not None else None
     if manifest is not None:
         _check_cameras(config, manifest, report)

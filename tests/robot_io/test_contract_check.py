@@ -272,3 +272,12 @@ def test_run_refuses_a_start_state_outside_the_statistics_without_commanding_the
     path = synthetic_robot(tmp_path, arm={"kind": "sim", "dof": 6, "initial": [0, 0, 40, 0, 0, 0]})
     assert main(["run", "--config", str(path), "--bundle", str(named_bundle), "--prompt", "pick"]) == 2
     assert "state: the arm starts outside the statistics' range" in capsys.readouterr().err
+
+
+def test_a_realsense_binding_without_pyrealsense2_fails_naming_the_extra(named_bundle, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pyrealsense2", None)  # not installed, whatever this machine has
+    report, _ = check_binding(robot_config_from_dict(robot_dict()), named_bundle, DeviceProbe())
+    assert failed_fields(report) == ["cameras.front.serial", "cameras.wrist.serial"]
+    assert "pip install 'pi0edge[realsense]'" in report.failures[0].message
