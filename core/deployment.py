@@ -80,6 +80,17 @@ class DeploymentRecord:
                 "tokenizer_sha256": self.tokenizer_sha256, "prompt_format": self.prompt_format}
 
     @classmethod
+    def from_bundle(cls, d, path) -> DeploymentRecord | None:
+        """bundle.yaml's `deployment` section; None for a bundle written before it existed (`pi0edge check`
+        reports its fields as unknown). Errors name the file."""
+        if d is None:
+            return None
+        try:
+            return cls.from_document(d)
+        except BundleError as exc:
+            raise BundleError(f"{path}: {exc}") from exc
+
+    @classmethod
     def from_document(cls, d) -> DeploymentRecord:
         if not isinstance(d, dict):
             raise BundleError(f"field 'deployment' must be a mapping, got {d!r}")

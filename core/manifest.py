@@ -206,16 +206,7 @@ def _parse(bundle_dir: Path, raw: dict, files: dict[str, str], graphs: dict[str,
         robot_action_dim=_int_field(raw, "robot.action_dim", path),
         norm_stats=norm_stats, tokenizer_file=_field(raw, "tokenizer.file", path), graphs=graphs, files=files,
         fixed_num_steps=fixed, quantization=raw.get("quantization") or None, emulates=raw.get("emulates"),
-        deployment=_deployment(raw, path))
-
-
-def _deployment(raw: dict, path: Path) -> DeploymentRecord | None:
-    if raw.get("deployment") is None:
-        return None  # written before bundles recorded it: `pi0edge check` reports these fields as unknown
-    try:
-        return DeploymentRecord.from_document(raw["deployment"])
-    except BundleError as exc:
-        raise BundleError(f"{path}: {exc}") from exc
+        deployment=DeploymentRecord.from_bundle(raw.get("deployment"), path))
 
 
 # ---- the checks: every field against the graphs' recorded I/O and the other fields ---------------------

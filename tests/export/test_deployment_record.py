@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pi0edge.deployment import PROMPT_FORMATS, stats_sha256
+from pi0edge.deployment import PROMPT_FORMATS, DeploymentRecord, stats_sha256
 from pi0edge.errors import BundleError
 from pi0edge.export.checkpoint.features import TrainedFeatures, trained_features
 from pi0edge.export.config import tiny
@@ -64,3 +64,15 @@ def test_a_deployment_record_that_contradicts_the_model_cameras_is_refused(tiny_
     (bundle / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     with pytest.raises(BundleError, match="field 'deployment'"):
         load_manifest(bundle)
+
+
+@pytest.mark.parametrize(("edit", "field"), [
+    (lambda d: d["state"].update(names=["a"]), "deployment.state.names"),
+    (lambda d: d["cameras"][0].update(trained_hw=[480]), r"deployment.cameras\[0\]"),
+    (lambda d: d.pop("stats_sha256"), "deployment.stats_sha256"),
+])
+def test_a_malformed_deployment_record_is_refused_naming_the_field(tiny_bundle_factory, edit, field):
+    document = load_manifest(tiny_bundle_factory("pi0")[0]).deployment.to_document()
+    edit(document)
+    with pytest.raises(BundleError, match=f"bundle.yaml: field '{field}'"):
+        DeploymentRecord.from_bundle(document, "bundle.yaml")
