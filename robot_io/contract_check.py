@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pi0edge.deployment import stats_sha256
+from pi0edge.deployment import PROMPT_FORMATS, stats_sha256
 from pi0edge.errors import BundleError, MissingExtraError
 from pi0edge.manifest import TOKENIZER_NAME, Manifest, load_manifest, sha256_file
 from pi0edge.normalization import NormStats
@@ -242,6 +242,9 @@ def _check_hashes(config: RobotConfig, m: Manifest, report: CheckReport) -> None
     if record is None:
         report.add("deployment", "unknown", "the bundle was written before bundles recorded what the policy was "
                                             "trained with (training image sizes, names, hashes): re-export it")
+    elif record.prompt_format != PROMPT_FORMATS[m.model_type]:
+        report.add("deployment.prompt_format", "fail", f"the policy was trained on prompts {record.prompt_format!r}, "
+                                                       f"this runtime writes {PROMPT_FORMATS[m.model_type]!r}")
     for name, now, recorded, pinned, pin_field in (
             ("normalization", stats_now, record and record.stats_sha256, binding.stats_sha256, "binding.stats_sha256"),
             ("tokenizer.file", tokenizer_now, record and record.tokenizer_sha256, binding.tokenizer_sha256,

@@ -281,3 +281,13 @@ def test_a_realsense_binding_without_pyrealsense2_fails_naming_the_extra(named_b
     report, _ = check_binding(robot_config_from_dict(robot_dict()), named_bundle, DeviceProbe())
     assert failed_fields(report) == ["cameras.front.serial", "cameras.wrist.serial"]
     assert "pip install 'pi0edge[realsense]'" in report.failures[0].message
+
+
+def test_a_prompt_format_this_runtime_does_not_write_is_refused(named_bundle, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(named_bundle, bundle)
+    doc = yaml.safe_load((bundle / "bundle.yaml").read_text())
+    doc["deployment"]["prompt_format"] = "<bos>Instruction: {prompt}\\n"
+    (bundle / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    report, _ = check_binding(robot_config_from_dict(robot_dict()), bundle, DEVICES)
+    assert failed_fields(report) == ["deployment.prompt_format"]
