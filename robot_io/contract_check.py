@@ -84,10 +84,27 @@ def check_binding(config: RobotConfig, bundle_dir: str | Path | None, devices: D
 # ---- devices ------------------------------------------------------------------------------------------
 
 
+def _device_of(cam: CameraConfig) -> tuple[str, str] | None:
+    """(field, value) naming the physical device a camera opens, or None for one without a device."""
+    if cam.spec["kind"] == "realsense" and cam.spec.get("serial") is not None:
+        return "serial", str(cam.spec["serial"])
+    if cam.spec["kind"] == "opencv":
+        return "device", str(cam.spec.get("device", 0))
+    return None
+
+
 def _check_devices(config: RobotConfig, probe: DeviceProbe, report: CheckReport) -> None:
     realsense: dict | None = None
+    owner: dict[tuple[str, str], str] = {}
     for cam in config.cameras:
         spec, where = cam.spec, f"cameras.{cam.robot_id}"
+        device = _device_of(cam)
+        if device is not None and device in owner:
+            report.add(f"{where}.{device[0]}", "fail", f"{device[1]} is also bound to cameras.{owner[device]}: one "
+                                                       "device cannot feed two policy cameras")
+            continue
+        if device is not None:
+            owner[device] = cam.robot_id
         for key in ("file", "folder", "video"):
             if isinstance(spec.get(key), str) and not probe.path_exists(spec[key]):
                 report.add(f"{where}.{key}", "fail", f"{spec[key]} does not exist")

@@ -291,3 +291,11 @@ def test_a_prompt_format_this_runtime_does_not_write_is_refused(named_bundle, tm
     (bundle / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     report, _ = check_binding(robot_config_from_dict(robot_dict()), bundle, DEVICES)
     assert failed_fields(report) == ["deployment.prompt_format"]
+
+
+def test_one_device_bound_to_two_cameras_is_refused(named_bundle):
+    data = robot_dict()
+    data["cameras"]["wrist"].update(serial=SERIAL_D435, width=640, height=480)
+    report, _ = check_binding(robot_config_from_dict(data), named_bundle, DEVICES)
+    assert "cameras.wrist.serial" in failed_fields(report)
+    assert "also bound to cameras.front" in report.failures[0].message
