@@ -9,60 +9,22 @@ or the machine cannot say: an older bundle, a V4L2 camera's modes).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pi0edge.deployment import PROMPT_FORMATS, stats_sha256
-from pi0edge.errors import BundleError, MissingExtraError
+from pi0edge.errors import BundleError
 from pi0edge.manifest import TOKENIZER_NAME, Manifest, load_manifest, sha256_file
 from pi0edge.normalization import NormStats
 
+from .check_report import CheckReport
 from .config import CameraConfig, RobotConfig
+from .device_check import DEFAULT_MODE, check_devices
 from .devices import DeviceProbe
 
-STATUSES = ("pass", "fail", "warn", "unknown")
 Z_99 = 2.326  # a normal distribution's 1st..99th percentile is mean +- Z_99 std (docs/model.md, "Start state")
 EMPTY_CAMERA_PREFIX = "empty_camera_"  # LeRobot's cameras trained empty (config.json empty_cameras)
-# The size a camera kind delivers when the YAML gives none (cameras.py, realsense.py defaults).
-DEFAULT_MODE = {"realsense": (640, 480, 30), "synthetic": (224, 224, 30)}
-
-
-@dataclass(frozen=True)
-class Finding:
-    field: str
-    status: str
-    message: str
-
-
-@dataclass
-class CheckReport:
-    findings: list[Finding] = field(default_factory=list)
-
-    def add(self, field_name: str, status: str, message: str) -> None:
-        self.findings.append(Finding(field_name, status, message))
-
-    @property
-    def failures(self) -> list[Finding]:
-        return [f for f in self.findings if f.status == "fail"]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    def table(self) -> str:
-        width = max((len(f.field) for f in self.findings), default=5)
-        lines = [f"{f.status.upper():7} {f.field:{width}}  {f.message}" for f in self.findings]
-        lines.append(f"check: {'passed' if self.ok else 'FAILED'} ({len(self.failures)} failed, "
-                     f"{sum(f.status == 'unknown' for f in self.findings)} unknown)")
-        return "\n".join(lines)
-
-    def refusal(self) -> str:
-        return "; ".join(f"{f.field}: {f.message}" for f in self.failures)
-
-    def to_json(self) -> dict:
-        return {"ok": self.ok, "findings": [vars(f) for f in self.findings]}
 
 
 def check_binding(config: RobotConfig, bundle_dir: str | Path | None, devices: DeviceProbe | None = None,
@@ -70,7 +32,7 @@ def check_binding(config: RobotConfig, bundle_dir: str | Path | None, devices: D
     """Everything that needs no arm: devices present and able, cameras and joints bound, hashes.
     bundle_dir None (a remote policy): the devices only."""
     report = report if report is not None else CheckReport()
-    _check_devices(config, devices or DeviceProbe(), report)
+    check_devices(config, devices or DeviceProbe(), report)
     if bundle_dir is None:
         report.add("bundle", "unknown", "no bundle given: only the devices were checked")
     manifest = _load(Path(bundle_dir), report) if bundle_dir is not None else None
@@ -79,79 +41,6 @@ def check_binding(config: RobotConfig, bundle_dir: str | Path | None, devices: D
         _check_joints(config, manifest, report)
         _check_hashes(config, manifest, report)
     return report, manifest
-
-
-# ---- devices ------------------------------------------------------------------------------------------
-
-
-def _device_of(cam: CameraConfig) -> tuple[str, str] | None:
-    """(field, value) naming the physical device a camera opens, or None for one without a device."""
-    if cam.spec["kind"] == "realsense" and cam.spec.get("serial") is not None:
-        return "serial", str(cam.spec["serial"])
-    if cam.spec["kind"] == "opencv":
-        return "device", str(cam.spec.get("device", 0))
-    return None
-
-
-def _check_devices(config: RobotConfig, probe: DeviceProbe, report: CheckReport) -> None:
-    realsense: dict | None = None
-    owner: dict[tuple[str, str], str] = {}
-    for cam in config.cameras:
-        spec, where = cam.spec, f"cameras.{cam.robot_id}"
-        device = _device_of(cam)
-        if device is not None and device in owner:
-            report.add(f"{where}.{device[0]}", "fail", f"{device[1]} is also bound to cameras.{owner[device]}: one "
-                                                       "device cannot feed two policy cameras")
-            continue
-        if device is not None:
-            owner[device] = cam.robot_id
-        for key in ("file", "folder", "video"):
-            if isinstance(spec.get(key), str) and not probe.path_exists(spec[key]):
-                report.add(f"{where}.{key}", "fail", f"{spec[key]} does not exist")
-        if spec["kind"] == "realsense" and spec.get("serial") is not None:
-            if realsense is None:
-                try:
-                    realsense = probe.realsense_devices()
-                except MissingExtraError as exc:
-                    report.add(f"{where}.serial", "fail", str(exc))
-                    continue
-            _check_realsense(cam, realsense, report)
-        elif spec["kind"] == "opencv":
-            _check_v4l(cam, probe, report)
-
-
-def _check_realsense(cam: CameraConfig, connected: dict, report: CheckReport) -> None:
-    where, serial = f"cameras.{cam.robot_id}", str(cam.spec["serial"])
-    device = connected.get(serial)
-    if device is None:
-        report.add(f"{where}.serial", "fail", f"no RealSense with serial {serial} is connected (connected: "
-                                              f"{sorted(connected) or 'none'})")
-        return
-    default_width, default_height, default_fps = DEFAULT_MODE["realsense"]
-    width, height = cam.spec.get("width", default_width), cam.spec.get("height", default_height)
-    fps = cam.spec.get("fps", default_fps)
-    if (width, height, fps) not in device.color_modes:
-        offered = ", ".join(f"{w}x{h}@{f}" for w, h, f in sorted(device.color_modes)) or "none"
-        report.add(f"{where}.width/height/fps", "fail", f"{device.name} {serial} has no {width}x{height} rgb8 color "
-                                                         f"stream at {fps} fps (it offers {offered}); is this the "
-                                                         "serial of the camera meant here?")
-        return
-    report.add(f"{where}.serial", "pass", f"{device.name} {serial} connected, {width}x{height} at {fps} fps")
-
-
-def _check_v4l(cam: CameraConfig, probe: DeviceProbe, report: CheckReport) -> None:
-    where, device = f"cameras.{cam.robot_id}", cam.spec.get("device", 0)
-    if isinstance(device, int) or not device.startswith("/dev/"):
-        if isinstance(device, int):
-            report.add(f"{where}.device", "warn", f"index {device} (allow_unstable_device): may change on replug")
-        return  # a video file: checked as a path above when named `video`; here OpenCV opens it
-    if not probe.path_exists(device):
-        report.add(f"{where}.device", "fail", f"{device} does not exist: is the camera plugged in? "
-                                              "(ls -l /dev/v4l/by-id/)")
-        return
-    report.add(f"{where}.device", "pass", f"{device} present")
-    report.add(f"{where}.width/height/fps", "unknown", "a V4L2 camera's modes are not enumerated here; it opens "
-                                                       "with the nearest mode it has")
 
 
 # ---- the bundle ---------------------------------------------------------------------------------------
