@@ -1,4 +1,5 @@
-"""`pi0edge run` and `pi0edge replay`. Light to import: everything heavy is imported inside the commands."""
+"""`pi0edge run`, `pi0edge check` and `pi0edge replay`. Light to import: everything heavy is imported inside
+the commands."""
 
 from __future__ import annotations
 
@@ -25,6 +26,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="stream the episode to this file (e.g. run.episode)")
     run.add_argument("--no-status", action="store_true", help="no live status line")
     run.set_defaults(func=cmd_run)
+
+    check = subparsers.add_parser("check", help="check a robot YAML against a bundle and the live devices",
+                                  description="Verify, without moving the arm, that the robot YAML binds every policy "
+                                              "camera to a connected device, the joints to the policy's dims, and "
+                                              "that statistics, tokenizer and the arm's state fit the bundle. Exit 0: "
+                                              "passed; 2: a check failed (each failure names its field).")
+    check.add_argument("robot", help="robot YAML (see docs/control_loop.md)")
+    check.add_argument("bundle", nargs="?", default=None,
+                       help="exported bundle directory (leave out for a `policy: remote` robot: devices only)")
+    check.add_argument("--json", action="store_true", help="print the findings as JSON")
+    check.set_defaults(func=cmd_check)
 
     replay = subparsers.add_parser("replay", help="print a recorded episode, or play it back against an arm",
                                    description="Without --config: print the episode's summary. With --config: "
@@ -112,10 +124,78 @@ def startup_check(config, cameras) -> None:
     logging.getLogger(__name__).info("startup check: camera %r: %s", check.camera, result.message)
 
 
+def _read_start_state(config, manifest, arm, report) -> None:
+    """The arm's state against the bundle's statistics (contract_check.py); reads, never commands."""
+    from .contract_check import check_start_state
+
+    try:
+        state = arm.read_state()
+    except Exception as exc:  # noqa: BLE001 - any driver error is reported as the check's failure
+        report.add("arm", "fail", f"read_state raised {type(exc).__name__}: {exc}")
+        return
+    check_start_state(config, manifest, state, report)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import json
+
+    from pi0edge.errors import Pi0EdgeError
+
+    from .arms import open_arm
+    from .config import load_robot_config
+    from .contract_check import CheckReport, check_binding
+
+    report = CheckReport()
+    try:
+        config = load_robot_config(args.robot)
+    except Pi0EdgeError as exc:
+        report.add("robot YAML", "fail", str(exc))
+        config = None
+    if config is not None:
+        _, manifest = check_binding(config, args.bundle, report=report)
+        try:
+            arm = open_arm(config.arm)
+        except Exception as exc:  # noqa: BLE001 - a driver that cannot open is the check's failure, with its reason
+            report.add("arm", "fail", f"cannot open the {config.arm['kind']} arm: {type(exc).__name__}: {exc}")
+        else:
+            try:
+                if manifest is not None:
+                    _read_start_state(config, manifest, arm, report)
+            finally:
+                arm.close()
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
+    return 0 if report.ok else 2
+
+
+class _Refused(Exception):
+    """`pi0edge run` refused by the deployment check; the report is already printed."""
+
+
+def _refuse_unless(report) -> None:
+    if not report.ok:
+        print(report.table(), file=sys.stderr)
+        raise _Refused(report.refusal())
+    import logging
+
+    unknown = [f.field for f in report.findings if f.status == "unknown"]
+    logging.getLogger(__name__).info("deployment check passed%s", f"; not compared: {', '.join(unknown)}"
+                                     if unknown else "")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except _Refused as exc:
+        print(f"pi0edge run: refused by the deployment check (pi0edge check): {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     from functools import partial
 
+    from .arms import open_arm
     from .config import load_robot_config
+    from .contract_check import check_binding
     from .loop import run_loop
 
     config = load_robot_config(args.config)
@@ -124,12 +204,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         from pi0edge.errors import require_installed
 
         require_installed("gym_aloha", "sim", f"{args.config} (arm kind aloha)")
+    report, manifest = check_binding(config, args.bundle)  # before the arm opens
+    _refuse_unless(report)
     policy = _load_policy(args.bundle, args.backend) if source == "bundle" else _remote_policy(config)
     show, interactive = _status_printer()
+    arm = open_arm(config.arm)
     try:
-        stats = run_loop(config, policy, args.prompt, args.duration_s, record_path=args.record,
+        if manifest is not None:
+            _read_start_state(config, manifest, arm, report)
+            _refuse_unless(report)
+        stats = run_loop(config, policy, args.prompt, args.duration_s, arm=arm, record_path=args.record,
                          on_status=None if args.no_status else show, before_start=partial(startup_check, config))
     finally:
+        arm.close()
         if source == "remote":
             policy.close()
     if interactive and not args.no_status:
