@@ -97,8 +97,16 @@ def _frames(root: Path, info: dict, episode: dict, key: str, timestamps: np.ndar
 
 
 def read_lerobot_episode(root: str | Path, episode_index: int = 0) -> dict:
-    """-> {prompt, fps, state [T, S], action [T, A], time_s [T], videos {key: [T, h, w, 3]}, action_names}."""
-    root = Path(root)
+    """-> {prompt, fps, state [T, S], action [T, A], time_s [T], videos {key: [T, h, w, 3]}, action_names}.
+    A field the layout needs and the files lack is an EpisodeError naming it."""
+    try:
+        return _read(Path(root), episode_index)
+    except KeyError as exc:
+        raise EpisodeError(f"{root}: not the LeRobotDataset v3 layout: no field {exc} where episode "
+                           f"{episode_index} needs it") from exc
+
+
+def _read(root: Path, episode_index: int) -> dict:
     info = _info(root)
     pq = require("pyarrow.parquet", "lerobot", _PURPOSE)
     episode = _episode_row(root, episode_index)
@@ -108,7 +116,7 @@ def read_lerobot_episode(root: str | Path, episode_index: int = 0) -> dict:
         table = pq.read_table(data_path)
     except OSError as exc:
         raise EpisodeError(f"{data_path}: cannot read the episode's frames: {exc}") from exc
-    mask = np.asarray(table.column("episode_index").to_pylist()) == episode_index
+    mask = _column(table, "episode_index", str(data_path)) == episode_index
     table = table.filter(mask)
     if table.num_rows == 0:
         raise EpisodeError(f"{data_path}: no rows of episode {episode_index}")

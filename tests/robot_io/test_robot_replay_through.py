@@ -153,3 +153,14 @@ def test_lerobot_v3_dims_and_cameras_that_do_not_fit_the_bundle_are_named(tiny_b
             samples_from_lerobot(str(tmp_path / "ds7"), policy)
         with pytest.raises(ConfigError, match="--camera"):
             samples_from_lerobot(str(tmp_path / "ds"), policy, cameras={"observation.images.top": "nope"})
+
+
+def test_lerobot_v3_without_a_layout_field_is_an_episode_error_naming_it(tmp_path):
+    from pi0edge.robot_io.lerobot_v3 import read_lerobot_episode
+
+    write_lerobot_v3(tmp_path)
+    info = json.loads((tmp_path / "meta" / "info.json").read_text())
+    del info["video_path"]
+    (tmp_path / "meta" / "info.json").write_text(json.dumps(info))
+    with pytest.raises(EpisodeError, match="video_path"):
+        read_lerobot_episode(tmp_path, 0)
