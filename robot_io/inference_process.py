@@ -9,8 +9,10 @@ does not know which one it drives. docs/control_loop.md, "Inference beside the l
 Buffers are allocated once: the state and the chunk from the policy's dims, one frame slot per model
 camera at its first frame (camera resolution, which the manifest does not know), grown only if a
 larger frame ever comes. One request is in flight at a time, so the loop never writes a buffer the
-process is reading. The process is started with 'spawn' (ONNX Runtime threads do not survive fork)
-and loads the policy itself from a picklable spec (policy_spec.py).
+process is reading. Each answer carries when the process called and left `policy.infer`
+(time.monotonic, one clock with the loop's), for the latency accounting (latency.py). The process is
+started with 'spawn' (ONNX Runtime threads do not survive fork) and loads the policy itself from a
+picklable spec (policy_spec.py).
 """
 
 from __future__ import annotations

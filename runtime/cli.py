@@ -71,7 +71,14 @@ def _profile(args: argparse.Namespace) -> int:
 
 def _profile_live(args: argparse.Namespace) -> int:
     # The application layer may import robot_io; the runtime library may not (docs/architecture.md).
+    from pi0edge.errors import ConfigError
     from pi0edge.robot_io.live_profile import latency_table, live_json, profile_live
+
+    offline_only = [flag for flag, given in (("--per-step", args.per_step), ("--cuda-graph", args.cuda_graph),
+                                             ("--num-steps", args.num_steps is not None)) if given]
+    if offline_only:
+        raise ConfigError(f"{', '.join(offline_only)}: not with --live (the loop runs the bundle as `pi0edge run` "
+                          "does); profile without --live to time those variants")
     from pi0edge.runtime.profile import write_json
 
     stats = profile_live(args.live, args.bundle, backend=args.backend, duration_s=args.duration_s, prompt=args.prompt,

@@ -5,6 +5,7 @@ spans add up to capture -> command."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -145,3 +146,38 @@ def test_profile_live_prints_the_figures_on_the_demo_robot(tiny_bundle_factory, 
     assert figures[CAPTURE_TO_COMMAND]["p50"] >= figures[FRAME_AGE]["p50"]
     spans = {e["name"] for e in json.loads(trace.read_text())["traceEvents"] if e.get("cat") == "span"}
     assert {"camera", "prefix", "denoise", "to_command"} <= spans
+
+
+def test_realsense_global_time_metadata_moves_capture_before_arrival():
+    """A frame whose metadata says it was captured 50 ms ago on the wall clock is stamped 50 ms before
+    arrival; a hardware-clock timestamp (no host clock) or an implausible one is stamped at arrival."""
+    rs = pytest.importorskip("pyrealsense2")
+    from pi0edge.robot_io.realsense import _capture_monotonic_s
+
+    class Metadata:  # the two calls of a librealsense frame the conversion reads
+        def __init__(self, domain, wall_ms):
+            self.domain, self.wall_ms = domain, wall_ms
+
+        def get_frame_timestamp_domain(self):
+            return self.domain
+
+        def get_timestamp(self):
+            return self.wall_ms
+
+    arrival_s, latency_s = 1000.0, 0.05
+    before = time.time()
+    capture_s = _capture_monotonic_s(Metadata(rs.timestamp_domain.global_time, (before - latency_s) * 1e3),
+                                     arrival_s, rs)
+    elapsed_s = time.time() - before
+    assert latency_s - 1e-6 <= arrival_s - capture_s <= latency_s + elapsed_s + 1e-6
+    assert _capture_monotonic_s(Metadata(rs.timestamp_domain.hardware_clock, 5.0), arrival_s, rs) == arrival_s
+    stale = Metadata(rs.timestamp_domain.system_time, (time.time() - 3600) * 1e3)
+    assert _capture_monotonic_s(stale, arrival_s, rs) == arrival_s
+
+
+def test_profile_live_refuses_offline_only_flags(capsys):
+    from pi0edge.cli import main
+    from pi0edge.robot_io.config import example_config_path
+
+    assert main(["profile", "--live", str(example_config_path("sim_arm.yaml")), "BUNDLE", "--per-step"]) == 1
+    assert "--per-step: not with --live" in capsys.readouterr().err
