@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import sys
 import threading
 import time
@@ -36,6 +37,8 @@ from .faults import Faults
 from .gc_pacing import GcPacer
 from .inference import InferenceResult, InferenceWorker
 from .inference_process import start_inference
+from .latency import RANGE_MS as LATENCY_RANGE_MS
+from .latency import RESOLUTION_MS as LATENCY_RESOLUTION_MS
 from .latency import ChunkTimeline
 from .quantiles import StreamQuantiles
 from .realtime import enter_realtime
@@ -55,7 +58,6 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 # Each camera is polled on its own thread this often (a share of the loop period): frames reach the
 # tick at most this much older than a read in the tick itself.
 CAMERA_POLL_FRACTION = 0.5
-LATENCY_RESOLUTION_MS, LATENCY_RANGE_MS = 1e-3, 1e6  # inference latencies kept to 1% from 1 us to 1000 s
 
 
 def check_policy_fits(config: RobotConfig, policy, arm: Arm) -> None:
@@ -365,7 +367,7 @@ class ControlLoop:
         executing = self._executing
         if executing is None:
             return
-        if executing.command_s != executing.command_s:  # NaN: this is its first row
+        if math.isnan(executing.command_s):  # this is its first row
             executing.command_s = command_s
             self.latency.add_chunk(executing)
         self.latency.add_row((command_s - executing.capture_s) * 1e3)
