@@ -8,7 +8,7 @@ import math
 import sys
 import time
 
-from pi0edge.cli_args import non_empty_text, positive_float, writable_file
+from pi0edge.cli_args import non_empty_text, non_negative_int, positive_float, positive_int, writable_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,12 +38,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--json", action="store_true", help="print the findings as JSON")
     check.set_defaults(func=cmd_check)
 
-    replay = subparsers.add_parser("replay", help="print a recorded episode, or play it back against an arm",
-                                   description="Without --config: print the episode's summary. With --config: "
-                                               "send its commands to that YAML's arm at the recorded rate.")
-    replay.add_argument("episode", help="episode file written by `pi0edge run --record`")
+    replay = subparsers.add_parser("replay", help="print a recorded episode, play it back against an arm, or feed "
+                                   "it through a bundle", description="Without --config: print the episode's summary. "
+                                   "With --config: send its commands to that YAML's arm at the recorded rate. With "
+                                   "--through BUNDLE: feed its frames and states through the bundle and compare the "
+                                   "policy's actions with the recorded ones per action dim (MAE, max, correlation).")
+    replay.add_argument("episode", help="episode file written by `pi0edge run --record`, or (--through) a "
+                                        "LeRobotDataset v3 folder")
     replay.add_argument("--config", default=None, help="robot YAML whose arm replays the commands")
     replay.add_argument("--speed", type=positive_float, default=1.0, help="playback speed factor (default 1.0)")
+    through = replay.add_argument_group("replay through a bundle")
+    through.add_argument("--through", metavar="BUNDLE", default=None, help="the bundle to feed the episode through")
+    through.add_argument("--backend", default="ort-cpu", help="inference backend (default ort-cpu)")
+    through.add_argument("--seed", type=int, default=None,
+                         help="the policy's noise seed (the run's seed reproduces its chunks exactly)")
+    through.add_argument("--episode-index", type=non_negative_int, default=0, help="LeRobot dataset: the episode")
+    through.add_argument("--camera", action="append", default=[], metavar="KEY=NAME",
+                         help="LeRobot dataset: video key -> bundle camera (repeat; default: in order)")
+    through.add_argument("--prompt", type=non_empty_text, default=None, help="instead of the recorded task")
+    through.add_argument("--stride", type=positive_int, default=1, help="feed every N-th sample (default 1)")
+    through.add_argument("--plot", metavar="PNG", type=writable_file, help="recorded vs policy per action dim")
+    through.add_argument("--json", metavar="F", nargs="?", const="-", type=writable_file,
+                         help="the per-dim table as JSON: to stdout instead of the table, or written to F")
     replay.set_defaults(func=cmd_replay)
 
 
@@ -230,6 +246,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    if args.through is not None:
+        return cmd_replay_through(args)
     from .recording import load_episode
 
     episode = load_episode(args.episode)
@@ -242,3 +260,46 @@ def cmd_replay(args: argparse.Namespace) -> int:
     result = replay_episode(episode, load_robot_config(args.config), speed=args.speed)
     print(result.summary())
     return 130 if result.stop_reason.startswith("interrupted") else 0
+
+
+def _camera_map(pairs: list[str]) -> dict[str, str] | None:
+    from pi0edge.errors import ConfigError
+
+    if not pairs:
+        return None
+    bad = [p for p in pairs if p.count("=") != 1 or not all(p.split("="))]
+    if bad:
+        raise ConfigError(f"--camera {bad[0]!r}: expected KEY=NAME, e.g. observation.images.top=base_0_rgb")
+    return dict(p.split("=") for p in pairs)
+
+
+def cmd_replay_through(args: argparse.Namespace) -> int:
+    import json
+
+    from pi0edge.atomic import write_text_atomic
+    from pi0edge.runtime import Policy
+
+    from .lerobot_v3 import is_lerobot_v3
+    from .recording import load_episode
+    from .replay_through import replay_through, samples_from_episode, samples_from_lerobot
+
+    with Policy(args.through, backend=args.backend, seed=args.seed) as policy:
+        if is_lerobot_v3(args.episode):
+            samples = samples_from_lerobot(args.episode, policy, args.episode_index, _camera_map(args.camera),
+                                           args.prompt)
+        else:
+            samples = samples_from_episode(load_episode(args.episode), args.prompt)
+        result = replay_through(policy, samples, args.stride)
+    if args.json == "-":
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(result.table())
+    if args.json not in (None, "-"):
+        from pathlib import Path
+
+        write_text_atomic(Path(args.json), json.dumps(result.to_json(), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.plot:
+        result.plot(args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr if args.json == "-" else sys.stdout)
+    return 0
