@@ -37,6 +37,7 @@ class ActionTokenReader:
         self.prefix_ids = list(sp.encode(ACTION_PREFIX))
         self.end_ids = np.array([end, sp.eos_id()], np.int64)  # openpi's sampler stops at EOS, LeRobot's at "|"
         self.fast = load_fast_tokenizer(Path(fast_tokenizer_dir))
+        self.fast.check_chunk_shape(action_horizon, action_dim)  # fitted on another chunk: refused at load
         self.vocab_size, self.fast_skip_tokens = vocab_size, fast_skip_tokens
         self.action_horizon, self.action_dim = action_horizon, action_dim
 
