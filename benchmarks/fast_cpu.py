@@ -5,7 +5,9 @@ ort-cpu prefix + decode_step graphs driven by the runtime's decode loop (runtime
 
 One chunk = the prefix once + a fixed number of decode steps (no end marker counts, so both sides decode the
 whole --tokens budget: random weights would otherwise stop at different places), 3 cameras, batch 1, float32,
-random weights, preprocessing and detokenizing excluded on both sides. The two variants alternate after a
+random weights, preprocessing and detokenizing excluded on both sides. The runners are gpu_latency.py's
+pi0fast ones (benchmarks/gpu_fast.py): prefix and decode loop are timed within one chunk, ms per token is the
+decode loop over the steps after the first token. The two variants alternate after a
 warm-up so load from other processes falls on both alike; medians are reported with the load average before
 and after (the machines are shared: compare only ratios from one run).
 """
@@ -18,12 +20,12 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from gpu_fast import fast_eager_runner, fast_policy_runner
 
 from pi0edge import contract as c
 from pi0edge.export.bundle import export_bundle
@@ -32,27 +34,6 @@ from pi0edge.export.config import PRESETS
 from pi0edge.export.random_checkpoint import write_random_checkpoint
 from pi0edge.runtime import Policy
 from pi0edge.runtime.profile import synthetic_observation
-
-NO_END = np.zeros(0, np.int64)  # decode the whole budget
-
-
-def timed(fn) -> tuple[float, object]:
-    start = time.perf_counter()
-    out = fn()
-    return (time.perf_counter() - start) * 1e3, out
-
-
-def eager_chunk(model, feeds: dict[str, torch.Tensor]) -> dict[str, float]:
-    with torch.no_grad():
-        prefix_ms, (keys, values, pad, logits) = timed(lambda: model.prefix(*feeds.values()))
-        total_ms, _ = timed(lambda: model.generate(feeds, end_token_ids=()))
-    return {"chunk_ms": total_ms, "prefix_ms": prefix_ms}
-
-
-def ort_chunk(policy: Policy, feeds: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, float]:
-    total_ms, decoded = timed(lambda: policy.fast.decoder.decode(feeds, NO_END, 0.0, rng))
-    return {"chunk_ms": total_ms, "prefix_ms": decoded.prefix_ms,
-            "token_ms": statistics.median(decoded.token_ms), "tokens": int(decoded.token_ids.shape[1])}
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
@@ -70,17 +51,18 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         names = (c.IMAGES, c.IMAGE_MASKS, c.TOKENS, c.TOKEN_MASKS)
         np_feeds = {k: np.asarray(feeds[k]) for k in names}
         torch_feeds = {k: torch.from_numpy(np_feeds[k]) for k in names}
-        rng = np.random.default_rng(0)
+        # the same runners as benchmarks/gpu_latency.py's pi0fast row: prefix and decode loop from one call
+        eager, _ = fast_eager_runner(model, torch_feeds, "cpu")
+        ort = fast_policy_runner(policy, np_feeds, {})
         for round_ in range(args.warmup + args.repeats):
-            eager, ort = eager_chunk(model, torch_feeds), ort_chunk(policy, np_feeds, rng)
+            chunks = {"eager torch": eager(), "ort-cpu graphs": ort()}
             if round_ >= args.warmup:
-                rows["eager torch"].append(eager)
-                rows["ort-cpu graphs"].append(ort)
-    result = {name: {key: statistics.median(r[key] for r in samples) for key in samples[0]}
+                for name, chunk in chunks.items():
+                    rows[name].append(chunk | {"token_ms": chunk["denoise_ms"] / max(args.tokens - 1, 1)})
+    result = {name: {key: statistics.median(r[key] for r in samples) for key in ("chunk_ms", "prefix_ms",
+                                                                                  "token_ms")}
               for name, samples in rows.items()}
     eager_ms = result["eager torch"]["chunk_ms"]
-    # the eager prefix was timed on its own too: its per-token time is the rest of its chunk over the steps
-    result["eager torch"]["token_ms"] = (eager_ms - result["eager torch"]["prefix_ms"]) / max(args.tokens - 1, 1)
     for entry in result.values():
         entry["time_vs_eager"] = entry["chunk_ms"] / eager_ms
     return {"preset": args.preset, "tokens": args.tokens, "repeats": args.repeats, "results": result,
