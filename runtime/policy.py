@@ -174,9 +174,10 @@ class Policy:
             raise ObservationError("infer() needs at least one observation")
         feeds = self.preprocess(observations)
         if self.fast is not None:
-            if noise is not None or num_steps is not None:
-                raise ObservationError("noise and num_steps drive the flow-matching Euler loop; a Pi0-FAST bundle "
-                                       "decodes tokens (its randomness: Policy(..., temperature=T, seed=N))")
+            # noise is accepted and unused (pi0edge serve sends every policy one); a step count is a mistake
+            if num_steps is not None:
+                raise ObservationError("num_steps drives the flow-matching Euler loop; a Pi0-FAST bundle decodes "
+                                       "tokens (its randomness: Policy(..., temperature=T, seed=N))")
             return self._infer_fast(feeds, single, t0)
         noise = self._noise(len(observations), noise)
         times, dt = euler_schedule(self._num_steps(num_steps))
