@@ -177,14 +177,14 @@ class ProcessInferenceWorker:
         if message is None:
             result.error = self._refused
         else:
-            _, answered_seq, shape, inline, timings, error, (result.start_s, result.end_s) = message
+            _, answered_seq, shape, inline, timings, error, (result.start_s, result.end_s), malformed = message
             if answered_seq != seq:  # one request at a time: cannot happen unless the protocol is broken
                 error = f"answer to request {answered_seq}, expected {seq}"
             if error is not None:
                 result.error = InferenceProcessError(f"{error} (in the inference process)")
             else:
                 result.actions = np.array(self._chunk.array if inline is None else inline).reshape(shape)
-                result.timings_ms = timings
+                result.timings_ms, result.malformed = timings, malformed
         self._in_flight, self.started_s = None, None
         return result
 
@@ -240,9 +240,10 @@ def _serve(spec, conn, state_buffer: tuple[str, tuple], chunk_buffer: tuple[str,
             else:
                 inline = actions  # another shape (a batch): rare, sent through the pipe
             conn.send(("result", seq, actions.shape, inline, dict(out.timings_ms or {}), None,
-                       (start_s, time.monotonic())))
+                       (start_s, time.monotonic()), getattr(out, "malformed", None)))
         except Exception as exc:  # noqa: BLE001 - the loop turns it into a policy_error fault
-            conn.send(("result", seq, None, None, {}, f"{type(exc).__name__}: {exc}", (start_s, time.monotonic())))
+            conn.send(("result", seq, None, None, {}, f"{type(exc).__name__}: {exc}", (start_s, time.monotonic()),
+                       None))
 
 
 def _attach(frames: dict[str, _Buffer], shm_name: str) -> _Buffer:

@@ -179,6 +179,25 @@ def test_a_bundle_in_the_process_gives_the_same_chunk_as_in_this_process(tiny_bu
     np.testing.assert_allclose(result.actions, expected, atol=ACTION_ATOL)
 
 
+def test_a_malformed_pi0fast_chunk_keeps_its_reason_through_the_process(tiny_bundle_factory):
+    from pi0edge.runtime import Policy
+    from pi0edge.runtime.profile import synthetic_observation
+
+    bundle, _ = tiny_bundle_factory("pi0fast")
+    with Policy(bundle, backend="ort-cpu") as local:
+        obs = synthetic_observation(local)
+        expected = local.infer(obs)
+    worker = ProcessInferenceWorker(PolicySpec(str(bundle), "ort-cpu", threads=1, seed=0))
+    try:
+        worker.submit(obs, tick=0)
+        result = worker.wait(WAIT_S)
+    finally:
+        worker.stop()
+    assert result.error is None, result.error
+    assert expected.malformed and result.malformed == expected.malformed  # the loop names it when it refuses
+    assert np.isnan(result.actions).all()
+
+
 def test_a_bundle_that_cannot_load_in_the_process_is_named(tiny_bundle_factory):
     bundle, _ = tiny_bundle_factory("pi0")
     with pytest.raises(InferenceProcessError, match="could not load the policy.*no-such-backend"):
