@@ -107,12 +107,13 @@ def test_both_checkpoint_layouts_load_export_and_run(tmp_path, layout):
     assert chunk.malformed and np.isnan(chunk.actions).all()
 
 
-def test_a_checkpoint_without_its_fast_tokenizer_is_refused_naming_the_flag(tmp_path):
-    from pi0edge.errors import CheckpointError
+def test_a_checkpoint_without_its_fast_tokenizer_is_refused_naming_the_flag_which_then_exports_it(tmp_path,
+                                                                                                 capsys):
+    from pi0edge.cli import main
 
     checkpoint = write_random_checkpoint(tmp_path / "checkpoint", tiny("pi0fast"))
-    for path in sorted((checkpoint / "fast_tokenizer").iterdir()):
-        path.unlink()
-    (checkpoint / "fast_tokenizer").rmdir()
-    with pytest.raises(CheckpointError, match="--fast-tokenizer"):
-        export_bundle(checkpoint, tmp_path / "bundle")
+    elsewhere = (checkpoint / "fast_tokenizer").rename(tmp_path / "lerobot-fast-action-tokenizer")
+    assert main(["export", str(checkpoint), "-o", str(tmp_path / "bundle")]) == 1
+    assert "--fast-tokenizer" in capsys.readouterr().err
+    assert main(["export", str(checkpoint), "-o", str(tmp_path / "bundle"), "--fast-tokenizer", str(elsewhere)]) == 0
+    assert (tmp_path / "bundle" / "fast_tokenizer" / "tokenizer.json").is_file()
