@@ -110,6 +110,13 @@ class Manifest:
     def is_fast(self) -> bool:
         return self.model_type == FAST_MODEL_TYPE
 
+    def require_flow_graphs(self, command: str) -> None:
+        """BundleError for a Pi0-FAST bundle in a command that handles the flow-matching graphs only."""
+        if self.is_fast:
+            raise BundleError(f"{self.bundle_dir}: a Pi0-FAST bundle (prefix + decode_step graphs); {command} handles "
+                              "the flow-matching graphs (prefix, denoise_step) only: run this bundle as exported, "
+                              "on ort-cpu or ort-cuda")
+
     def path(self, name: str) -> Path:
         return self.bundle_dir / name
 

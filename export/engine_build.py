@@ -147,6 +147,7 @@ def build_engines(bundle_dir: str | Path, precision: str | None = None, max_batc
     trt = import_tensorrt("pi0edge build")
     gpu = device_info(load_cudart(), device_id)
     manifest = load_manifest(bundle_dir)  # checksums verified: the fingerprint's digests are the files' own
+    manifest.require_flow_graphs("pi0edge build")
     precision, needs_qdq = resolve_precision(manifest.precision, precision)
     check_gpu_supports(precision, gpu.compute_capability, gpu.name)
     for graph in GRAPHS:

@@ -355,6 +355,7 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, options: Quanti
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
     manifest = load_manifest(bundle_dir)
     check_source(manifest)
+    manifest.require_flow_graphs("pi0edge quantize")
     require("modelopt.onnx.quantization", QUANT_EXTRA, "pi0edge quantize")
     if out_dir.resolve() == bundle_dir.resolve():
         raise BundleError(f"{out_dir}: the output must be a new bundle, not the float32 source")

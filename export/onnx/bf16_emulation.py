@@ -310,6 +310,7 @@ def write_emulated_bundle(bundle_dir: str | Path, out_dir: str | Path, *, overwr
     `emulates: bfloat16`; the KV cache's dtype is float32 in the graph I/O. Other files are copied."""
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
     manifest = load_manifest(bundle_dir, verify_checksums=verify_checksums)
+    manifest.require_flow_graphs("the bfloat16 emulation")
     if manifest.precision != EMULATED_PRECISION:
         raise BundleError(f"{bundle_dir}: precision is {manifest.precision!r}; only {EMULATED_PRECISION} bundles "
                           "are emulated")

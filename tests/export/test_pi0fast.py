@@ -117,3 +117,16 @@ def test_a_checkpoint_without_its_fast_tokenizer_is_refused_naming_the_flag_whic
     assert "--fast-tokenizer" in capsys.readouterr().err
     assert main(["export", str(checkpoint), "-o", str(tmp_path / "bundle"), "--fast-tokenizer", str(elsewhere)]) == 0
     assert (tmp_path / "bundle" / "fast_tokenizer" / "tokenizer.json").is_file()
+
+
+def test_quantize_and_the_bf16_emulation_refuse_a_pi0fast_bundle_naming_it(fast_bundle, tmp_path):
+    from pi0edge.errors import BundleError
+    from pi0edge.export.onnx.bf16_emulation import write_emulated_bundle
+    from pi0edge.export.quantize import MODES, QuantizeOptions, quantize_bundle
+
+    bundle, _ = fast_bundle
+    with pytest.raises(BundleError, match="Pi0-FAST bundle .* pi0edge quantize handles the flow-matching graphs"):
+        quantize_bundle(bundle, tmp_path / "quantized", QuantizeOptions(mode=MODES[0]))
+    with pytest.raises(BundleError, match="Pi0-FAST bundle .* the bfloat16 emulation handles"):
+        write_emulated_bundle(bundle, tmp_path / "emulated")
+    assert not (tmp_path / "quantized").exists() and not (tmp_path / "emulated").exists()
