@@ -96,3 +96,29 @@ def fast_tokenizer_dir(tmp_path_factory) -> Path:
     out_dir = tmp_path_factory.mktemp("fast") / "fast_tokenizer"
     fit_fast_tokenizer(synthetic_action_chunks(2000, FAST_HORIZON, FAST_ACTION_DIM, seed=0), out_dir, vocab_size=512)
     return out_dir
+
+
+@pytest.fixture(scope="session")
+def answering_fast_bundle(tmp_path_factory):
+    """-> (bundle, normalized chunk [H, robot dims]) of a tiny Pi0-FAST model whose weights write that chunk as a
+    well-formed answer whatever it sees (tests/fast_answer.py), exported as `pi0edge export` does."""
+    import numpy as np
+    from fast_answer import answer_ids, spell_answer
+
+    from pi0edge.export.bundle import export_bundle
+    from pi0edge.export.config import tiny
+    from pi0edge.export.random_checkpoint import write_random_checkpoint
+
+    cfg = tiny("pi0fast")
+    out = tmp_path_factory.mktemp("answering-fast")
+    checkpoint = write_random_checkpoint(out / "checkpoint", cfg, robot_state_dim=ROBOT_STATE_DIM,
+                                         robot_action_dim=ROBOT_ACTION_DIM)
+    # a constant chunk compresses to few tokens; the first level whose answer repeats no token (fitting the budget)
+    for level in (0.3, -0.2, 0.1, 0.4, -0.4, 0.2, -0.1, 0.0):
+        chunk = np.full((cfg.action_horizon, ROBOT_ACTION_DIM), level, np.float32)
+        chain = answer_ids(checkpoint, chunk, cfg.vocab_size, cfg.fast_skip_tokens)
+        if len(set(chain)) == len(chain) and len(chain) - 1 <= cfg.max_action_tokens:
+            break
+    spell_answer(checkpoint, chain, cfg.vlm.depth)
+    export_bundle(checkpoint, out / "bundle")
+    return out / "bundle", chunk

@@ -47,3 +47,16 @@ def test_num_steps_and_a_negative_temperature_are_refused_and_noise_plays_no_par
 def test_a_flow_matching_bundle_refuses_a_temperature(tiny_bundle_factory):
     with pytest.raises(ObservationError, match="Pi0-FAST option"):
         Policy(tiny_bundle_factory("pi0")[0], temperature=0.5)
+
+
+def test_a_model_that_writes_a_well_formed_answer_gives_its_chunk_in_robot_units(answering_fast_bundle):
+    bundle, normalized = answering_fast_bundle
+    with Policy(bundle) as policy:
+        chunk = policy.infer(synthetic_observation(policy))
+        expected = policy.finish_actions(normalized[None])[0]  # the chunk in robot units
+        std = policy.manifest.norm_stats.action.b
+    assert chunk.malformed is None and np.isfinite(chunk.actions).all()
+    assert chunk.timings_ms["tokens"] < policy.manifest.fast.max_action_tokens  # it stopped at "|"
+    # FAST's quantization: at most 0.5 / scale per DCT coefficient, sqrt(H) of them per action (docs/model.md)
+    bound = 0.5 / 10.0 * np.sqrt(normalized.shape[0]) * std
+    assert (np.abs(chunk.actions - expected) <= bound).all()
