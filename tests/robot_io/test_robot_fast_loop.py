@@ -1,6 +1,7 @@
-"""The control loop with a real Pi0-FAST bundle (tiny, random weights) in every chunking strategy. Random
-weights never write a well-formed "Action: ... |" answer, so every chunk comes back flagged malformed: the loop
-must refuse each one with the decode's reason and keep the arm where it started."""
+"""The control loop with real Pi0-FAST bundles (tiny) in every chunking strategy. Random weights never write a
+well-formed "Action: ... |" answer, so every chunk comes back flagged malformed: the loop must refuse each one
+with the decode's reason and keep the arm where it started. Weights that spell a well-formed answer
+(tests/fast_answer.py) give chunks the loop executes."""
 
 from __future__ import annotations
 
