@@ -16,7 +16,8 @@ from pi0edge.errors import BundleError
 from pi0edge.normalization import NormStats
 
 # The text the tokenizer encodes (runtime/preprocess.py), by model type: what the policy was trained to read.
-PROMPT_FORMATS = {"pi0": "<bos>{prompt}\\n", "pi05": "<bos>Task: {prompt}, State: {state_bins};\\nAction: "}
+PROMPT_FORMATS = {"pi0": "<bos>{prompt}\\n", "pi05": "<bos>Task: {prompt}, State: {state_bins};\\nAction: ",
+                  "pi0fast": "<bos>Task: {prompt}, State: {state_bins};\\n"}  # Pi0-FAST writes "Action: " itself
 
 
 def stats_sha256(stats: NormStats) -> str:

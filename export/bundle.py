@@ -125,8 +125,9 @@ def _export_fast(ckpt, checkpoint_dir, out_dir, tokenizer_path: Path, fast_token
     if fast_dir is None:
         raise CheckpointError(f"{checkpoint_dir}: a Pi0-FAST checkpoint needs its FAST tokenizer (tokenizer.json, "
                               "processor_config.json): none in fast_tokenizer/; pass --fast-tokenizer DIR")
+    deployment = deployment_record(ckpt.config, ckpt.norm_stats, sha256_file(tokenizer_path), ckpt.features)
     export_s, size = write_fast_bundle(ckpt.model, Path(out_dir), norm_stats=ckpt.norm_stats,
-                                       tokenizer_path=tokenizer_path,
+                                       tokenizer_path=tokenizer_path, deployment=deployment.to_document(),
                                        fast_tokenizer_dir=fast_dir, robot_state_dim=ckpt.robot_state_dim,
                                        robot_action_dim=ckpt.robot_action_dim, precision=precision, source=source,
                                        overwrite=overwrite, fast_width=ckpt.robot_action_dim if ckpt.layout == "lerobot"

@@ -66,10 +66,12 @@ def check_fast_tokenizer_dir(path: Path) -> None:
 
 def write_fast_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path: Path, fast_tokenizer_dir: Path,
                       robot_state_dim: int, robot_action_dim: int, fast_width: int, precision: str = "float32",
-                      source: dict | None = None, overwrite: bool = False) -> tuple[float, int]:
+                      source: dict | None = None, overwrite: bool = False,
+                      deployment: dict | None = None) -> tuple[float, int]:
     """Export `model` (a Pi0FastModel) with its statistics and both tokenizers into the bundle folder out_dir;
     -> (seconds taken, bundle bytes). fast_width: the action width the FAST tokenizer decodes when its
-    processor_config.json does not say."""
+    processor_config.json does not say. deployment: bundle.yaml's `deployment` section (export/bundle.py's
+    deployment_record), left out when None."""
     import onnx
     import torch
 
@@ -97,7 +99,8 @@ def write_fast_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_
             "format_version": FORMAT_VERSION, "model": fast_model_manifest(cfg),
             "robot": {"state_dim": robot_state_dim, "action_dim": robot_action_dim}, "precision": precision,
             "normalization": norm_stats.to_dict(), "tokenizer": {"file": TOKENIZER_NAME},
-            "fast": fast_settings(cfg, width), "graphs": graphs, "source": source or {},
+            "fast": fast_settings(cfg, width), "graphs": graphs,
+            **({"deployment": deployment} if deployment is not None else {}), "source": source or {},
             "exporter": {"pi0edge": pi0edge.__version__, "torch": str(torch.__version__),
                          "onnx": str(onnx.__version__), "opset": OPSET, "python": platform.python_version(),
                          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},

@@ -299,3 +299,12 @@ def test_one_device_bound_to_two_cameras_is_refused(named_bundle):
     report, _ = check_binding(robot_config_from_dict(data), named_bundle, DEVICES)
     assert "cameras.wrist.serial" in failed_fields(report)
     assert "also bound to cameras.front" in report.failures[0].message
+
+
+def test_a_pi0fast_bundle_records_its_deployment_and_a_good_binding_passes(tiny_bundle_factory):
+    bundle, _ = tiny_bundle_factory("pi0fast")
+    config = robot_config_from_dict(robot_dict())
+    report, manifest = check_binding(config, bundle, DEVICES)
+    assert manifest.deployment is not None and manifest.deployment.prompt_format.endswith("State: {state_bins};\\n")
+    passed = {f.field for f in report.findings if f.status == "pass"}
+    assert {"normalization", "tokenizer.file"} <= passed and "deployment.prompt_format" not in failed_fields(report)
