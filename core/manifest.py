@@ -71,6 +71,7 @@ class FastSettings:
     cache_len: int
     tokenizer_dir: str
     action_dim: int  # the width the FAST tokenizer decodes (LeRobot: the robot's; openpi: the model's)
+    first_position_offset: int = 0  # action token k at position sum(prefix_mask) + offset + k (openpi: 1)
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,8 @@ def _fast_settings(raw: dict, path: Path) -> FastSettings:
     return FastSettings(max_action_tokens=_int_field(raw, "fast.max_action_tokens", path),
                         fast_skip_tokens=_int_field(raw, "fast.fast_skip_tokens", path, minimum=0),
                         bos_after_prompt=bos, cache_len=_int_field(raw, "fast.cache_len", path), tokenizer_dir=folder,
-                        action_dim=_int_field(raw, "fast.action_dim", path))
+                        action_dim=_int_field(raw, "fast.action_dim", path),
+                        first_position_offset=_int_field(raw, "fast.first_position_offset", path, minimum=0))
 
 
 # ---- the checks: every field against the graphs' recorded I/O and the other fields ---------------------

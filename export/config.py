@@ -146,7 +146,8 @@ class Pi0FastConfig:
     max_token_len: the prompt's token budget ("Task: ..., State: ...;\n" with BOS first), LeRobot's
     tokenizer_max_length / openpi's max_token_len. bos_after_prompt: LeRobot's sampler appends one BOS token
     after the padded prompt (openpi does not); it is part of the prefix. max_action_tokens: the decode budget,
-    and the KV cache's room beyond the prefix."""
+    and the KV cache's room beyond the prefix. first_position_offset: action token k sits at RoPE position
+    sum(prefix_pad) + offset + k (LeRobot 0, as in training; openpi's JAX sampler 1)."""
 
     vision: VisionConfig = SIGLIP_SO400M
     vlm: GemmaConfig = GEMMA_2B
@@ -158,6 +159,7 @@ class Pi0FastConfig:
     max_action_tokens: int = 256
     fast_skip_tokens: int = 128
     bos_after_prompt: bool = True
+    first_position_offset: int = 0  # openpi's JAX sampler: 1 (its first action token skips one position)
     cameras: tuple[str, ...] = field(default=DEFAULT_CAMERAS)
     model_type: str = FAST_MODEL_TYPE
 
@@ -167,6 +169,9 @@ class Pi0FastConfig:
         _check_positive("model", vocab_size=self.vocab_size, action_dim=self.action_dim, state_dim=self.state_dim,
                         action_horizon=self.action_horizon, max_token_len=self.max_token_len,
                         max_action_tokens=self.max_action_tokens)
+        if self.first_position_offset not in (0, 1):
+            raise ValueError(f"first_position_offset must be 0 (LeRobot) or 1 (openpi), "
+                             f"got {self.first_position_offset}")
         if not 0 <= self.fast_skip_tokens < self.vocab_size:
             raise ValueError(f"fast_skip_tokens must be in [0, vocab_size), got {self.fast_skip_tokens}")
         if not self.cameras or len(set(self.cameras)) != len(self.cameras):

@@ -40,7 +40,8 @@ def fast_settings(cfg: Pi0FastConfig, action_dim: int) -> dict:
     """bundle.yaml `fast`: what the decode loop needs beyond the graphs (core/manifest.py reads it)."""
     return {"max_action_tokens": cfg.max_action_tokens, "fast_skip_tokens": cfg.fast_skip_tokens,
             "bos_after_prompt": cfg.bos_after_prompt, "cache_len": cfg.cache_len,
-            "tokenizer_dir": FAST_TOKENIZER_DIR, "action_dim": action_dim}
+            "tokenizer_dir": FAST_TOKENIZER_DIR, "action_dim": action_dim,
+            "first_position_offset": cfg.first_position_offset}
 
 
 def fast_action_dim(fast_tokenizer_dir: Path, default: int, cfg: Pi0FastConfig, robot_action_dim: int) -> int:

@@ -93,7 +93,8 @@ class FastDecoder:
         keys, values, valid = self._buffers(batch)
         keys[:, :, :prefix_len], values[:, :, :prefix_len] = past_keys, past_values
         valid[:, :prefix_len], valid[:, prefix_len:] = prefix_mask, False
-        position = prefix_mask.sum(axis=1).astype(np.int64)  # right after the last valid prefix token
+        # right after the last valid prefix token, + openpi's offset (docs/model.md, "Pi0-FAST")
+        position = prefix_mask.sum(axis=1).astype(np.int64) + self.manifest.fast.first_position_offset
         prefix_ms = (time.perf_counter() - start) * 1e3
         budget = self.manifest.fast.max_action_tokens
         chosen, token_ms = np.zeros((batch, budget), np.int64), []

@@ -264,7 +264,8 @@ class _ConfigReader:
 
     def fast_config(self) -> Pi0FastConfig:
         """Pi0-FAST: sizes from the shapes; chunk, widths and token budgets from LeRobot's PI0FastConfig or
-        openpi's Pi0FASTConfig fields (LeRobot's sampler appends a BOS after the prompt, openpi's does not)."""
+        openpi's Pi0FASTConfig fields (LeRobot's sampler appends a BOS after the prompt, openpi's does not; openpi's
+        places the first action token one position further)."""
         vision, vlm = self.vision(), self.gemma("vlm", "paligemma_variant")
         vocab = self.vocab(vlm)
         lerobot = "type" in self.raw
@@ -284,6 +285,8 @@ class _ConfigReader:
             "fast_skip_tokens": self.settle("FAST skip tokens", self.claim("fast_skip_tokens"),
                                             self.raw_claim("fast_skip_tokens"), default=128),
         }
+        values["first_position_offset"] = self.settle("first action token's position offset",
+                                                      self.claim("first_position_offset"), default=0 if lerobot else 1)
         bos_after_prompt = self.settle("BOS after the prompt", self.claim("bos_after_prompt"), default=lerobot)
         try:
             return Pi0FastConfig(vision=vision, vlm=vlm, vocab_size=vocab, cameras=self.cameras(),

@@ -91,7 +91,8 @@ class Pi0FastModel(nn.Module):
         cache_k = torch.cat([past_keys, past_keys.new_zeros(layers, b, n, k, d)], dim=2)
         cache_v = torch.cat([past_values, past_values.new_zeros(layers, b, n, k, d)], dim=2)
         cache_mask = torch.cat([pad, pad.new_zeros(b, n)], dim=1)
-        position = pad.to(torch.int64).sum(dim=1)  # right after the last valid prefix token
+        # right after the last valid prefix token (+ openpi's offset, docs/model.md "Pi0-FAST")
+        position = pad.to(torch.int64).sum(dim=1) + self.cfg.first_position_offset
         ends = torch.tensor(end_token_ids, dtype=torch.int64, device=pad.device)
         tokens, finished = [], torch.zeros(b, dtype=torch.bool, device=pad.device)
         for step in range(n):
@@ -124,7 +125,8 @@ class Pi0FastModel(nn.Module):
             valid = torch.cat([pad, pad.new_ones(b, n)], dim=1)
             ar = torch.cat([torch.zeros_like(pad, dtype=torch.int64), torch.ones_like(valid[:, t:], dtype=torch.int64)],
                            dim=1)
-            out, _, _ = self._layers(torch.cat([x, generated], dim=1), torch.cumsum(valid.to(torch.int64), 1) - 1,
+            positions = torch.cumsum(valid.to(torch.int64), 1) - 1 + ar * self.cfg.first_position_offset
+            out, _, _ = self._layers(torch.cat([x, generated], dim=1), positions,
                                      mask_2d(valid, ar))  # prefix bidirectional, action tokens causal
             token = pick_token(self.lm_logits(last_valid(out, valid)), 0.0, None)
             tokens.append(token)

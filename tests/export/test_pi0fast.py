@@ -45,6 +45,10 @@ def test_kv_cached_decode_equals_uncached_decode_token_for_token():
     uncached = model.generate_uncached(obs, end_token_ids=(1,))
     assert cached.shape == (2, 12) and len(set(cached[0].tolist())) > 3
     assert torch.equal(cached, uncached)
+    model.cfg = replace(cfg, first_position_offset=1)  # openpi's sampler: the same rule, shifted by one position
+    shifted = model.generate(obs, end_token_ids=(1,))
+    assert torch.equal(shifted, model.generate_uncached(obs, end_token_ids=(1,)))
+    assert not torch.equal(shifted, cached)
 
 
 @pytest.fixture(scope="module")
@@ -93,14 +97,17 @@ def check_onnx_matches_eager(bundle, model) -> None:
 
 @pytest.mark.parametrize("layout", ["lerobot", "openpi"])
 def test_both_checkpoint_layouts_load_export_and_run(tmp_path, layout):
-    cfg = replace(tiny("pi0fast"), bos_after_prompt=layout == "lerobot", action_horizon=7)
+    lerobot = layout == "lerobot"  # LeRobot's sampler: a BOS after the prompt; openpi's: one position further
+    cfg = replace(tiny("pi0fast"), bos_after_prompt=lerobot, first_position_offset=0 if lerobot else 1,
+                  action_horizon=7)
     checkpoint = write_random_checkpoint(tmp_path / "checkpoint", cfg, layout=layout, robot_state_dim=5,
                                          robot_action_dim=4)
     loaded = load_checkpoint(checkpoint)
     assert loaded.config == cfg and loaded.layout == layout and isinstance(loaded.model, Pi0FastModel)
     report = export_bundle(checkpoint, tmp_path / "bundle")
     with Policy(report.bundle_dir, seed=0) as policy:
-        assert policy.manifest.fast.action_dim == (4 if layout == "lerobot" else cfg.action_dim)
+        assert policy.manifest.fast.action_dim == (4 if lerobot else cfg.action_dim)
+        assert policy.manifest.fast.first_position_offset == cfg.first_position_offset
         chunk = policy.infer(synthetic_observation(policy))
     assert chunk.actions.shape == (7, 4) and chunk.timings_ms["tokens"] >= 1
     # random weights decode garbage: flagged, and NaN so that nothing executes it
