@@ -1,4 +1,4 @@
-"""A policy served over the network by `pi0edge serve` (docs/serve.md), for `pi0edge run` on a robot whose
+"""A policy served over the network by `pi0edge serve` (docs/serving.md), for `pi0edge run` on a robot whose
 model runs on another machine (docs/control_loop.md, "Remote policy").
 
 It speaks the server's openpi protocol with the websockets sync client: the metadata frame on connect gives

@@ -23,7 +23,7 @@ def _port(text: str) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="serve a bundle to openpi clients over a websocket",
                               description="An openpi-compatible policy server: an unmodified openpi_client "
-                                          "WebsocketClientPolicy connects to it (docs/serve.md).")
+                                          "WebsocketClientPolicy connects to it (docs/serving.md).")
     p.add_argument("bundle", help="exported policy bundle directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0: any free port)")

@@ -1,4 +1,4 @@
-"""The YAML form of an observation map, for robots other than the presets (docs/serve.md, "Map files"):
+"""The YAML form of an observation map, for robots other than the presets (docs/serving.md, "Map files"):
 
     images_in: images        # optional: the images sit in this nested dict; absent: top-level keys
     layout: auto             # optional: auto (HWC, or CHW when the first axis is 3) or chw

@@ -60,7 +60,7 @@ class ObsMap:
         unknown = [c.camera for c in self.cameras if c.camera is not None and c.camera not in camera_names]
         if unknown:
             raise ConfigError(f"observation map {self.name!r} feeds camera(s) {unknown}, which this bundle does not "
-                              f"have (its cameras: {list(camera_names)}); write a map file (docs/serve.md)")
+                              f"have (its cameras: {list(camera_names)}); write a map file (docs/serving.md)")
         state = tuple(replace(p, dim=robot_state_dim) if p.dim == BUNDLE_STATE_DIM else p for p in self.state)
         total = sum(p.dim for p in state)
         if total != robot_state_dim:

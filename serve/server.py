@@ -1,5 +1,5 @@
 """The websocket server, speaking openpi's policy protocol (openpi src/openpi/serving/websocket_policy_server.py,
-docs/serve.md):
+docs/serving.md):
 
 - after the handshake the server sends the metadata (one msgpack-numpy frame);
 - each binary frame from the client is an observation dict; the answer is {"actions": [H, robot_action_dim],
@@ -114,7 +114,7 @@ class PolicyServer:
                 start = time.monotonic()
                 try:
                     response = await self._answer(frame, rng)
-                except DeadlineUnmeetable as exc:  # load, not a fault: the client may go on (docs/serve.md)
+                except DeadlineUnmeetable as exc:  # load, not a fault: the client may go on (docs/serving.md)
                     log.warning("refused for %s: %s", ws.remote_address, exc)
                     response = {"error": f"DeadlineUnmeetable: {exc}", "deadline_ms": exc.deadline_ms,
                                 "estimate_ms": exc.needed_ms, "server_timing": {}}
