@@ -57,7 +57,8 @@ def cmd_serve(args) -> int:
     require("msgpack", "serve", "pi0edge serve")
     policy = Policy(args.bundle, args.backend, seed=args.seed)
     try:
-        obs_map = resolve_obs_map(args.obs_map, policy.camera_names, policy.robot_state_dim)
+        obs_map = resolve_obs_map(args.obs_map, policy.camera_names, policy.robot_state_dim,
+                                  policy.robot_action_dim)
         window_ms = args.batch_window_ms if args.max_batch > 1 else 0.0
         config = ServeConfig(host=args.host, port=args.port, api_key=args.api_key, seed=args.seed,
                              max_message_bytes=int(args.max_message_mib * 2**20),

@@ -141,7 +141,7 @@ class PolicyServer:
         noise = rng.standard_normal((m.action_horizon, m.action_dim), dtype=np.float32)
         start = time.monotonic()
         result = await self.shared.infer(observation, noise, deadline_ms)
-        return {"actions": result.actions,
+        return {"actions": self.obs_map.actions(result.actions),
                 "policy_timing": {"infer_ms": result.policy_ms},
                 "server_timing": {"infer_ms": (time.monotonic() - start) * 1e3, "batch_size": result.batch_size}}
 

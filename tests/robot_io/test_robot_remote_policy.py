@@ -35,7 +35,8 @@ class ServerThread:
         from pi0edge.serve.map_file import resolve_obs_map
         from pi0edge.serve.server import PolicyServer, ServeConfig
 
-        mapping = resolve_obs_map(None, policy.camera_names, policy.robot_state_dim)
+        mapping = resolve_obs_map(None, policy.camera_names, policy.robot_state_dim,
+                                  policy.robot_action_dim)
         self.server = PolicyServer(policy, mapping, ServeConfig(port=port, api_key=api_key, seed=0))
         self._ready, self._loop, self._stop, self._failure = threading.Event(), None, None, []
         self._thread = threading.Thread(target=self._run, daemon=True)

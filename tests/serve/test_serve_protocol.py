@@ -222,7 +222,8 @@ def test_a_port_already_taken_is_a_config_error_naming_it(bundle):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        server = PolicyServer(policy, resolve_obs_map(None, policy.camera_names, policy.robot_state_dim),
+        server = PolicyServer(policy, resolve_obs_map(None, policy.camera_names, policy.robot_state_dim,
+                                                      policy.robot_action_dim),
                               ServeConfig(port=port))
         with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
             asyncio.run(server.serve())
