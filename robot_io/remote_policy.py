@@ -37,7 +37,7 @@ RECONNECT_INTERVAL_S = 0.5
 _sleep = time.sleep  # a module attribute, so the tests can see the waits between attempts
 DEFAULT_MAP = "bundle"  # serve's map when started without --obs-map: the observation as Observation holds it
 SHAPE_KEYS = ("cameras", "action_horizon", "action_dim", "state_dim")
-DEADLINE_KEY = "deadline_ms"  # serve's name for it (pi0edge.serve.server.DEADLINE_KEY)
+DEADLINE_KEY = "deadline_ms"  # serve's name for it (pi0edge.serve.session.DEADLINE_KEY)
 
 
 def control_deadline_ms(config: RobotConfig, action_horizon: int) -> float:
