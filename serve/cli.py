@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from pi0edge.cli_args import positive_float, positive_int
+from pi0edge.cli_args import non_negative_float, positive_float, positive_int
 
 API_KEY_ENV = "PI0EDGE_API_KEY"
 
@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ray.add_argument("--replicas", type=positive_int, default=2, help="with --ray: replicas (default 2)")
     ray.add_argument("--cpus-per-replica", type=positive_float, default=1.0,
                      help="with --ray: Ray CPUs each replica reserves (default 1)")
-    ray.add_argument("--gpus-per-replica", type=float, default=0.0,
+    ray.add_argument("--gpus-per-replica", type=non_negative_float, default=0.0,
                      help="with --ray: Ray GPUs each replica reserves, e.g. 0.5 to share one (default 0)")
     p.set_defaults(func=cmd_serve)
 

@@ -47,7 +47,7 @@ class PolicySource:
 
 def build_app(source: PolicySource, config: ServeConfig, ray_config: RayConfig, app_name: str = APP_NAME):
     """The Ray Serve application: one deployment of `ray_config.replicas` replicas, each a PolicyService."""
-    require("ray", "ray", "pi0edge serve --ray")
+    require("ray.serve", "ray", "pi0edge serve --ray")
     from fastapi import FastAPI, WebSocket
     from fastapi.responses import PlainTextResponse
     from ray import serve
@@ -126,7 +126,7 @@ async def serve_websocket(service, websocket, max_message_bytes: int) -> None:
 
 def run(source: PolicySource, config: ServeConfig, ray_config: RayConfig, on_ready=None) -> None:
     """Start (or join, with RAY_ADDRESS) Ray, deploy, and serve until SIGINT / SIGTERM."""
-    require("ray", "ray", "pi0edge serve --ray")
+    require("ray.serve", "ray", "pi0edge serve --ray")
     import ray
     from ray import serve
 
