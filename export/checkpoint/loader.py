@@ -10,7 +10,7 @@ statistics).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 
 from pi0edge.errors import CheckpointError
 from pi0edge.export.checkpoint.config import detect_config, read_config
+from pi0edge.export.checkpoint.features import TrainedFeatures, trained_features
 from pi0edge.export.checkpoint.layouts import (
     CONFIG_FILE,
     LEROBOT_MODEL_PREFIX,
@@ -58,6 +59,8 @@ class LoadedCheckpoint:
     camera_names: tuple[str, ...]
     weights_files: tuple[Path, ...]
     weights_bytes: int  # total size of the weight files
+    # camera image sizes, state/action names (LeRobot config.json features)
+    features: TrainedFeatures = field(default_factory=TrainedFeatures)
 
 
 def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float32, lazy: bool = True,
@@ -96,7 +99,7 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float
         config=cfg, model=model, norm_stats=stats, tokenizer_path=find_tokenizer(root), layout=layout,
         source_sha256=digest.hexdigest() if digest is not None else None, robot_state_dim=state_dim,
         robot_action_dim=action_dim, camera_names=cfg.cameras, weights_files=tuple(files),
-        weights_bytes=sum(f.stat().st_size for f in files))
+        weights_bytes=sum(f.stat().st_size for f in files), features=trained_features(raw))
 
 
 def _checkpoint_dir(path: str | Path) -> Path:
