@@ -21,6 +21,7 @@ def test_without_ray_serve_ray_names_the_ray_extra(monkeypatch):
     from pi0edge.serve.session import ServeConfig
 
     monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray.serve", None)  # also when an earlier test imported Ray
     with pytest.raises(MissingExtraError, match=r"pip install 'pi0edge\[ray\]'"):
         ray_app.run(ray_app.PolicySource("bundle", obs_map=None), ServeConfig(), ray_app.RayConfig())
 
