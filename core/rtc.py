@@ -14,6 +14,7 @@ from pi0edge.errors import ConfigError
 SCHEDULES = ("zeros", "ones", "linear", "exp")
 DEFAULT_SCHEDULE = "linear"  # LeRobot's RTCConfig default
 DEFAULT_MAX_GUIDANCE_WEIGHT = 10.0  # beta; LeRobot's RTCConfig default
+DEFAULT_EXECUTION_HORIZON = 10  # s, rows of the leftover to blend with; LeRobot's RTCConfig default
 
 
 def unclipped_guidance_weight(t):

@@ -213,6 +213,5 @@ def make_strategy(cfg: ChunkingConfig, horizon: int) -> ChunkStrategy:
     if cfg.strategy == "async":
         return AsyncStrategy(n_execute)
     if cfg.strategy == "rtc":
-        return RtcStrategy(n_execute, cfg.rtc_schedule, cfg.rtc_max_guidance_weight,
-                           cfg.rtc_execution_horizon or n_execute)
+        return RtcStrategy(n_execute, cfg.rtc_schedule, cfg.rtc_max_guidance_weight, cfg.rtc_execution_horizon)
     return EnsembleStrategy(n_execute, cfg.ensemble_m)

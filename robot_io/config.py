@@ -13,6 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from pi0edge.errors import ConfigError
+from pi0edge.rtc import DEFAULT_EXECUTION_HORIZON as RTC_DEFAULT_EXECUTION_HORIZON
 from pi0edge.rtc import SCHEDULES as RTC_SCHEDULES
 
 from .arms import validate_arm_spec
@@ -120,7 +121,7 @@ class ChunkingConfig:
     # rtc (an `export --rtc` bundle): docs/control_loop.md, "Real-time chunking"
     rtc_schedule: str = "linear"  # prefix weights: zeros, ones, linear, exp
     rtc_max_guidance_weight: float = 10.0  # beta
-    rtc_execution_horizon: int | None = None  # ticks of the leftover to guide towards; None: n_execute
+    rtc_execution_horizon: int = RTC_DEFAULT_EXECUTION_HORIZON  # rows of the leftover to blend with (ticks)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -136,7 +137,7 @@ class ChunkingConfig:
             raise ConfigError(f"chunking.rtc_max_guidance_weight: must be a number > 0, got "
                               f"{self.rtc_max_guidance_weight!r}")
         horizon = self.rtc_execution_horizon
-        if horizon is not None and (not isinstance(horizon, int) or isinstance(horizon, bool) or horizon <= 0):
+        if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon <= 0:
             raise ConfigError(f"chunking.rtc_execution_horizon: must be a positive integer, got {horizon!r}")
 
     def resolved_n_execute(self, horizon: int) -> int:

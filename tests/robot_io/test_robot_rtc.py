@@ -49,7 +49,7 @@ def test_rtc_config_fields_are_checked_and_reach_the_strategy():
     strategy = make_strategy(make_config(chunking={"strategy": "rtc", "n_execute": 3, "rtc_schedule": "ones",
                                                    "rtc_max_guidance_weight": 2.5}).chunking, horizon=10)
     assert isinstance(strategy, RtcStrategy)
-    assert (strategy.schedule, strategy.max_guidance_weight, strategy.execution_horizon) == ("ones", 2.5, 3)
+    assert (strategy.schedule, strategy.max_guidance_weight, strategy.execution_horizon) == ("ones", 2.5, 10)
     with pytest.raises(ConfigError, match="chunking.rtc_schedule.*'cubic'"):
         make_config(chunking={"strategy": "rtc", "rtc_schedule": "cubic"})
     with pytest.raises(ConfigError, match="chunking.rtc_max_guidance_weight"):
