@@ -155,3 +155,34 @@ def test_rtc_leftover_of_the_wrong_width_is_refused_with_the_expected_shape(rtc_
     guidance = RtcGuidance(leftover=np.zeros((5, 4), np.float32), inference_delay=1, execution_horizon=5)
     with Policy(rtc_bundle[0]) as policy, pytest.raises(ObservationError, match=r"\[n, 6\]"):
         policy.infer(observation(), guidance=guidance)
+
+
+@pytest.fixture(scope="module")
+def mid_rtc_bundle(tmp_path_factory, tokenizer_path):
+    """mid() (VLM 512 x 6, expert 256 x 6, H 50, A 32), exported once for the module: about 3 minutes."""
+    from pi0edge.export.bundle import export_bundle
+    from pi0edge.export.checkpoint import load_checkpoint
+    from pi0edge.export.config import mid
+    from pi0edge.export.random_checkpoint import write_random_checkpoint
+
+    folder = tmp_path_factory.mktemp("rtc-mid")
+    checkpoint = write_random_checkpoint(folder / "checkpoint", mid("pi0"), seed=0, tokenizer=False,
+                                         robot_state_dim=6, robot_action_dim=6)
+    export_bundle(checkpoint, folder / "bundle", tokenizer=tokenizer_path, rtc=True)
+    return folder / "bundle", load_checkpoint(checkpoint).model.eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_rtc_mid_size_graphs_equal_lerobot_formula(mid_rtc_bundle, schedule):
+    bundle, model = mid_rtc_bundle
+    rng = np.random.default_rng(5)
+    obs = observation(2)
+    for whole_loop in (False, True):
+        with Policy(bundle, whole_loop=whole_loop) as policy:
+            noise = rng.standard_normal((policy.action_horizon, policy.manifest.action_dim)).astype(np.float32)
+            guidance = RtcGuidance(leftover=rng.standard_normal((35, 6)).astype(np.float32), inference_delay=4,
+                                   execution_horizon=10, schedule=schedule)
+            _, internals = policy.infer_internals(obs, noise=noise, guidance=guidance)
+            expected = reference_chunk(model, policy, obs, noise, guidance)
+        np.testing.assert_allclose(internals.normalized_actions, expected, atol=TOLERANCE, rtol=0)
