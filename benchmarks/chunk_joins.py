@@ -1,8 +1,8 @@
 """Chunk joins: how far the command jumps, and how hard it jerks, where one chunk hands over to the next, for the
 control loop's chunk strategies (sync, async, ensemble, rtc) at two inference delays.
 
-    python benchmarks/chunk_joins.py                          # mid preset, random weights, sim arm + gym-aloha
-    python benchmarks/chunk_joins.py --preset tiny --aloha-ticks 0 --ticks 120
+    python benchmarks/chunk_joins.py                          # tiny preset (H 50), random weights, sim arm + gym-aloha
+    python benchmarks/chunk_joins.py --preset mid --aloha-ticks 0
     python benchmarks/chunk_joins.py --bundle B               # an `export --rtc` bundle with 14 robot action dims
 
 The loop is stepped, not run against the wall clock: tick k observes the arm, asks the strategy
@@ -14,7 +14,9 @@ gym-aloha's MuJoCo ALOHA (AlohaArm; one tick = one env.step, 20 ms simulated, ~1
 --aloha-ticks short; skipped when gym-aloha is not installed). One `export --rtc` bundle serves all four
 strategies: without guidance it computes exactly the plain bundle's chunk (tests/runtime/test_rtc_parity.py).
 
-Figures per strategy and delay, over the commands sent (clipped to the arm's limits), at the joins (the ticks a
+The figures are over the targets the strategy gives (clipped to the arm's position limits); the arm itself is
+sent them rate-limited as the loop's safety layer would (max_velocity_per_s per tick), or a random chunk's
+jumps break gym-aloha's physics. Figures per strategy and delay, at the joins (the ticks a
 new chunk first drives the command; the first chunk takes over from the arm's start, not from a chunk, and is
 not counted): the step |c[k] - c[k-1]| and the third difference |c[k+1] - 3 c[k] + 3 c[k-1] - c[k-2]| (jerk, per
 tick^3), max over joints, as max and mean over the joins; how far the new chunk's row for the join tick is from
@@ -37,12 +39,14 @@ import numpy as np
 
 STRATEGIES = ("sync", "async", "ensemble", "rtc")
 ROBOT_DOF = 14  # gym-aloha's: one bundle for both arms
+PERIOD_S = 0.02  # 50 Hz, gym-aloha's step
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", help="an `export --rtc` bundle with 14 robot action/state dims (default: a random one)")
-    p.add_argument("--preset", default="mid", choices=("tiny", "mid"), help="random bundle's size (default mid)")
+    p.add_argument("--preset", default="tiny", choices=("tiny", "mid"),
+                   help="random bundle's size (default tiny, with mid's horizon of 50 and 16 action dims)")
     p.add_argument("--delays", type=int, nargs=2, default=(3, 8), help="inference delays in ticks (default 3 8)")
     p.add_argument("--n-execute", type=int, default=None, help="ticks between requests (default H/5, sync: H/2)")
     p.add_argument("--ticks", type=int, default=200, help="sim arm ticks per run (50 Hz)")
@@ -64,7 +68,7 @@ def random_rtc_bundle(preset: str, folder: Path) -> Path:
 
     cfg = PRESETS[preset]("pi0")
     width = max(cfg.action_dim, ROBOT_DOF)  # tiny's 8 dims are fewer than ALOHA's 14 joints
-    cfg = replace(cfg, action_dim=width, state_dim=width)
+    cfg = replace(cfg, action_dim=width, state_dim=width, action_horizon=PRESETS["mid"]().action_horizon)
     checkpoint = write_random_checkpoint(folder / "checkpoint", cfg, seed=0, robot_state_dim=ROBOT_DOF,
                                          robot_action_dim=ROBOT_DOF)
     export_bundle(checkpoint, folder / "bundle", rtc=True)
@@ -96,7 +100,9 @@ def stepped_run(policy, strategy, arm, frame, delay: int, ticks: int, clock: Ste
     from pi0edge.runtime.types import Observation
 
     lower, upper = arm.limits.lower, arm.limits.upper
+    max_step = arm.limits.max_velocity_per_s * PERIOD_S  # the safety layer's per-tick limit, for the arm only
     last = np.clip(arm.read_state(), lower, upper)
+    sent = last.copy()
     commands, driven, joins, pending = [], [], [], None
     deviations, previous = [], None  # |new chunk's row - the previous chunk's row| for the join's tick
 
@@ -125,7 +131,8 @@ def stepped_run(policy, strategy, arm, frame, delay: int, ticks: int, clock: Ste
                 pending = None
         target = strategy.target(tick)
         last = last if target is None else np.clip(target, lower, upper)  # no target: hold
-        arm.command(last)
+        sent = sent + np.clip(last - sent, -max_step, max_step)  # a random chunk's jumps would break the physics
+        arm.command(sent)
         commands.append(last.copy())
         driven.append(target is not None)
         if clock is not None:
@@ -159,6 +166,9 @@ def run_arm(arm_name: str, policy, args, ticks: int) -> tuple[dict, dict]:
             try:
                 strategy = make_strategy(name, policy.action_horizon, args.n_execute, args)
                 commands, driven, joins, deviations = stepped_run(policy, strategy, arm, frame, delay, ticks, clock)
+            except Exception as exc:  # noqa: BLE001 - e.g. MuJoCo's PhysicsError: that run is reported, not the rest
+                print(f"{arm_name} d={delay} {name}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                continue
             finally:
                 arm.close()
             figures[(name, delay)] = join_figures(commands, driven, joins, deviations)
@@ -177,7 +187,7 @@ def open_arm(arm_name: str):
     from pi0edge.robot_io.arm_base import ArmLimits
     from pi0edge.robot_io.sim_arm import SimArm
 
-    clock = SteppedClock(0.02)
+    clock = SteppedClock(PERIOD_S)
     image = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     # limits far outside what the random chunks ask (|a| < ~5): nothing is clipped, the joins are the chunks'
     arm = SimArm(dof=ROBOT_DOF, time_constant_s=0.02, limits=ArmLimits.uniform(ROBOT_DOF, 50.0, 1e4), clock=clock)
@@ -196,22 +206,35 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
-def plot(traces: dict, path: str) -> None:
+def plot(results: dict, traces: dict, path: str) -> None:
+    """Per arm: joint 0's commands under async and rtc at the longer delay (first 80 ticks), and the mean
+    deviation from the previous chunk at the joins for every strategy and delay."""
     from pi0edge.errors import require
 
     plt = require("matplotlib.pyplot", "bench", "the chunk-join plot")
-    panels = [(arm_name, delay) for arm_name, t in traces.items() for delay in sorted({d for _, d in t})]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3 * len(panels)), squeeze=False)
-    for ax, (arm_name, delay) in zip(axes[:, 0], panels, strict=True):
-        for name in STRATEGIES:
-            values, joins = traces[arm_name][(name, delay)]
-            line, = ax.plot(values, label=name, lw=1.2)
-            ax.plot(joins, values[joins], "o", ms=3, color=line.get_color())
-        ax.set_title(f"{arm_name}: joint 0 command, inference delay {delay} ticks (dots: chunk joins)")
-        ax.set_xlabel("tick")
-        ax.legend(loc="upper right", fontsize=8)
+    fig, axes = plt.subplots(len(traces), 2, figsize=(13, 3.4 * len(traces)), squeeze=False,
+                             gridspec_kw={"width_ratios": [2.2, 1]})
+    for (trace_ax, bar_ax), arm_name in zip(axes, traces, strict=True):
+        delays = sorted({d for _, d in traces[arm_name]})
+        for name in ("async", "rtc"):
+            if (name, delays[-1]) not in traces[arm_name]:
+                continue  # that run failed
+            values, joins = traces[arm_name][(name, delays[-1])]
+            shown = [k for k in joins if k < 80]
+            line, = trace_ax.plot(values[:80], label=name, lw=1.2)
+            trace_ax.plot(shown, values[shown], "o", ms=4, color=line.get_color())
+        trace_ax.set_title(f"{arm_name}: joint 0 command, inference delay {delays[-1]} ticks (dots: chunk joins)")
+        trace_ax.set_xlabel("tick")
+        trace_ax.legend(loc="upper right", fontsize=8)
+        width = 0.8 / len(delays)
+        for i, delay in enumerate(delays):
+            heights = [results[arm_name].get((name, delay), {}).get("deviation_mean", np.nan) for name in STRATEGIES]
+            bar_ax.bar(np.arange(len(STRATEGIES)) + i * width, np.nan_to_num(heights), width, label=f"d = {delay}")
+        bar_ax.set_xticks(np.arange(len(STRATEGIES)) + width * (len(delays) - 1) / 2, STRATEGIES)
+        bar_ax.set_title("new vs previous chunk at the joins (mean)")
+        bar_ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             for arm_name, ticks in arms.items():
                 results[arm_name], traces[arm_name] = run_arm(arm_name, policy, args, ticks)
     print(table(results))
-    plot(traces, args.png)
+    plot(results, traces, args.png)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({a: {f"{s}@{d}": v for (s, d), v in r.items()} for a, r in results.items()}, f, indent=1)
