@@ -20,6 +20,8 @@ from .arms import validate_arm_spec
 from .cameras import validate_camera_spec
 
 STRATEGIES = ("sync", "async", "ensemble", "rtc")
+CHUNKING_KEYS = {"strategy", "n_execute", "ensemble_m", "rtc_schedule", "rtc_max_guidance_weight",
+                 "rtc_execution_horizon"}
 TOP_LEVEL_KEYS = {"rate_hz", "realtime_priority", "cameras", "arm", "joints", "chunking", "safety", "estop",
                   "startup_check", "recording", "inference", "cpu_affinity", "policy"}
 INFERENCE_MODES = ("process", "thread")
@@ -371,8 +373,7 @@ def robot_config_from_dict(data: Mapping, source: str | None = None, base_dir: P
     mapping = JointMapping(tuple(names), action_index, state_index)
 
     chunk = data.get("chunking") or {}
-    _known_keys("chunking", chunk, {"strategy", "n_execute", "ensemble_m", "rtc_schedule", "rtc_max_guidance_weight",
-                                    "rtc_execution_horizon"})
+    _known_keys("chunking", chunk, CHUNKING_KEYS)
     chunking = ChunkingConfig(**chunk)
 
     safety = data.get("safety") or {}
