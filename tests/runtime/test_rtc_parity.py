@@ -131,6 +131,21 @@ def test_rtc_bundle_without_guidance_is_the_plain_bundle_exactly(tiny_bundle_fac
     np.testing.assert_array_equal(got, want)
 
 
+def test_rtc_plain_graphs_taking_t_and_dt_equal_lerobot_formula(tiny_bundle_factory):
+    """`export --rtc --no-optimize`: the step graph reads t and dt as inputs instead of its step's tables."""
+    bundle, model = tiny_bundle_factory("pi0", optimize=None, rtc=True)
+    rng = np.random.default_rng(9)
+    with Policy(bundle) as policy:
+        assert not policy.backend.whole_loop  # no loop graph without precompute_time
+        noise = rng.standard_normal((policy.action_horizon, policy.manifest.action_dim)).astype(np.float32)
+        guidance = RtcGuidance(leftover=rng.standard_normal((8, 6)).astype(np.float32), inference_delay=1,
+                               execution_horizon=6, schedule="linear", max_guidance_weight=3.0)
+        obs = observation(5)
+        _, internals = policy.infer_internals(obs, noise=noise, guidance=guidance)
+        expected = reference_chunk(model, policy, obs, noise, guidance)
+    np.testing.assert_allclose(internals.normalized_actions, expected, atol=TOLERANCE, rtol=0)
+
+
 def test_rtc_pi05_loop_graph_equals_lerobot_formula(tiny_bundle_factory):
     bundle, model = tiny_bundle_factory("pi05", rtc=True)
     rng = np.random.default_rng(11)
