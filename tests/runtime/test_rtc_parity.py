@@ -174,7 +174,8 @@ def test_rtc_leftover_of_the_wrong_width_is_refused_with_the_expected_shape(rtc_
 
 @pytest.fixture(scope="module")
 def mid_rtc_bundle(tmp_path_factory, tokenizer_path):
-    """mid() (VLM 512 x 6, expert 256 x 6, H 50, A 32), exported once for the module: about 3 minutes."""
+    """mid() (VLM 512 x 6, expert 256 x 6, H 50, A 32), exported once for the module: the four tests take
+    about 90 s on 2 shared cores, most of it the export."""
     from pi0edge.export.bundle import export_bundle
     from pi0edge.export.checkpoint import load_checkpoint
     from pi0edge.export.config import mid
