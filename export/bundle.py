@@ -71,7 +71,7 @@ def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path:
                  rtc: bool = False) -> ExportReport:
     """Export `model` (a Pi0Model) with its stats and tokenizer into the bundle folder out_dir.
     optimize: export/optimize.py's graph optimizations (None: the plain reference graphs).
-    features: what the checkpoint says about its training data (camera sizes, dim names), for `deployment`."""
+    features: what the checkpoint says about its training data (camera sizes, dim names), for `deployment`.
     rtc: the real-time chunking variant (step and loop graphs take the guidance inputs)."""
     import onnx
     import torch
