@@ -1,4 +1,5 @@
-"""`pi0edge serve` under a fleet of robots: throughput, latency and deadline misses, unbatched vs batched.
+"""`pi0edge serve` under a fleet of robots: throughput, latency and deadline misses, unbatched vs batched vs
+Ray Serve with 2 replicas.
 
     python benchmarks/serve_load.py --config tiny --robots 1 4 16 64 --duration-s 20 --json load.json
     python benchmarks/serve_load.py --quick          # tiny, 1 and 4 robots, 1.5 s a cell
@@ -10,17 +11,20 @@ answer after it is a deadline miss; the robot then holds still until the answer 
 and asks again at once (so an overloaded server slows the fleet down instead of queueing without end).
 Robots start at random phases (seeded) of the first period: a fleet is not synchronized.
 
-Each cell starts `pi0edge serve BUNDLE --backend ort-cpu --port 0` as a subprocess (its peak RSS is
-/proc/<pid>/status VmHWM), once with --max-batch 1 (every request alone) and once with --max-batch
-min(robots, --max-batch) and the server's default 2 ms window. The robots are asyncio tasks of this process,
+Each cell starts `pi0edge serve BUNDLE --backend ort-cpu` as a subprocess: once with --max-batch 1 (every
+request alone), once with --max-batch min(robots, --max-batch) and the server's default 2 ms window, and once
+with `--ray --replicas N` (--ray-replicas, default 2; 0 leaves Ray out; each replica unbatched, on a local Ray
+instance the server starts). The server's peak RSS is the sum of /proc/<pid>/status VmHWM over its process
+tree (for Ray: the driver, Ray's own processes, the proxy and the replicas; pages shared between processes
+count once per process, so it is an upper bound). The robots are asyncio tasks of this process,
 each on its own websocket connection with serve's msgpack-numpy encoding; each cycles through a few
 observations (2 cameras 224x224, a 20-token prompt) encoded once up front, so the clients' own CPU use stays
 small beside the server's on the same machine. Before the clock starts every robot makes one warm-up request.
 
 The bundle: a random pi0 checkpoint of --config (seed 0) exported with `pi0edge export`'s defaults (as
-benchmarks/serve_overhead.py makes it), or --bundle. Ray with 2 replicas is not built and not measured.
-Needs the `export` extra (unless --bundle), the `serve` extra and openpi_client (imported by
-benchmarks/serve_overhead.py, whose bundle and observation helpers this reuses).
+benchmarks/serve_overhead.py makes it), or --bundle. Needs the `export` extra (unless --bundle), the `serve`
+extra (`ray` for the Ray cells) and openpi_client (imported by benchmarks/serve_overhead.py, whose bundle and
+observation helpers this reuses).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import asyncio
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
@@ -52,7 +57,7 @@ QUICK_DURATION_S = 1.5
 QUICK_ROBOTS = (1, 4)
 DISTINCT_OBSERVATIONS = 4
 SERVER_START_TIMEOUT_S = 300.0
-NOT_MEASURED = "Ray, 2 replicas: not built (out of scope), not measured"
+SERVER_STOP_TIMEOUT_S = 60.0  # Ray's shutdown takes seconds
 
 
 @dataclass(frozen=True)
@@ -74,10 +79,20 @@ class Request:
 
 # --- the server, a subprocess -------------------------------------------------------------------------------
 
-def start_server(bundle: Path, max_batch: int) -> tuple[subprocess.Popen, int]:
-    """`pi0edge serve` on a free loopback port; -> (process, port) once it listens."""
-    command = [sys.executable, "-m", "pi0edge.cli", "serve", str(bundle), "--backend", "ort-cpu", "--port", "0",
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(bundle: Path, max_batch: int, ray_replicas: int = 0) -> tuple[subprocess.Popen, int]:
+    """`pi0edge serve` on a free loopback port (ray_replicas > 0: `--ray`); -> (process, port) once it listens."""
+    command = [sys.executable, "-m", "pi0edge.cli", "serve", str(bundle), "--backend", "ort-cpu",
                "--seed", "0", "--max-batch", str(max_batch)]
+    if ray_replicas:  # Ray's proxy needs a port number
+        command += ["--port", str(free_port()), "--ray", "--replicas", str(ray_replicas)]
+    else:
+        command += ["--port", "0"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
@@ -95,20 +110,32 @@ def start_server(bundle: Path, max_batch: int) -> tuple[subprocess.Popen, int]:
 
 
 def peak_rss_mib(pid: int) -> float | None:
-    """The process's high-water resident set (VmHWM), None where /proc is not there."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    """The high-water resident set (VmHWM) summed over the process and its descendants, None without /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total_kib, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo += children.get(current, [])
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:
+            if current == pid:
+                return None
+            continue
+        total_kib += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+    return total_kib / 1024
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
+    proc.terminate()  # SIGTERM: `--ray` shuts Serve and its local Ray instance down as on Ctrl-C
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=SERVER_STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -178,24 +205,26 @@ def summarize(per_robot: list[list[Request]], start_s: float, duration_s: float)
             "deadline_misses": sum(r.answered_s > r.deadline_s for r in requests)}
 
 
-def run_cell(bundle: Path, config: str, robots: int, max_batch: int, model: RobotModel, duration_s: float) -> dict:
-    proc, port = start_server(bundle, max_batch)
+def run_cell(bundle: Path, config: str, robots: int, max_batch: int, model: RobotModel, duration_s: float,
+             ray_replicas: int = 0) -> dict:
+    proc, port = start_server(bundle, max_batch, ray_replicas)
     try:
         per_robot, start_s = asyncio.run(fleet(port, robots, model, duration_s, seed=robots))
         rss_mib = peak_rss_mib(proc.pid)
     finally:
         stop_server(proc)
-    return {"config": config, "robots": robots, "max_batch": max_batch,
-            "mode": "single" if max_batch == 1 else "batched", "duration_s": duration_s,
+    mode = f"ray {ray_replicas} replicas" if ray_replicas else "single" if max_batch == 1 else "batched"
+    return {"config": config, "robots": robots, "max_batch": max_batch, "ray_replicas": ray_replicas,
+            "mode": mode, "duration_s": duration_s,
             "offered_requests_per_s": robots / model.period_s, **summarize(per_robot, start_s, duration_s),
             "server_peak_rss_mib": rss_mib}
 
 
-def batched_over_single(cells: list[dict]) -> dict:
-    """{"config/robots": batched chunks/s over single chunks/s}."""
+def over_single(cells: list[dict], mode: str) -> dict:
+    """{"config/robots": chunks/s of `mode` over single chunks/s}, from the same run."""
     single = {(c["config"], c["robots"]): c["chunks_per_s"] for c in cells if c["mode"] == "single"}
     return {f"{c['config']}/{c['robots']}": c["chunks_per_s"] / single[(c["config"], c["robots"])]
-            for c in cells if c["mode"] == "batched" and single.get((c["config"], c["robots"]))}
+            for c in cells if c["mode"].startswith(mode) and single.get((c["config"], c["robots"]))}
 
 
 def table(cells: list[dict]) -> str:
@@ -206,7 +235,6 @@ def table(cells: list[dict]) -> str:
         rows.append(f"| {c['config']} | {c['robots']} | {c['mode']} ({c['max_batch']}) | "
                     f"{c['offered_requests_per_s']:.1f} | {c['chunks_per_s']:.1f} | {c['latency_p50_ms']:.1f} | "
                     f"{c['latency_p99_ms']:.1f} | {c['deadline_misses']} / {c['requests']} | {rss} |")
-    rows.append(f"| ray | - | 2 replicas | - | - | - | - | - | {NOT_MEASURED} |")
     return "\n".join(rows)
 
 
@@ -226,6 +254,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--control-hz", type=float, default=RobotModel.control_hz)
     parser.add_argument("--n-execute", type=int, default=RobotModel.n_execute)
     parser.add_argument("--max-batch", type=int, default=16, help="batched cells: min(robots, this) (default 16)")
+    parser.add_argument("--ray-replicas", type=int, default=2,
+                        help="Ray Serve cells with this many replicas (default 2; 0: no Ray cells)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
     args.config = args.config or ["tiny"]
@@ -236,6 +266,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("duration_s", "control_hz", "n_execute", "max_batch"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.ray_replicas < 0:
+        parser.error(f"--ray-replicas must be >= 0, got {args.ray_replicas}")
     if min(args.robots) < 1:
         parser.error(f"--robots must be >= 1, got {args.robots}")
     return args
@@ -248,6 +280,9 @@ def measure(args: argparse.Namespace, model: RobotModel, tmp: Path) -> list[dict
         for robots in args.robots:
             for max_batch in (1, min(robots, args.max_batch)) if robots > 1 else (1,):
                 cells.append(run_cell(bundle, config, robots, max_batch, model, args.duration_s))
+                print(table(cells[-1:]).splitlines()[2], flush=True)
+            if args.ray_replicas:
+                cells.append(run_cell(bundle, config, robots, 1, model, args.duration_s, args.ray_replicas))
                 print(table(cells[-1:]).splitlines()[2], flush=True)
     return cells
 
@@ -263,9 +298,12 @@ def main(argv: list[str] | None = None) -> int:
                            "processor": platform.processor() or platform.machine(),
                            "load_average_before": load_before, "load_average_after": os.getloadavg()},
                "robot_model": {**asdict(model), "period_s": model.period_s},
-               "cells": cells, "batched_over_single": batched_over_single(cells), "not_measured": [NOT_MEASURED]}
+               "cells": cells, "batched_over_single": over_single(cells, "batched"),
+               "ray_over_single": over_single(cells, "ray")}
     print(table(cells))
-    print("batched / single chunks/s: " + ", ".join(f"{k} {v:.2f}" for k, v in figures["batched_over_single"].items()))
+    for mode in ("batched", "ray"):
+        ratios = figures[f"{mode}_over_single"]
+        print(f"{mode} / single chunks/s: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     if args.json:
         write_text_atomic(args.json, json.dumps(figures, indent=1))
     return 0

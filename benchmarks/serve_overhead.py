@@ -49,7 +49,8 @@ def observation(policy, seed: int) -> dict:
 
 def start_server(bundle: Path, batch: BatchConfig):
     policy = Policy(bundle, "ort-cpu")
-    server = PolicyServer(policy, resolve_obs_map(None, policy.camera_names, policy.robot_state_dim),
+    server = PolicyServer(policy, resolve_obs_map(None, policy.camera_names, policy.robot_state_dim,
+                                                  policy.robot_action_dim),
                           ServeConfig(port=0, seed=0, batch=batch))
     ready, handle = threading.Event(), []
 

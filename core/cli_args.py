@@ -46,6 +46,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (a resource share: 0 means none)."""
+    value = _number(text, float, "a finite number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def non_empty_text(text: str) -> str:
     """Text with at least one non-space character (a prompt)."""
     if not text.strip():

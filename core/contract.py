@@ -39,6 +39,11 @@ X_NEXT = "x_next"
 VELOCITY = "velocity"  # optional, for tests
 ACTIONS = "actions"  # denoise_loop graph: x after the last step (normalized actions, model dims)
 
+# the RTC variant's extra step/loop inputs (`pi0edge export --rtc`); docs/model.md, "Real-time chunking".
+RTC_LEFTOVER = "rtc_leftover"  # Y: the previous chunk's unexecuted rows, normalized and zero-padded
+RTC_PREFIX_WEIGHTS = "rtc_prefix_weights"  # W: per-row pull towards Y (0 everywhere: no guidance)
+RTC_MAX_GUIDANCE_WEIGHT = "rtc_max_guidance_weight"  # beta: the clip of the guidance weight g(t)
+
 KV_DTYPE = "kv"  # placeholder resolved to the graph precision's float type
 
 # bundle.yaml dtype name -> numpy dtype of a host buffer. bfloat16 has none: it never crosses to the host.
@@ -73,8 +78,17 @@ PREFIX_OUTPUTS = (
 )
 
 
-def denoise_step_inputs(has_state_input: bool, time_as_step_index: bool) -> tuple[TensorSpec, ...]:
-    """Step-graph inputs. pi0 feeds the state token here; optimized graphs index a per-step table."""
+RTC_INPUTS = (
+    TensorSpec(RTC_LEFTOVER, "float32", ("B", "H", "A")),
+    TensorSpec(RTC_PREFIX_WEIGHTS, "float32", ("B", "H")),
+    TensorSpec(RTC_MAX_GUIDANCE_WEIGHT, "float32", ("B",)),
+)
+
+
+def denoise_step_inputs(has_state_input: bool, time_as_step_index: bool, rtc: bool = False
+                        ) -> tuple[TensorSpec, ...]:
+    """Step-graph inputs. pi0 feeds the state token here; optimized graphs index a per-step table; the RTC
+    variant takes the guidance inputs last."""
     time_inputs = (
         (TensorSpec(STEP_INDEX, "int64", ("B",)),)
         if time_as_step_index
@@ -88,6 +102,7 @@ def denoise_step_inputs(has_state_input: bool, time_as_step_index: bool) -> tupl
         TensorSpec(PAST_VALUES, KV_DTYPE, KV_DIMS),
         TensorSpec(PREFIX_MASK, "bool", ("B", "T")),
         *state,
+        *(RTC_INPUTS if rtc else ()),
     )
 
 
@@ -96,10 +111,11 @@ def denoise_step_outputs(with_velocity: bool = False) -> tuple[TensorSpec, ...]:
     return out + ((TensorSpec(VELOCITY, "float32", ("B", "H", "A")),) if with_velocity else ())
 
 
-def denoise_loop_inputs(has_state_input: bool) -> tuple[TensorSpec, ...]:
+def denoise_loop_inputs(has_state_input: bool, rtc: bool = False) -> tuple[TensorSpec, ...]:
     """The loop graph reads what a step reads but the step index: the schedule is inside it
     (export/onnx/loop_graph.py); x_t is the noise x_0."""
-    return tuple(s for s in denoise_step_inputs(has_state_input, time_as_step_index=True) if s.name != STEP_INDEX)
+    return tuple(s for s in denoise_step_inputs(has_state_input, time_as_step_index=True, rtc=rtc)
+                 if s.name != STEP_INDEX)
 
 
 DENOISE_LOOP_OUTPUTS = (TensorSpec(ACTIONS, "float32", ("B", "H", "A")),)

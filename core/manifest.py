@@ -101,6 +101,7 @@ class Manifest:
     quantization: dict | None = None  # `pi0edge quantize`: mode, tool, measured error...
     emulates: str | None = None  # float32 graphs computing what graphs of this precision compute
     deployment: DeploymentRecord | None = None  # what the policy was trained with; None: an older bundle
+    rtc: bool = False  # the denoise graphs take real-time chunking's guidance inputs (`export --rtc`)
     fast: FastSettings | None = None  # Pi0-FAST only (num_steps is then 0: there is no Euler loop)
 
     @property
@@ -222,6 +223,9 @@ def _parse(bundle_dir: Path, raw: dict, files: dict[str, str], graphs: dict[str,
     fixed = optimizations.get("fixed_num_steps") if isinstance(optimizations, dict) else None
     if fixed is not None:
         fixed = _int_field(raw, "optimizations.fixed_num_steps", path)
+    rtc = raw.get("rtc", False)  # absent in bundles written before the RTC variant
+    if not isinstance(rtc, bool):
+        raise BundleError(f"{path}: field 'rtc' must be true or false, got {rtc!r}")
     model = _field(raw, "model", path)
     vocab = model.get("vocab_size") if isinstance(model, dict) else None
     fast = _fast_settings(raw, path) if isinstance(model, dict) and model.get("type") == FAST_MODEL_TYPE else None
@@ -238,7 +242,7 @@ def _parse(bundle_dir: Path, raw: dict, files: dict[str, str], graphs: dict[str,
         robot_action_dim=_int_field(raw, "robot.action_dim", path),
         norm_stats=norm_stats, tokenizer_file=_field(raw, "tokenizer.file", path), graphs=graphs, files=files,
         fixed_num_steps=fixed, quantization=raw.get("quantization") or None, emulates=raw.get("emulates"),
-        deployment=DeploymentRecord.from_bundle(raw.get("deployment"), path), fast=fast)
+        deployment=DeploymentRecord.from_bundle(raw.get("deployment"), path), rtc=rtc, fast=fast)
 
 
 def _fast_settings(raw: dict, path: Path) -> FastSettings:
@@ -323,8 +327,8 @@ def _check_graph_io(m: Manifest, path: Path) -> None:
     """Each graph's inputs are the contract's, every dtype is known, and the KV cache is the precision's."""
     expected = {c.PREFIX_GRAPH: {s.name for s in c.PREFIX_INPUTS},
                 c.DENOISE_STEP_GRAPH: {s.name for s in c.denoise_step_inputs(
-                    not m.is_pi05, c.STEP_INDEX in m.graphs[c.DENOISE_STEP_GRAPH].input_names)},
-                c.DENOISE_LOOP_GRAPH: {s.name for s in c.denoise_loop_inputs(not m.is_pi05)}}
+                    not m.is_pi05, c.STEP_INDEX in m.graphs[c.DENOISE_STEP_GRAPH].input_names, m.rtc)},
+                c.DENOISE_LOOP_GRAPH: {s.name for s in c.denoise_loop_inputs(not m.is_pi05, m.rtc)}}
     kv_dtype = m.precision
     for graph, entry in m.graphs.items():
         if set(entry.input_names) != expected[graph]:

@@ -111,6 +111,10 @@ class NormStats:
         """[..., robot_state_dim] robot units -> normalized, same shape, float32."""
         return self._forward(np.asarray(state, np.float32), self.state).astype(np.float32)
 
+    def normalize_actions(self, actions: np.ndarray) -> np.ndarray:
+        """[..., robot_action_dim] robot units -> normalized, float32 (real-time chunking's leftover)."""
+        return self._forward(np.asarray(actions, np.float32), self.action).astype(np.float32)
+
     def unnormalize_actions(self, actions: np.ndarray) -> np.ndarray:
         """[..., robot_action_dim] normalized -> robot units, float32."""
         return self._inverse(np.asarray(actions, np.float32), self.action).astype(np.float32)

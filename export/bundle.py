@@ -67,10 +67,12 @@ def deployment_record(cfg: Pi0Config, norm_stats: NormStats, tokenizer_sha256: s
 def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path: Path, robot_state_dim: int,
                  robot_action_dim: int, precision: str = "float32", source: dict | None = None,
                  overwrite: bool = False, with_velocity: bool = False,
-                 optimize: OptimizeOptions | None = None, features: TrainedFeatures | None = None) -> ExportReport:
+                 optimize: OptimizeOptions | None = None, features: TrainedFeatures | None = None,
+                 rtc: bool = False) -> ExportReport:
     """Export `model` (a Pi0Model) with its stats and tokenizer into the bundle folder out_dir.
     optimize: export/optimize.py's graph optimizations (None: the plain reference graphs).
-    features: what the checkpoint says about its training data (camera sizes, dim names), for `deployment`."""
+    features: what the checkpoint says about its training data (camera sizes, dim names), for `deployment`.
+    rtc: the real-time chunking variant (step and loop graphs take the guidance inputs)."""
     import onnx
     import torch
 
@@ -89,7 +91,7 @@ def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path:
     check_tokenizer(tokenizer_path, cfg.vocab_size)
     start = time.perf_counter()
     with staged_dir(out_dir) as staging:
-        graphs = export_graphs(model, staging, precision, with_velocity=with_velocity, optimize=optimize)
+        graphs = export_graphs(model, staging, precision, with_velocity=with_velocity, optimize=optimize, rtc=rtc)
         shutil.copyfile(tokenizer_path, staging / TOKENIZER_NAME)
         files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
         manifest = {
@@ -104,6 +106,7 @@ def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path:
             # which export/optimize.py optimizations the graphs carry; fixed_num_steps: the only step count a
             # step-indexed step graph can run
             "optimizations": (optimize or OptimizeOptions.none()).manifest_entry(cfg.num_steps),
+            "rtc": bool(rtc),  # the denoise graphs take real-time chunking's guidance inputs
             "source": source or {},
             "exporter": {"pi0edge": pi0edge.__version__, "torch": str(torch.__version__), "onnx": str(onnx.__version__),
                          "opset": OPSET, "python": platform.python_version(),
@@ -138,11 +141,13 @@ def _export_fast(ckpt, checkpoint_dir, out_dir, tokenizer_path: Path, fast_token
 def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, *, precision: str = "float32",
                   tokenizer: str | Path | None = None, overwrite: bool = False, num_steps: int | None = None,
                   check_finite: bool = True, optimize: OptimizeOptions | None = DEFAULT_OPTIMIZE,
-                  asset_id: str | None = None, fast_tokenizer: str | Path | None = None) -> ExportReport:
+                  asset_id: str | None = None, fast_tokenizer: str | Path | None = None,
+                  rtc: bool = False) -> ExportReport:
     """The `pi0edge export` command: load the checkpoint lazily, export both graphs, write the bundle.
-    The graph optimizations are on by default (optimize=None exports the plain graphs); a Pi0-FAST checkpoint
-    exports its plain prefix and decode_step graphs, with its FAST tokenizer (`fast_tokenizer`, else the
-    checkpoint's fast_tokenizer/ folder)."""
+    The graph optimizations are on by default (optimize=None exports the plain graphs); rtc exports the
+    real-time chunking variant (docs/model.md, "Real-time chunking"). A Pi0-FAST checkpoint exports its plain
+    prefix and decode_step graphs, with its FAST tokenizer (`fast_tokenizer`, else the checkpoint's
+    fast_tokenizer/ folder)."""
     from dataclasses import replace
 
     import torch
@@ -171,10 +176,13 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, *, precision:
     source = {"checkpoint": str(Path(checkpoint_dir).resolve()), "layout": ckpt.layout,
               "sha256": ckpt.source_sha256}
     if ckpt.config.model_type == FAST_MODEL_TYPE:
+        if rtc:  # real-time chunking guides the Euler loop, which Pi0-FAST does not have
+            raise CheckpointError(f"{checkpoint_dir}: a Pi0-FAST checkpoint decodes tokens; --rtc applies to the "
+                                  "flow-matching models (pi0, pi0.5) only")
         return _export_fast(ckpt, checkpoint_dir, out_dir, tokenizer_path, fast_tokenizer, source, precision=precision,
                             overwrite=overwrite)
     return write_bundle(model, Path(out_dir), norm_stats=ckpt.norm_stats, tokenizer_path=tokenizer_path,
                         robot_state_dim=ckpt.robot_state_dim, robot_action_dim=ckpt.robot_action_dim,
                         precision=precision, source=source, overwrite=overwrite, optimize=optimize,
-                        features=ckpt.features)
+                        features=ckpt.features, rtc=rtc)
 

@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="switch one graph optimization off (repeatable); see docs/export.md")
     p.add_argument("--enable", action="append", default=[], metavar="OPTIMIZATION",
                    help="switch on one that is off by default (repeatable), e.g. fuse_gate_up (faster on GPUs)")
+    p.add_argument("--rtc", action="store_true",
+                   help="the real-time chunking variant: the denoise graphs also take the previous chunk's leftover, "
+                        "prefix weights and guidance limit (for chunking strategy rtc; docs/control_loop.md)")
     p.add_argument("--no-finite-check", action="store_true", help="skip the NaN/Inf scan of the weights (faster)")
     p.set_defaults(func=_export)
     from pi0edge.export.engine_build import register_build
@@ -71,7 +74,7 @@ def _export(args: argparse.Namespace) -> int:
     report = export_bundle(args.checkpoint, args.output, precision=args.precision, tokenizer=args.tokenizer,
                            overwrite=args.overwrite, num_steps=args.num_steps,
                            check_finite=not args.no_finite_check, optimize=optimize, asset_id=args.asset_id,
-                           fast_tokenizer=args.fast_tokenizer)
+                           fast_tokenizer=args.fast_tokenizer, rtc=args.rtc)
     print(f"wrote {report.bundle_dir} ({report.precision}, {report.bundle_bytes / 1e6:.1f} MB) "
           f"in {report.export_s:.1f} s")
     return 0

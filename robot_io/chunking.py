@@ -12,13 +12,22 @@ tick whose observation produced it. Actions here are already in robot joint orde
   average their rows for it with weights exp(-m * i), i = 0 for the oldest (ACT `imitate_episodes.py`:
   `exp_weights = np.exp(-k * np.arange(len(actions_for_curr_step)))`, oldest first). Small m
   trusts all predictions alike; larger m favours the oldest, i.e. smoother and slower to react.
+- rtc (real-time chunking, an `export --rtc` bundle): async, but each request carries guidance
+  (pi0edge.runtime.RtcGuidance) towards the executing chunk's leftover: its rows from the request tick on,
+  in the policy's action order. The inference delay d is the largest of the last DELAY_WINDOW measured
+  delays (ready_tick - obs_tick, in ticks; LeRobot takes the maximum of its latency tracker too): the new
+  chunk's first d rows are pulled onto what the arm executes while it is computed, so the switch at row
+  ~d continues the motion (docs/model.md, "Real-time chunking"). The first chunk has no guidance.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+
+from pi0edge.runtime.types import RtcGuidance  # plain numpy
 
 from .config import ChunkingConfig
 
@@ -28,6 +37,7 @@ class Chunk:
     actions: np.ndarray  # [H, dof] robot joint order and units
     obs_tick: int  # the tick whose observation produced it
     ready_tick: int  # the tick it arrived at the loop
+    policy_actions: np.ndarray | None = None  # [H, robot_action_dim] as the policy gave them (rtc's leftover)
 
     @property
     def horizon(self) -> int:
@@ -45,6 +55,10 @@ class ChunkStrategy:
 
     def want_inference(self, tick: int, busy: bool) -> bool:
         raise NotImplementedError
+
+    def guidance(self, tick: int):
+        """What the request made at this tick hands to `policy.infer(..., guidance=)`; None: plain inference."""
+        return None
 
     def add(self, chunk: Chunk) -> None:
         raise NotImplementedError
@@ -156,10 +170,48 @@ class EnsembleStrategy(ChunkStrategy):
         self._chunks, self._last_request_tick, self.exhausted, self._had_chunk = [], None, False, False
 
 
+DELAY_WINDOW = 10  # rtc: d is the largest of this many recent measured inference delays
+
+
+class RtcStrategy(AsyncStrategy):
+    name = "rtc"
+
+    def __init__(self, n_execute: int, schedule: str, max_guidance_weight: float, execution_horizon: int):
+        super().__init__(n_execute)
+        self.schedule, self.max_guidance_weight = schedule, float(max_guidance_weight)
+        self.execution_horizon = int(execution_horizon)
+        self._delays: deque[int] = deque(maxlen=DELAY_WINDOW)
+
+    @property
+    def inference_delay(self) -> int:
+        """d in ticks: the largest recent measured delay (0 before any chunk arrived)."""
+        return max(self._delays, default=0)
+
+    def add(self, chunk: Chunk) -> None:
+        self._delays.append(max(0, chunk.ready_tick - chunk.obs_tick))
+        super().add(chunk)
+
+    def guidance(self, tick: int):
+        chunk = self._chunk
+        if chunk is None or chunk.policy_actions is None or tick - chunk.obs_tick >= chunk.horizon:
+            return None  # the first chunk (or after a fault): nothing executing to continue
+        leftover = chunk.policy_actions[tick - chunk.obs_tick:]
+        d = self.inference_delay
+        # the rows executing while the chunk is computed must be pulled whatever the execution horizon
+        return RtcGuidance(leftover=np.asarray(leftover, np.float32), inference_delay=d,
+                           execution_horizon=max(self.execution_horizon, d), schedule=self.schedule,
+                           max_guidance_weight=self.max_guidance_weight)
+
+    def clear(self) -> None:
+        super().clear()  # the delays measured stay: they describe the policy, not the chunks
+
+
 def make_strategy(cfg: ChunkingConfig, horizon: int) -> ChunkStrategy:
     n_execute = cfg.resolved_n_execute(horizon)
     if cfg.strategy == "sync":
         return SyncStrategy(n_execute)
     if cfg.strategy == "async":
         return AsyncStrategy(n_execute)
+    if cfg.strategy == "rtc":
+        return RtcStrategy(n_execute, cfg.rtc_schedule, cfg.rtc_max_guidance_weight, cfg.rtc_execution_horizon)
     return EnsembleStrategy(n_execute, cfg.ensemble_m)

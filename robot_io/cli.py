@@ -77,11 +77,17 @@ def _policy_source(args: argparse.Namespace, config) -> str:
 
 
 def _remote_policy(config):
-    from .remote_policy import RemotePolicy
+    from .remote_policy import RemotePolicy, control_deadline_ms
 
     spec = config.policy
-    return RemotePolicy(spec.remote, api_key=spec.api_key(), timeout_s=spec.timeout_s,
-                        key_source=f"the key in ${spec.api_key_env} (policy.api_key_env)")
+    policy = RemotePolicy(spec.remote, api_key=spec.api_key(), timeout_s=spec.timeout_s,
+                          key_source=f"the key in ${spec.api_key_env} (policy.api_key_env)")
+    try:
+        policy.deadline_ms = control_deadline_ms(config, policy.action_horizon)
+    except BaseException:
+        policy.close()
+        raise
+    return policy
 
 
 def _load_policy(bundle: str, backend: str):

@@ -13,12 +13,16 @@ from pathlib import Path
 from types import MappingProxyType
 
 from pi0edge.errors import ConfigError
+from pi0edge.rtc import DEFAULT_EXECUTION_HORIZON as RTC_DEFAULT_EXECUTION_HORIZON
+from pi0edge.rtc import SCHEDULES as RTC_SCHEDULES
 
 from .arms import validate_arm_spec
 from .binding import BindingConfig, binding_from_dict, unstable_device_reason
 from .cameras import validate_camera_spec
 
-STRATEGIES = ("sync", "async", "ensemble")
+STRATEGIES = ("sync", "async", "ensemble", "rtc")
+CHUNKING_KEYS = {"strategy", "n_execute", "ensemble_m", "rtc_schedule", "rtc_max_guidance_weight",
+                 "rtc_execution_horizon"}
 TOP_LEVEL_KEYS = {"rate_hz", "realtime_priority", "cameras", "arm", "joints", "chunking", "safety", "estop",
                   "startup_check", "recording", "inference", "cpu_affinity", "policy", "binding"}
 INFERENCE_MODES = ("process", "thread")
@@ -125,11 +129,16 @@ class JointMapping:
 class ChunkingConfig:
     """sync: infer (arm holds), then execute n_execute actions. async: request the next chunk every
     n_execute ticks while the current one runs. ensemble: request a chunk every n_execute ticks and
-    average all predictions for the current tick with weights exp(-ensemble_m * i), i=0 the oldest."""
+    average all predictions for the current tick with weights exp(-ensemble_m * i), i=0 the oldest.
+    rtc: async, each request guided towards the executing chunk's leftover (real-time chunking)."""
 
     strategy: str = "sync"
-    n_execute: int | None = None  # None: sync/async use half the horizon, ensemble uses 1
+    n_execute: int | None = None  # None: sync/async/rtc use half the horizon, ensemble uses 1
     ensemble_m: float = 0.01
+    # rtc (an `export --rtc` bundle): docs/control_loop.md, "Real-time chunking"
+    rtc_schedule: str = "linear"  # prefix weights: zeros, ones, linear, exp
+    rtc_max_guidance_weight: float = 10.0  # beta
+    rtc_execution_horizon: int = RTC_DEFAULT_EXECUTION_HORIZON  # rows of the leftover to blend with (ticks)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -139,6 +148,14 @@ class ChunkingConfig:
             raise ConfigError(f"chunking.n_execute: must be a positive integer, got {self.n_execute!r}")
         if not _is_number(self.ensemble_m) or self.ensemble_m < 0:
             raise ConfigError(f"chunking.ensemble_m: must be a number >= 0, got {self.ensemble_m!r}")
+        if self.rtc_schedule not in RTC_SCHEDULES:
+            raise ConfigError(f"chunking.rtc_schedule: must be one of {list(RTC_SCHEDULES)}, got {self.rtc_schedule!r}")
+        if not _is_number(self.rtc_max_guidance_weight) or not self.rtc_max_guidance_weight > 0:
+            raise ConfigError(f"chunking.rtc_max_guidance_weight: must be a number > 0, got "
+                              f"{self.rtc_max_guidance_weight!r}")
+        horizon = self.rtc_execution_horizon
+        if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon <= 0:
+            raise ConfigError(f"chunking.rtc_execution_horizon: must be a positive integer, got {horizon!r}")
 
     def resolved_n_execute(self, horizon: int) -> int:
         if self.n_execute is not None:
@@ -382,7 +399,7 @@ def robot_config_from_dict(data: Mapping, source: str | None = None, base_dir: P
     mapping = _joints(data["joints"])
 
     chunk = data.get("chunking") or {}
-    _known_keys("chunking", chunk, {"strategy", "n_execute", "ensemble_m"})
+    _known_keys("chunking", chunk, CHUNKING_KEYS)
     chunking = ChunkingConfig(**chunk)
 
     safety = data.get("safety") or {}

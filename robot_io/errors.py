@@ -12,6 +12,7 @@ __all__ = [
     "EpisodeError",
     "InferenceProcessError",
     "NetProtocolError",
+    "PolicyRefusedError",
     "PolicyUnavailableError",
     "RemotePolicyError",
     "SafetyError",
@@ -59,3 +60,8 @@ class RemotePolicyError(Pi0EdgeError):
 class PolicyUnavailableError(RemotePolicyError):
     """The remote policy cannot be reached now (refused, dropped, no answer in time): a transient, so the loop
     holds and goes on, and the next request reconnects; it does not count toward the policy's errors in a row."""
+
+
+class PolicyRefusedError(PolicyUnavailableError):
+    """The remote policy server refused a request it could not answer by the loop's control deadline (it is
+    busy): the connection stays open, the arm holds, and the next request may be admitted."""

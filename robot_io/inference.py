@@ -62,7 +62,7 @@ class InferenceWorker:
         self.policy, self._on_stop = policy, on_stop  # on_stop: called at the end of stop()
         self.cpus = tuple(cpus)  # the inference thread pins itself there (empty: wherever the scheduler puts it)
         self._cv = threading.Condition()
-        self._request = None  # (observation, tick)
+        self._request = None  # (observation, tick, guidance)
         self._result: InferenceResult | None = None
         self._stop = False
         self.started_s: float | None = None  # monotonic start of the request in flight
@@ -75,11 +75,12 @@ class InferenceWorker:
         with self._cv:
             return self._request is not None or self.started_s is not None
 
-    def submit(self, observation, tick: int) -> None:
+    def submit(self, observation, tick: int, guidance=None) -> None:
+        """guidance: the rtc strategy's RtcGuidance for this request (None: plain `policy.infer`)."""
         with self._cv:
             if self._request is not None or self.started_s is not None:
                 raise RuntimeError("inference worker: a request is already in flight")
-            self._request = (observation, tick)
+            self._request = (observation, tick, guidance)
             self.started_s = time.monotonic()
             self._timed_out = False
             self._cv.notify_all()
@@ -109,12 +110,13 @@ class InferenceWorker:
                 self._cv.wait_for(lambda: self._request is not None or self._stop)
                 if self._stop:
                     return
-                observation, tick = self._request
+                observation, tick, guidance = self._request
                 self._request = None
                 start = self.started_s
             result = InferenceResult(obs_tick=tick, latency_ms=0.0, observation=observation, start_s=time.monotonic())
             try:
-                chunk = self.policy.infer(observation)
+                chunk = self.policy.infer(observation) if guidance is None else self.policy.infer(
+                    observation, guidance=guidance)
                 result.actions, result.timings_ms = chunk.actions, dict(chunk.timings_ms or {})
                 result.malformed = getattr(chunk, "malformed", None)
             except Exception as exc:  # noqa: BLE001 - handed to the loop, which records it as a safety event

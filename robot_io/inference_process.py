@@ -108,7 +108,8 @@ class ProcessInferenceWorker:
     def busy(self) -> bool:
         return self._in_flight is not None
 
-    def submit(self, observation, tick: int) -> None:
+    def submit(self, observation, tick: int, guidance=None) -> None:
+        """guidance: the rtc strategy's RtcGuidance (a few kB, pickled down the pipe); None: plain infer."""
         if self._in_flight is not None:
             raise RuntimeError("inference worker: a request is already in flight")
         self._seq += 1
@@ -124,7 +125,7 @@ class ProcessInferenceWorker:
         np.copyto(self._state.array, state)
         cameras = tuple(self._put_frame(name, image) for name, image in observation.images.items())
         try:
-            self._conn.send(("infer", self._seq, observation.prompt, cameras))
+            self._conn.send(("infer", self._seq, observation.prompt, cameras, guidance))
         except OSError:
             self._died()
             self._refused = self._dead
@@ -228,11 +229,12 @@ def _serve(spec, conn, state_buffer: tuple[str, tuple], chunk_buffer: tuple[str,
             return  # the loop's process is gone
         if message[0] == "stop":
             return
-        _, seq, prompt, cameras = message
+        _, seq, prompt, cameras, guidance = message
         start_s = time.monotonic()  # one clock with the loop's process (CLOCK_MONOTONIC): see InferenceResult
         try:
             images = {name: _attach(frames, shm_name).view(shape, dtype) for name, shm_name, shape, dtype in cameras}
-            out = policy.infer(Observation(images=images, state=state.array.copy(), prompt=prompt))
+            observation = Observation(images=images, state=state.array.copy(), prompt=prompt)
+            out = policy.infer(observation) if guidance is None else policy.infer(observation, guidance=guidance)
             actions = np.asarray(out.actions, np.float32)
             inline = None
             if actions.shape == chunk.array.shape:

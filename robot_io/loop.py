@@ -72,6 +72,9 @@ def check_policy_fits(config: RobotConfig, policy, arm: Arm) -> None:
     if max(config.joints.state_index) >= state_dim:
         raise ConfigError(f"joints.state_index: {list(config.joints.state_index)} reaches past the policy's "
                           f"{state_dim} state dims")
+    if config.chunking.strategy == "rtc" and not getattr(policy, "supports_rtc", False):
+        raise ConfigError("chunking.strategy: rtc needs a bundle exported with `pi0edge export --rtc` (this policy's "
+                          "graphs take no real-time chunking guidance); re-export it, or choose async")
     model_cameras = tuple(policy.camera_names)
     for cam in config.cameras:
         if cam.model_camera not in model_cameras:
@@ -163,7 +166,7 @@ class ControlLoop:
                 if actions.ndim == 3:
                     actions = actions[0]
                 robot_actions = actions[:, self.action_index].astype(np.float64)  # h=horizon, j=robot joint
-                self.strategy.add(Chunk(robot_actions, result.obs_tick, tick))
+                self.strategy.add(Chunk(robot_actions, result.obs_tick, tick, policy_actions=actions))
                 self.faults.fresh_chunk_accepted()
                 accepted = True
                 if timeline is not None and timeline.obs_tick == result.obs_tick:
@@ -356,7 +359,7 @@ class ControlLoop:
         fresh = tick >= self._discard_before_tick
         if can_move and fresh and not self._timed_out_pending and self.strategy.want_inference(tick, worker.busy):
             self._requested = ChunkTimeline.of_frames(tick, frames.values(), time.monotonic())
-            worker.submit(self._observation(frames, state), tick)
+            worker.submit(self._observation(frames, state), tick, self.strategy.guidance(tick))
             if self.strategy.blocking:
                 wait_s = clock.deadline_s - time.monotonic() - SYNC_WAIT_MARGIN_FRACTION * clock.period_s
                 result = worker.wait(wait_s)

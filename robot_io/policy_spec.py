@@ -38,7 +38,7 @@ class PolicySpec:
         from pi0edge.manifest import load_manifest
 
         m = load_manifest(self.bundle_dir, verify_checksums=False)  # the loading process verifies them
-        return PolicyShape(tuple(m.cameras), m.action_horizon, m.robot_state_dim, m.robot_action_dim)
+        return PolicyShape(tuple(m.cameras), m.action_horizon, m.robot_state_dim, m.robot_action_dim, m.rtc)
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class PolicyShape:
     action_horizon: int
     robot_state_dim: int
     robot_action_dim: int
+    supports_rtc: bool = False  # an `export --rtc` bundle: infer takes real-time chunking guidance
 
 
 class PolicyHandle:
@@ -83,14 +84,16 @@ class PolicyHandle:
     action_horizon = property(lambda self: self.shape.action_horizon)
     robot_state_dim = property(lambda self: self.shape.robot_state_dim)
     robot_action_dim = property(lambda self: self.shape.robot_action_dim)
+    supports_rtc = property(lambda self: self.shape.supports_rtc)
 
     def load(self):
         if self._policy is None:
             self._policy = self.spec.load()
         return self._policy
 
-    def infer(self, observation):
-        return self.load().infer(observation)
+    def infer(self, observation, guidance=None):
+        policy = self.load()
+        return policy.infer(observation) if guidance is None else policy.infer(observation, guidance=guidance)
 
 
 def spec_of(policy) -> PolicySpec | FakePolicySpec | None:

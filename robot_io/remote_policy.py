@@ -1,4 +1,4 @@
-"""A policy served over the network by `pi0edge serve` (docs/serve.md), for `pi0edge run` on a robot whose
+"""A policy served over the network by `pi0edge serve` (docs/serving.md), for `pi0edge run` on a robot whose
 model runs on another machine (docs/control_loop.md, "Remote policy").
 
 It speaks the server's openpi protocol with the websockets sync client: the metadata frame on connect gives
@@ -11,6 +11,10 @@ connection, or no answer in time, raises PolicyUnavailableError (a transient: th
 next `infer` reconnects, attempts spaced by RECONNECT_INTERVAL_S); an error frame from the server, a refused
 API key or a server now serving another bundle raises RemotePolicyError. Used from one thread at a time
 (the loop's inference thread).
+
+Each request carries the loop's control deadline (`deadline_ms`, `control_deadline_ms`: by when the loop can
+still use the chunk); a server too busy to meet it refuses the request at once, on an open connection, and
+`infer` raises PolicyRefusedError, a transient like PolicyUnavailableError: the arm holds, the loop asks again.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from pi0edge.errors import ConfigError, require
 from pi0edge.runtime.types import ActionChunk, Observation
 from pi0edge.serve.msgpack_numpy import packb, unpackb
 
-from .errors import PolicyUnavailableError, RemotePolicyError
+from .config import RobotConfig
+from .errors import PolicyRefusedError, PolicyUnavailableError, RemotePolicyError
 
 DEFAULT_TIMEOUT_S = 5.0
 # A server that is down refuses at once: without spacing, the loop would retry (and log a fault) every tick.
@@ -32,6 +37,23 @@ RECONNECT_INTERVAL_S = 0.5
 _sleep = time.sleep  # a module attribute, so the tests can see the waits between attempts
 DEFAULT_MAP = "bundle"  # serve's map when started without --obs-map: the observation as Observation holds it
 SHAPE_KEYS = ("cameras", "action_horizon", "action_dim", "state_dim")
+DEADLINE_KEY = "deadline_ms"  # serve's name for it (pi0edge.serve.session.DEADLINE_KEY)
+
+
+def control_deadline_ms(config: RobotConfig, action_horizon: int) -> float:
+    """By when, from the request, the loop can still use the chunk (docs/control_loop.md, "Remote policy").
+
+    sync: the arm holds until the chunk arrives, so the only limit is the loop's own wait (safety.
+    inference_timeout_s) and the request's (policy.timeout_s). async / ensemble: the request goes out n_execute
+    ticks into the current chunk, which runs out horizon - n_execute ticks later (at least one tick: the next
+    one reads it); a later chunk would find the arm already holding. Never beyond the sync limit either."""
+    limit_s = config.safety.inference_timeout_s
+    if config.policy is not None:
+        limit_s = min(limit_s, config.policy.timeout_s)
+    if config.chunking.strategy == "sync":
+        return limit_s * 1e3
+    n_execute = config.chunking.resolved_n_execute(action_horizon)
+    return min(limit_s, max(action_horizon - n_execute, 1) * config.period_s) * 1e3
 
 
 class RemotePolicy:
@@ -50,6 +72,7 @@ class RemotePolicy:
         if not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s) or timeout_s <= 0:
             raise ConfigError(f"remote policy timeout_s: must be a number > 0, got {timeout_s!r}")
         self.url, self.api_key, self.timeout_s, self.key_source = url, api_key, float(timeout_s), key_source
+        self.deadline_ms: float | None = None  # sent with each request when set (control_deadline_ms)
         self._ws = None
         self._last_attempt_s = -math.inf
         self.metadata: dict | None = None  # the first connection's; a reconnect must match its shape
@@ -170,6 +193,8 @@ class RemotePolicy:
             self._reconnect()
         message = {"images": dict(observation.images), "state": np.asarray(observation.state, dtype=np.float32),
                    "prompt": observation.prompt}
+        if self.deadline_ms is not None:
+            message[DEADLINE_KEY] = float(self.deadline_ms)
         try:
             self._ws.send(packb(message))
         except ConnectionClosed as exc:
@@ -177,6 +202,9 @@ class RemotePolicy:
             raise PolicyUnavailableError(f"{self.url}: connection lost sending the observation ({exc}); the next "
                                          "request reconnects") from exc
         reply = self._receive("answer")
+        if isinstance(reply, dict) and "error" in reply and "actions" not in reply:
+            # serve's refusal of a deadline it cannot meet: load, not a fault; the connection stays open.
+            raise PolicyRefusedError(f"{self.url}: the server refused the request: {reply['error']}")
         actions = reply.get("actions") if isinstance(reply, dict) else None
         shape = (self.action_horizon, self.robot_action_dim)
         if not isinstance(actions, np.ndarray) or actions.shape != shape:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
@@ -19,10 +20,12 @@ class SimArm(Arm):
     The state is integrated analytically on each read (no thread, so no scheduling noise of its own).
     A command takes effect `latency_s` after it is sent; readings carry Gaussian `noise_std`. The arm
     physically cannot pass its limits (position clipped, speed capped at max_velocity_per_s).
+    clock: seconds, monotonic; a stepped simulation passes its own (docs/control_loop.md, "Chunk joins").
     """
 
     def __init__(self, dof: int = 6, time_constant_s: float = 0.05, latency_s: float = 0.0, noise_std: float = 0.0,
-                 initial: np.ndarray | None = None, limits: ArmLimits | None = None, seed: int = 0):
+                 initial: np.ndarray | None = None, limits: ArmLimits | None = None, seed: int = 0,
+                 clock: Callable[[], float] = time.monotonic):
         self.limits = limits or ArmLimits.uniform(dof)
         if self.limits.dof != dof:
             raise ConfigError(f"sim arm: limits have {self.limits.dof} joints, dof is {dof}")
@@ -31,7 +34,8 @@ class SimArm(Arm):
         self._x = np.zeros(dof) if initial is None else np.asarray(initial, dtype=np.float64).reshape(dof).copy()
         self._target = self._x.copy()
         self._pending: deque[tuple[float, np.ndarray]] = deque()  # (effective time, target)
-        self._t = time.monotonic()
+        self._clock = clock
+        self._t = clock()
         self._lock = threading.Lock()
         self._rng = np.random.default_rng(seed)
         self.commands_received = 0
@@ -54,7 +58,7 @@ class SimArm(Arm):
 
     def read_state(self) -> np.ndarray:
         with self._lock:
-            self._advance(time.monotonic())
+            self._advance(self._clock())
             x = self._x.copy()
         if self.noise_std:
             x += self._rng.normal(0.0, self.noise_std, size=x.shape)
@@ -63,13 +67,13 @@ class SimArm(Arm):
     def true_state(self) -> np.ndarray:
         """The noiseless position (tests)."""
         with self._lock:
-            self._advance(time.monotonic())
+            self._advance(self._clock())
             return self._x.copy()
 
     def command(self, positions) -> None:
         positions = self._check(positions)
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             self._advance(now)
             self._pending.append((now + self.latency_s, positions.copy()))
             self.commands_received += 1

@@ -20,7 +20,8 @@ from pi0edge.manifest import Manifest, load_manifest
 from pi0edge.runtime.backends.base import Backend
 from pi0edge.runtime.memory_budget import check_weights_fit
 from pi0edge.runtime.preprocess import AssembleImages, FinishActions, PrepareState, PromptTokenizer, normalize_state
-from pi0edge.runtime.types import ActionChunk, ChunkInternals, ChunkTimings, Observation, PolicyInputs
+from pi0edge.runtime.rtc_inputs import rtc_feeds
+from pi0edge.runtime.types import ActionChunk, ChunkInternals, ChunkTimings, Observation, PolicyInputs, RtcGuidance
 from pi0edge.schedule import euler_schedule
 
 log = logging.getLogger(__name__)
@@ -148,30 +149,40 @@ class Policy:
         return PolicyInputs(images=np.stack(images), image_masks=np.stack(image_masks), tokens=np.stack(tokens),
                             token_masks=np.stack(token_masks), state=np.stack(states) if states else None)
 
+    @property
+    def supports_rtc(self) -> bool:
+        """The bundle is the real-time chunking variant (`pi0edge export --rtc`): infer takes `guidance`."""
+        return self.manifest.rtc
+
     def infer(self, observation: Observation | Sequence[Observation], noise: np.ndarray | None = None,
-              num_steps: int | None = None) -> ActionChunk:
+              num_steps: int | None = None, guidance: RtcGuidance | None = None) -> ActionChunk:
         """One action chunk. A single observation gives actions [H, robot_action_dim]; a list of B
         observations (several robots) gives [B, H, robot_action_dim]. noise [B, H, A] (or [H, A]) makes the
         result reproducible; otherwise it comes from the policy's seeded generator. num_steps: Euler steps
-        (default: the bundle's; a bundle exported for a fixed count refuses another)."""
-        chunk, _ = self._infer(observation, noise, num_steps)
+        (default: the bundle's; a bundle exported for a fixed count refuses another). guidance: real-time
+        chunking towards the executing chunk's leftover (an `export --rtc` bundle; None: plain inference)."""
+        chunk, _ = self._infer(observation, noise, num_steps, guidance)
         return chunk
 
     def infer_internals(self, observation: Observation | Sequence[Observation], noise: np.ndarray | None = None,
-                        num_steps: int | None = None) -> tuple[ActionChunk, ChunkInternals]:
+                        num_steps: int | None = None, guidance: RtcGuidance | None = None
+                        ) -> tuple[ActionChunk, ChunkInternals]:
         """`infer`, plus what the chunk computed on the way (ChunkInternals: the normalized actions and the
         prefix KV cache), for debugging. Costs a host copy of the whole cache: not for the control loop."""
-        chunk, normalized = self._infer(observation, noise, num_steps)
+        chunk, normalized = self._infer(observation, noise, num_steps, guidance)
         past_keys, past_values = self.backend.read_kv()
         return chunk, ChunkInternals(normalized, past_keys, past_values, self.backend.read_prefix_mask())
 
-    def _infer(self, observation, noise, num_steps) -> tuple[ActionChunk, np.ndarray]:
+    def _infer(self, observation, noise, num_steps, guidance=None) -> tuple[ActionChunk, np.ndarray]:
         """-> (the chunk, the normalized actions [B, H, A] it was made from)."""
         t0 = time.perf_counter()
         single = isinstance(observation, Observation)
         observations = [observation] if single else list(observation)
         if not observations:
             raise ObservationError("infer() needs at least one observation")
+        if guidance is not None and not self.manifest.rtc:
+            raise ObservationError(f"{self.manifest.bundle_dir}: real-time chunking guidance needs a bundle exported "
+                                   "with `pi0edge export --rtc` (this one's graphs take no guidance inputs)")
         feeds = self.preprocess(observations)
         if self.fast is not None:
             # noise is accepted and unused (pi0edge serve sends every policy one); a step count is a mistake
@@ -186,6 +197,10 @@ class Policy:
 
         self.backend.run_prefix(feeds["images"], feeds["image_masks"], feeds["tokens"], feeds["token_masks"])
         self.backend.set_noise(noise, feeds["state"])
+        if self.manifest.rtc:  # W = 0 without guidance: exactly the plain step
+            m = self.manifest
+            self.backend.set_guidance(*rtc_feeds(guidance, len(observations), m.action_horizon, m.action_dim,
+                                                 m.norm_stats))
         self.backend.synchronize()
         t2 = time.perf_counter()
         step_ms = self._denoise(len(times))

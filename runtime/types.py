@@ -50,6 +50,25 @@ class PolicyInputs(TypedDict):
 
 
 @dataclass(frozen=True)
+class RtcGuidance:
+    """Real-time chunking's inputs to one `Policy.infer` (docs/model.md, "Real-time chunking"; an `export --rtc`
+    bundle only).
+
+    leftover: the executing chunk's rows from the one that executes at this observation's tick on, [n, robot
+    action dim] in robot units (or [B, n, robot action dim]); the runtime normalizes it and zero-pads it to
+    [H, model action dim]. Row i of the new chunk is pulled towards leftover row i with the prefix weight W_i:
+    1 for i < inference_delay (rows that execute while the chunk is computed), 0 from execution_horizon on
+    (clamped to n), and between them by `schedule` (zeros, ones, linear, exp). max_guidance_weight: beta, the
+    clip of the guidance weight."""
+
+    leftover: np.ndarray
+    inference_delay: int  # d, in control ticks
+    execution_horizon: int  # s, in control ticks
+    schedule: str = "linear"
+    max_guidance_weight: float = 10.0
+
+
+@dataclass(frozen=True)
 class ActionChunk:
     """actions: [H, robot_action_dim] float32 in robot units (batch 1), or [B, H, robot_action_dim].
 

@@ -6,7 +6,7 @@ list of observations and noise [B, H, A]); each request brings its own noise, so
 would get alone. If a batch fails, its requests are retried one by one: one client's bad observation
 fails only that client.
 
-Deadlines (docs/serve.md, "Deadlines"): the queue is ordered earliest deadline first (requests without one
+Deadlines (docs/serving.md, "Deadlines"): the queue is ordered earliest deadline first (requests without one
 after, FIFO among equals). A request whose deadline cannot be met, given the running estimate of a batch's
 time and the batches that run before it, is refused at once with `DeadlineUnmeetable` rather than answered late.
 """

@@ -4,7 +4,8 @@ A map names where each camera image and each piece of the state sits in the dict
 which of the bundle's cameras each image feeds. The presets follow openpi's input transforms:
 - `aloha`: src/openpi/policies/aloha_policy.py (`AlohaInputs`, `make_aloha_example`): an `images` dict of
   CHW uint8 frames; `cam_high` required (base_0_rgb), `cam_left_wrist` / `cam_right_wrist` optional (a missing
-  one is fed masked), `cam_low` accepted and unused; `state` [14].
+  one is fed masked), `cam_low` accepted and unused; `state` [14]; openpi's default `adapt_to_pi` conversion
+  of the state in and the actions out (serve/aloha_space.py; a map file turns it off).
 - `droid`: src/openpi/policies/droid_policy.py (`DroidInputs`, pi0 / pi0.5 branch): `observation/
   exterior_image_1_left` (base_0_rgb), `observation/wrist_image_left` (left_wrist_0_rgb), the right wrist fed
   masked; state = `observation/joint_position` [7] then `observation/gripper_position` [1].
@@ -23,6 +24,8 @@ import numpy as np
 
 from pi0edge.errors import ConfigError, ObservationError
 from pi0edge.runtime.types import Observation
+
+from . import aloha_space
 
 LAYOUTS = ("auto", "chw")  # auto: openpi's _parse_image rule; chw: always channels first (ALOHA)
 BUNDLE_STATE_DIM = 0  # a StatePart of this length takes the bundle's robot state dim (the default map)
@@ -49,24 +52,30 @@ class ObsMap:
     images_in: str | None = None  # the images sit in this nested dict (ALOHA, the default map: "images")
     layout: str = "auto"
     prompt_key: str = "prompt"
+    adapt_to_pi: bool = False  # openpi's ALOHA joint-space conversion of the state in and the actions out
 
     @property
     def top_keys(self) -> tuple[str, ...]:
         images = (self.images_in,) if self.images_in else tuple(c.key for c in self.cameras)
         return (*images, *(p.key for p in self.state), self.prompt_key)
 
-    def bind(self, camera_names: tuple[str, ...], robot_state_dim: int) -> ObsMap:
+    def bind(self, camera_names: tuple[str, ...], robot_state_dim: int, robot_action_dim: int) -> ObsMap:
         """This map checked against a bundle (ConfigError naming the mismatch); BUNDLE_STATE_DIM resolved."""
         unknown = [c.camera for c in self.cameras if c.camera is not None and c.camera not in camera_names]
         if unknown:
             raise ConfigError(f"observation map {self.name!r} feeds camera(s) {unknown}, which this bundle does not "
-                              f"have (its cameras: {list(camera_names)}); write a map file (docs/serve.md)")
+                              f"have (its cameras: {list(camera_names)}); write a map file (docs/serving.md)")
         state = tuple(replace(p, dim=robot_state_dim) if p.dim == BUNDLE_STATE_DIM else p for p in self.state)
         total = sum(p.dim for p in state)
         if total != robot_state_dim:
             raise ConfigError(f"observation map {self.name!r} gives a {total}-D state "
                               f"({', '.join(f'{p.key} [{p.dim}]' for p in state)}), this bundle's robot state dim "
                               f"is {robot_state_dim}")
+        dims = (robot_state_dim, robot_action_dim)
+        if self.adapt_to_pi and dims != (aloha_space.ALOHA_DIM,) * 2:
+            raise ConfigError(f"observation map {self.name!r} converts ALOHA's joint space (adapt_to_pi), which "
+                              f"needs a 14-D state and actions; this bundle's robot state / action dims are {dims} "
+                              "(a map file with `adapt_to_pi: false`)")
         return replace(self, state=state)
 
     def observation(self, message: object) -> Observation:
@@ -79,7 +88,13 @@ class ObsMap:
             raise ObservationError(f"observation key {self.prompt_key!r}: expected a non-empty string, got "
                                    f"{type(prompt).__name__ if prompt is not None else 'nothing'}")
         state = np.concatenate([_state_part(message, p) for p in self.state])
+        if self.adapt_to_pi:
+            state = aloha_space.state_to_pi(state)
         return Observation(images=self._images(message), state=state, prompt=prompt)
+
+    def actions(self, actions: np.ndarray) -> np.ndarray:
+        """The policy's [H, robot_action_dim] actions -> what the client gets back."""
+        return aloha_space.actions_from_pi(actions) if self.adapt_to_pi else actions
 
     def _images(self, message: Mapping) -> dict[str, np.ndarray]:
         source, where = message, ""
@@ -144,7 +159,8 @@ PRESETS = {
     "aloha": ObsMap("aloha", cameras=(CameraKey("cam_high", BASE), CameraKey("cam_low", None, required=False),
                                       CameraKey("cam_left_wrist", LEFT_WRIST, required=False),
                                       CameraKey("cam_right_wrist", RIGHT_WRIST, required=False)),
-                    state=(StatePart("state", 14),), images_in="images", layout="chw"),
+                    state=(StatePart("state", aloha_space.ALOHA_DIM),), images_in="images", layout="chw",
+                    adapt_to_pi=True),
     "droid": ObsMap("droid", cameras=(CameraKey("observation/exterior_image_1_left", BASE),
                                       CameraKey("observation/wrist_image_left", LEFT_WRIST)),
                     state=(StatePart("observation/joint_position", 7), StatePart("observation/gripper_position", 1))),

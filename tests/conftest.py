@@ -41,12 +41,12 @@ DEFAULT = "default"  # `pi0edge export`'s optimizations (DEFAULT_OPTIMIZE), reso
 
 
 def make_tiny_bundle(out_dir: Path, tokenizer: Path, model_type: str = "pi0", precision: str = "float32",
-                     seed: int = 0, optimize=DEFAULT, **cfg_overrides):
+                     seed: int = 0, optimize=DEFAULT, rtc: bool = False, **cfg_overrides):
     """-> (bundle dir, the float32 eager reference model with the bundle's weights).
 
     Made as a user makes one: a random LeRobot checkpoint (beside out_dir) through `export_bundle`, the
     `pi0edge export` command, with its default optimizations and loop graph unless optimize says otherwise
-    (None: the plain graphs). The reference is that checkpoint loaded as the export loads it."""
+    (None: the plain graphs); rtc: `export --rtc`. The reference is that checkpoint loaded as the export loads it."""
     from pi0edge.export.bundle import export_bundle
     from pi0edge.export.checkpoint import load_checkpoint
     from pi0edge.export.config import tiny
@@ -61,7 +61,7 @@ def make_tiny_bundle(out_dir: Path, tokenizer: Path, model_type: str = "pi0", pr
                                          tiny(model_type, **cfg_overrides), seed=seed, tokenizer=own_tokenizer,
                                          robot_state_dim=ROBOT_STATE_DIM, robot_action_dim=ROBOT_ACTION_DIM)
     export_bundle(checkpoint, out_dir, precision=precision, tokenizer=None if own_tokenizer else tokenizer,
-                  optimize=optimize)
+                  optimize=optimize, rtc=rtc)
     return out_dir, load_checkpoint(checkpoint).model.eval()
 
 
@@ -70,15 +70,16 @@ def tiny_bundle_factory(tmp_path_factory, tokenizer_path):
     """Cached tiny bundles keyed by their arguments: export once per session."""
     cache: dict = {}
 
-    def get(model_type: str = "pi0", precision: str = "float32", optimize=DEFAULT, **cfg_overrides):
-        """optimize: OptimizeOptions; by default `pi0edge export`'s (None: the plain graphs)."""
+    def get(model_type: str = "pi0", precision: str = "float32", optimize=DEFAULT, rtc: bool = False,
+            **cfg_overrides):
+        """optimize: OptimizeOptions; by default `pi0edge export`'s (None: the plain graphs). rtc: the RTC variant."""
         from pi0edge.export.model import DEFAULT_OPTIMIZE
 
         optimize = DEFAULT_OPTIMIZE if optimize == DEFAULT else optimize
-        key = (model_type, precision, optimize, tuple(sorted(cfg_overrides.items())))
+        key = (model_type, precision, optimize, rtc, tuple(sorted(cfg_overrides.items())))
         if key not in cache:
             out = tmp_path_factory.mktemp(f"bundle-{model_type}-{precision}") / "bundle"
-            cache[key] = make_tiny_bundle(out, tokenizer_path, model_type, precision, optimize=optimize,
+            cache[key] = make_tiny_bundle(out, tokenizer_path, model_type, precision, optimize=optimize, rtc=rtc,
                                           **cfg_overrides)
         return cache[key]
 

@@ -37,6 +37,10 @@ BAD_VALUES = [
     (["calibrate", "intrinsics", "--images", MISSING, "--board", MISSING, "--out", MISSING], "--timeout-s", "inf"),
     (["calibrate", "intrinsics", "--images", MISSING, "--board", MISSING, "--out", MISSING], "--min-views", "0"),
     (["calibrate", "check", "--reference", MISSING, "--image", MISSING], "--max-mm", "-1"),
+    (["serve", MISSING, "--ray"], "--replicas", "0"),
+    (["serve", MISSING, "--ray"], "--gpus-per-replica", "-0.5"),
+    (["serve", MISSING, "--ray"], "--gpus-per-replica", "nan"),
+    (["serve", MISSING, "--ray"], "--cpus-per-replica", "0"),
 ]
 
 

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # install -> the onnxruntime distribution pip must bring (None: JetPack's wheel, installed outside pip)
 DOCUMENTED_INSTALLS = {"cpu": "onnxruntime", "gpu": "onnxruntime-gpu", "jetson": None, "export,cpu": "onnxruntime",
-                       "export,gpu": "onnxruntime-gpu", "export,cpu,sim": "onnxruntime", "dev": "onnxruntime"}
+                       "export,gpu": "onnxruntime-gpu", "export,cpu,sim": "onnxruntime", "dev": "onnxruntime",
+                       "dev,ray": "onnxruntime"}
 GPU_LIBRARIES = ("nvidia-cuda-runtime", "nvidia-cudnn-cu13", "nvidia-cublas")
 
 

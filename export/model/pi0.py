@@ -31,7 +31,17 @@ from pi0edge.export.model.layers import attention_mask, mask_2d, posemb_sincos, 
 from pi0edge.export.model.options import PLAIN, OptimizeOptions
 from pi0edge.export.model.paligemma import embed_prefix
 from pi0edge.export.model.siglip import Projector, VisionTower
+from pi0edge.rtc import unclipped_guidance_weight
 from pi0edge.schedule import euler_schedule
+
+
+def rtc_correction(x_t: Tensor, v: Tensor, t: Tensor, leftover: Tensor, prefix_weights: Tensor,
+                   max_guidance_weight: Tensor) -> Tensor:
+    """Real-time chunking's guidance term g(t) W (Y - x1), float32 [b, H, A] (docs/model.md, "Real-time
+    chunking"): x1 = x_t - t v is the clean chunk the step predicts, g(t) = min(beta, unclipped g(t))."""
+    x1 = x_t - t[:, None, None] * v
+    weight = torch.minimum(max_guidance_weight, unclipped_guidance_weight(t))  # t = 1: min(beta, inf) = beta
+    return weight[:, None, None] * prefix_weights[:, :, None] * (leftover - x1)
 
 
 class Pi0Model(nn.Module):
@@ -164,18 +174,27 @@ class Pi0Model(nn.Module):
 
     def denoise_step(self, x_t: Tensor, t: Tensor | None, dt: Tensor | None, past_keys: Tensor,
                      past_values: Tensor, prefix_mask: Tensor, state: Tensor | None = None,
-                     step_index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                     step_index: Tensor | None = None, guidance: tuple[Tensor, Tensor, Tensor] | None = None
+                     ) -> tuple[Tensor, Tensor]:
         """One Euler step (docs/model.md, "Sampling"), in float32: -> x_next = x_t + dt * v, v.
-        A step-indexed model (precompute_time or fold_dt) reads t and dt of its schedule at step_index."""
+        A step-indexed model (precompute_time or fold_dt) reads t and dt of its schedule at step_index.
+        guidance: the RTC variant's (leftover Y [b, H, A], prefix weights W [b, H], beta [b]); v is then the
+        guided velocity (docs/model.md, "Real-time chunking")."""
         times, dt_value = euler_schedule(self.cfg.num_steps)
-        if t is None and not self.options.precompute_time:
-            t = torch.tensor(times, device=x_t.device)[step_index]
+        if t is None and (guidance is not None or not self.options.precompute_time):
+            t = torch.tensor(times, device=x_t.device)[step_index]  # a constant per copy in the loop graph
         out = self.velocity(x_t, self.time_condition(t, step_index), past_keys, past_values, prefix_mask, state)
         if self.options.fold_dt:  # x + dt (W h + b) = x + (dt W) h + dt b: out is dt * v already
-            return x_t + out, out / float(dt_value)
-        if dt is None:
-            dt = torch.full_like(x_t[:, 0, 0], float(dt_value))
-        return x_t + dt[:, None, None] * out, out
+            x_next, v, dt = x_t + out, out / float(dt_value), torch.full_like(x_t[:, 0, 0], float(dt_value))
+        else:
+            if dt is None:
+                dt = torch.full_like(x_t[:, 0, 0], float(dt_value))
+            x_next, v = x_t + dt[:, None, None] * out, out
+        if guidance is None:
+            return x_next, v
+        # v' = v - g W (Y - x1), so x_t + dt v' = x_next - dt g W (Y - x1): with W = 0, x_next exactly
+        correction = rtc_correction(x_t, v, t, *guidance)
+        return x_next - dt[:, None, None] * correction, v - correction
 
     # ---- the eager reference --------------------------------------------------------------------
 

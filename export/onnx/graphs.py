@@ -42,14 +42,17 @@ class PrefixGraph(nn.Module):
 
 
 class DenoiseStepGraph(nn.Module):
-    """forward(x_t, step_index | (t, dt), past_keys, past_values, prefix_mask[, state]) in the contract's input
-    order (step_index when the model is step-indexed) -> x_next (and velocity with with_velocity)."""
+    """forward(x_t, step_index | (t, dt), past_keys, past_values, prefix_mask[, state][, rtc_leftover,
+    rtc_prefix_weights, rtc_max_guidance_weight]) in the contract's input order (step_index when the model is
+    step-indexed, the guidance inputs with rtc) -> x_next (and velocity with with_velocity)."""
 
-    def __init__(self, model: Pi0Model, with_velocity: bool = False):
+    def __init__(self, model: Pi0Model, with_velocity: bool = False, rtc: bool = False):
         super().__init__()
-        self.model, self.with_velocity = model, with_velocity
+        self.model, self.with_velocity, self.rtc = model, with_velocity, rtc
 
     def forward(self, x_t: Tensor, *rest: Tensor):
+        guidance = tuple(rest[-3:]) if self.rtc else None
+        rest = rest[:-3] if self.rtc else rest
         if self.model.options.uses_step_index:
             step_index, past_keys, past_values, prefix_mask, *state = rest
             t = dt = None
@@ -57,7 +60,7 @@ class DenoiseStepGraph(nn.Module):
             t, dt, past_keys, past_values, prefix_mask, *state = rest
             step_index = None
         x_next, v = self.model.denoise_step(x_t, t, dt, past_keys, past_values, prefix_mask,
-                                            state[0] if state else None, step_index)
+                                            state[0] if state else None, step_index, guidance)
         return (x_next, v) if self.with_velocity else x_next
 
 
@@ -85,13 +88,15 @@ def prefix_spec() -> GraphSpec:
     return GraphSpec(c.PREFIX_INPUTS, c.PREFIX_OUTPUTS)
 
 
-def denoise_step_spec(cfg: Pi0Config, with_velocity: bool = False, time_as_step_index: bool = False) -> GraphSpec:
-    return GraphSpec(c.denoise_step_inputs(has_state_input=not cfg.is_pi05, time_as_step_index=time_as_step_index),
+def denoise_step_spec(cfg: Pi0Config, with_velocity: bool = False, time_as_step_index: bool = False,
+                      rtc: bool = False) -> GraphSpec:
+    return GraphSpec(c.denoise_step_inputs(has_state_input=not cfg.is_pi05, time_as_step_index=time_as_step_index,
+                                           rtc=rtc),
                      c.denoise_step_outputs(with_velocity))
 
 
-def denoise_loop_spec(cfg: Pi0Config) -> GraphSpec:
-    return GraphSpec(c.denoise_loop_inputs(has_state_input=not cfg.is_pi05), c.DENOISE_LOOP_OUTPUTS)
+def denoise_loop_spec(cfg: Pi0Config, rtc: bool = False) -> GraphSpec:
+    return GraphSpec(c.denoise_loop_inputs(has_state_input=not cfg.is_pi05, rtc=rtc), c.DENOISE_LOOP_OUTPUTS)
 
 
 def example_inputs(cfg: Pi0Config, batch: int, precision: str, seed: int = 0) -> dict[str, dict[str, Tensor]]:
@@ -118,6 +123,9 @@ def example_inputs(cfg: Pi0Config, batch: int, precision: str, seed: int = 0) ->
     }
     if not cfg.is_pi05:
         step[c.STATE] = torch.randn(b, cfg.state_dim, generator=g)
+    step[c.RTC_LEFTOVER] = torch.randn(b, cfg.action_horizon, cfg.action_dim, generator=g)  # the RTC variant
+    step[c.RTC_PREFIX_WEIGHTS] = torch.rand(b, cfg.action_horizon, generator=g)
+    step[c.RTC_MAX_GUIDANCE_WEIGHT] = torch.full((b,), 10.0)
     return {c.PREFIX_GRAPH: prefix, c.DENOISE_STEP_GRAPH: step}
 
 
@@ -152,7 +160,7 @@ def export_module(module: nn.Module, inputs: dict[str, Tensor], spec: GraphSpec,
 
 
 def export_graphs(model: Pi0Model, out_dir: Path, precision: str = "float32", with_velocity: bool = False,
-                  optimize: OptimizeOptions | None = None) -> dict[str, dict]:
+                  optimize: OptimizeOptions | None = None, rtc: bool = False) -> dict[str, dict]:
     """Write prefix.onnx and denoise_step.onnx into out_dir; -> manifest entries {graph: {file, io}}.
 
     The model is cast to the precision in place (float16/bfloat16 keep docs/model.md's float32 islands).
@@ -160,6 +168,8 @@ def export_graphs(model: Pi0Model, out_dir: Path, precision: str = "float32", wi
     the float32 model (left as is; export/optimize.py).
     With optimize.unroll_loop and a step graph that carries its schedule (precompute_time), also
     denoise_loop.onnx: the step graph unrolled over cfg.num_steps (export/onnx/loop_graph.py).
+    rtc: the real-time chunking variant, whose step (and loop) graph also takes the guidance inputs
+    (docs/model.md, "Real-time chunking").
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -172,8 +182,8 @@ def export_graphs(model: Pi0Model, out_dir: Path, precision: str = "float32", wi
     model = model.to_precision(PRECISIONS[precision]).eval()
     graphs = {
         c.PREFIX_GRAPH: (PrefixGraph(model), prefix_spec()),
-        c.DENOISE_STEP_GRAPH: (DenoiseStepGraph(model, with_velocity),
-                               denoise_step_spec(cfg, with_velocity, model.options.uses_step_index)),
+        c.DENOISE_STEP_GRAPH: (DenoiseStepGraph(model, with_velocity, rtc),
+                               denoise_step_spec(cfg, with_velocity, model.options.uses_step_index, rtc)),
     }
     entries = {}
     for name in list(graphs):
@@ -186,17 +196,18 @@ def export_graphs(model: Pi0Model, out_dir: Path, precision: str = "float32", wi
         entries[name] = {"file": path.name, **spec.manifest_io(cfg, precision)}
     if optimize is not None and optimize.unroll_loop:
         if optimize.precompute_time:
-            entries[c.DENOISE_LOOP_GRAPH] = write_loop_entry(out_dir, cfg, precision)
+            entries[c.DENOISE_LOOP_GRAPH] = write_loop_entry(out_dir, cfg, precision, rtc)
         else:
             log.info("no %s graph: unrolling needs precompute_time", c.DENOISE_LOOP_GRAPH)
     return entries
 
 
-def write_loop_entry(out_dir: Path, cfg: Pi0Config, precision: str) -> dict:
+def write_loop_entry(out_dir: Path, cfg: Pi0Config, precision: str, rtc: bool = False) -> dict:
     """Unroll out_dir's step graph into denoise_loop.onnx; -> its manifest entry (num_steps recorded)."""
     from pi0edge.export.onnx.loop_graph import write_loop_graph
 
     path = out_dir / f"{c.DENOISE_LOOP_GRAPH}.onnx"
     log.info("unrolling %s over %d steps -> %s", c.DENOISE_STEP_GRAPH, cfg.num_steps, path)
     write_loop_graph(out_dir / f"{c.DENOISE_STEP_GRAPH}.onnx", path, cfg.num_steps)
-    return {"file": path.name, "num_steps": int(cfg.num_steps), **denoise_loop_spec(cfg).manifest_io(cfg, precision)}
+    return {"file": path.name, "num_steps": int(cfg.num_steps),
+            **denoise_loop_spec(cfg, rtc).manifest_io(cfg, precision)}

@@ -75,7 +75,8 @@ def unroll_step_graph(step, num_steps: int):
 
     actions = _copy(next(o for o in graph.output if o.name == c.X_NEXT))
     actions.name = c.ACTIONS
-    loop_inputs = [_copy(inputs[s.name]) for s in c.denoise_loop_inputs(c.STATE in inputs) if s.name in inputs]
+    loop_inputs = [_copy(inputs[s.name]) for s in c.denoise_loop_inputs(c.STATE in inputs, c.RTC_LEFTOVER in inputs)
+                   if s.name in inputs]
     used = {v for n in nodes for v in n.input}
     for i in reversed(range(len(graph.initializer))):  # the velocity head's weights, if any, go
         if graph.initializer[i].name not in used:

@@ -30,6 +30,10 @@ class Backend(Protocol):
     def set_noise(self, noise: np.ndarray, state: np.ndarray | None) -> None:
         """x_0 = noise [B, H, A] float32; state [B, S] for pi0 (None for pi0.5)."""
 
+    def set_guidance(self, leftover: np.ndarray, prefix_weights: np.ndarray, max_guidance_weight: np.ndarray) -> None:
+        """An `export --rtc` bundle's guidance inputs for this chunk: leftover [B, H, A], prefix weights [B, H],
+        beta [B], float32 (docs/model.md, "Real-time chunking"). Called per chunk on RTC bundles only."""
+
     def run_step(self, step: int) -> None:
         """One Euler step at times[step]: x <- x + dt * v(x, t)."""
 

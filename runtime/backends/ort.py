@@ -156,8 +156,9 @@ class OrtBackend:
         self._host, self._dev = {}, {}
         for name in (*self.manifest.graphs[pg].input_names, *self.manifest.graphs[pg].output_names):
             self._host[name], self._dev[name] = self._alloc(pg, name, batch)
-        if c.STATE in self.manifest.graphs[sg].input_names:
-            self._host[c.STATE], self._dev[c.STATE] = self._alloc(sg, c.STATE, batch)
+        for name in (c.STATE, *(s.name for s in c.RTC_INPUTS)):
+            if name in self.manifest.graphs[sg].input_names:
+                self._host[name], self._dev[name] = self._alloc(sg, name, batch)
         self._x = [self._alloc(sg, c.X_T, batch) for _ in range(2)]  # the ping-pong pair (loop: noise, actions)
 
         self._prefix_binding = self.prefix_session.io_binding()
@@ -175,8 +176,8 @@ class OrtBackend:
         self._batch = key
 
     def _cached_inputs(self, binding) -> None:
-        """The step/loop inputs that live in the prefix's buffers (KV cache, mask) and the state."""
-        for name in (c.PAST_KEYS, c.PAST_VALUES, c.PREFIX_MASK, c.STATE):
+        """The step/loop inputs that live in the prefix's buffers (KV cache, mask), the state and the RTC inputs."""
+        for name in (c.PAST_KEYS, c.PAST_VALUES, c.PREFIX_MASK, c.STATE, *(s.name for s in c.RTC_INPUTS)):
             if name in self.manifest.graphs[self._denoise_graph].input_names:
                 binding.bind_ortvalue_input(name, self._dev[name])
 
@@ -249,6 +250,11 @@ class OrtBackend:
         self._write(c.X_T, noise.astype(np.float32, copy=False), slot=self._x[0])
         if state is not None and c.STATE in self._dev:
             self._write(c.STATE, state)
+
+    def set_guidance(self, leftover: np.ndarray, prefix_weights: np.ndarray, max_guidance_weight: np.ndarray) -> None:
+        for name, value in ((c.RTC_LEFTOVER, leftover), (c.RTC_PREFIX_WEIGHTS, prefix_weights),
+                            (c.RTC_MAX_GUIDANCE_WEIGHT, max_guidance_weight)):
+            self._write(name, value)
 
     def run_step(self, step: int) -> None:
         if self.whole_loop:

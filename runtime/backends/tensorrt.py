@@ -256,9 +256,11 @@ class TensorRTBackend:
         self._x = [DeviceBuffer(self._rt, self._nbytes(sg, c.X_T, batch), f"x{i}") for i in range(2)]
         host[c.X_T] = self._pinned(sg, c.X_T, batch)
         self._actions = self._pinned(sg, c.X_NEXT, batch)
-        if c.STATE in step.input_names:
-            dev[c.STATE] = DeviceBuffer(self._rt, self._nbytes(sg, c.STATE, batch), c.STATE)
-            host[c.STATE] = self._pinned(sg, c.STATE, batch)
+        guidance = tuple(s.name for s in c.RTC_INPUTS)
+        for name in (c.STATE, *guidance):
+            if name in step.input_names:
+                dev[name] = DeviceBuffer(self._rt, self._nbytes(sg, name, batch), name)
+                host[name] = self._pinned(sg, name, batch)
         if c.VELOCITY in step.output_names:
             dev[c.VELOCITY] = DeviceBuffer(self._rt, self._nbytes(sg, c.VELOCITY, batch), c.VELOCITY)
 
@@ -270,7 +272,8 @@ class TensorRTBackend:
                 self._const_sources.append(consts[name].upload(value, self.stream))
             self._consts.append(consts)
 
-        shared = {n: dev[n].ptr for n in (c.PAST_KEYS, c.PAST_VALUES, c.PREFIX_MASK, c.STATE, c.VELOCITY) if n in dev}
+        shared = {n: dev[n].ptr for n in (c.PAST_KEYS, c.PAST_VALUES, c.PREFIX_MASK, c.STATE, c.VELOCITY, *guidance)
+                  if n in dev}
         for k in range(len(times)):
             ctx = self._new_context(sg)
             addresses = {**shared, c.X_T: self._x[k % 2].ptr, c.X_NEXT: self._x[(k + 1) % 2].ptr,
@@ -323,6 +326,11 @@ class TensorRTBackend:
         self._stage(c.X_T, noise.astype(np.float32, copy=False))
         if state is not None and c.STATE in self._host:
             self._stage(c.STATE, state.astype(np.float32, copy=False))
+
+    def set_guidance(self, leftover: np.ndarray, prefix_weights: np.ndarray, max_guidance_weight: np.ndarray) -> None:
+        for name, value in ((c.RTC_LEFTOVER, leftover), (c.RTC_PREFIX_WEIGHTS, prefix_weights),
+                            (c.RTC_MAX_GUIDANCE_WEIGHT, max_guidance_weight)):
+            self._stage(name, value.astype(np.float32, copy=False))
 
     def run_step(self, step: int) -> None:
         self._enqueue(self._step_ctx[step], f"denoise step {step}")

@@ -122,6 +122,9 @@ def test_a_checkpoint_without_its_fast_tokenizer_is_refused_naming_the_flag_whic
     elsewhere = (checkpoint / "fast_tokenizer").rename(tmp_path / "lerobot-fast-action-tokenizer")
     assert main(["export", str(checkpoint), "-o", str(tmp_path / "bundle")]) == 1
     assert "--fast-tokenizer" in capsys.readouterr().err
+    assert main(["export", str(checkpoint), "-o", str(tmp_path / "bundle"), "--fast-tokenizer", str(elsewhere),
+                 "--rtc"]) == 1
+    assert "--rtc applies to the flow-matching models" in capsys.readouterr().err
     assert main(["export", str(checkpoint), "-o", str(tmp_path / "bundle"), "--fast-tokenizer", str(elsewhere)]) == 0
     assert (tmp_path / "bundle" / "fast_tokenizer" / "tokenizer.json").is_file()
 

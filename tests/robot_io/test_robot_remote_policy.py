@@ -16,10 +16,10 @@ from robot_io_helpers import after, base_config_dict, make_config, merge
 from pi0edge.cli import main
 from pi0edge.errors import ConfigError
 from pi0edge.robot_io.config import robot_config_from_dict
-from pi0edge.robot_io.errors import PolicyUnavailableError, RemotePolicyError
+from pi0edge.robot_io.errors import PolicyRefusedError, PolicyUnavailableError, RemotePolicyError
 from pi0edge.robot_io.loop import run_loop
 from pi0edge.robot_io.recording import load_episode
-from pi0edge.robot_io.remote_policy import RemotePolicy
+from pi0edge.robot_io.remote_policy import RemotePolicy, control_deadline_ms
 from pi0edge.runtime.types import Observation
 
 pytest.importorskip("websockets")
@@ -35,7 +35,8 @@ class ServerThread:
         from pi0edge.serve.map_file import resolve_obs_map
         from pi0edge.serve.server import PolicyServer, ServeConfig
 
-        mapping = resolve_obs_map(None, policy.camera_names, policy.robot_state_dim)
+        mapping = resolve_obs_map(None, policy.camera_names, policy.robot_state_dim,
+                                  policy.robot_action_dim)
         self.server = PolicyServer(policy, mapping, ServeConfig(port=port, api_key=api_key, seed=0))
         self._ready, self._loop, self._stop, self._failure = threading.Event(), None, None, []
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -346,3 +347,71 @@ def test_a_server_that_comes_back_with_another_policy_shape_is_an_error_not_a_tr
         assert not isinstance(info.value, PolicyUnavailableError)
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("chunking, safety, timeout_s, expected_ms", [
+    ({"strategy": "sync"}, {"inference_timeout_s": 2.0}, 5.0, 2000.0),  # the loop's own wait
+    ({"strategy": "sync"}, {"inference_timeout_s": 2.0}, 0.5, 500.0),  # ... or the request's, the smaller
+    ({"strategy": "async", "n_execute": 6}, {"inference_timeout_s": 2.0}, 5.0, (10 - 6) * 1000 / RATE_HZ),
+    ({"strategy": "async", "n_execute": None}, {"inference_timeout_s": 2.0}, 5.0, (10 - 5) * 1000 / RATE_HZ),
+    ({"strategy": "async", "n_execute": 10}, {"inference_timeout_s": 2.0}, 5.0, 1 * 1000 / RATE_HZ),  # >= 1 tick
+    ({"strategy": "ensemble", "n_execute": None}, {"inference_timeout_s": 0.3}, 5.0, 300.0),  # 9 ticks, capped
+])
+def test_the_control_deadline_is_when_the_loop_runs_out_of_actions(served_policy, chunking, safety, timeout_s,
+                                                                   expected_ms):
+    assert served_policy.action_horizon == 10  # the cases above count ticks of the tiny preset's horizon
+    config = robot_config_from_dict(robot_dict(served_policy, chunking=chunking, safety=safety,
+                                               policy={"remote": "ws://h:1", "timeout_s": timeout_s}))
+    assert control_deadline_ms(config, served_policy.action_horizon) == pytest.approx(expected_ms)
+
+
+class SlowPolicy:
+    """The real policy, each call delayed by `delay_s`: a server whose inference outlasts the robot's deadline."""
+
+    def __init__(self, policy, delay_s: float):
+        self._policy, self._delay_s = policy, delay_s
+
+    def __getattr__(self, name):
+        return getattr(self._policy, name)
+
+    def infer(self, *args, **kwargs):
+        import dataclasses
+        import time
+
+        start = time.perf_counter()
+        time.sleep(self._delay_s)
+        chunk = self._policy.infer(*args, **kwargs)
+        # Its total, as Policy reports one: the server's inference time estimate is made of it.
+        total_ms = (time.perf_counter() - start) * 1e3
+        return dataclasses.replace(chunk, timings_ms={**chunk.timings_ms, "total_ms": total_ms})
+
+
+def test_a_deadline_the_server_cannot_meet_is_refused_and_the_same_connection_goes_on(served_policy):
+    server = ServerThread(SlowPolicy(served_policy, delay_s=0.2)).start()
+    try:
+        with RemotePolicy(server.url) as remote:
+            remote.deadline_ms = 1.0
+            remote.infer(observation_for(served_policy))  # nothing measured yet: admitted; seeds the estimate
+            connection = remote._ws
+            with pytest.raises(PolicyRefusedError, match=r"refused the request: DeadlineUnmeetable: deadline_ms 1 "):
+                remote.infer(observation_for(served_policy))
+            remote.deadline_ms = 60_000.0
+            assert remote.infer(observation_for(served_policy)).actions.shape[0] == remote.action_horizon
+            assert remote._ws is connection  # a refusal is an answer: no reconnect
+    finally:
+        server.stop()
+
+
+def test_pi0edge_run_holds_on_refused_requests_names_them_and_does_not_stop(tmp_path, served_policy, capsys):
+    # async, n_execute 5 at 20 Hz: a 250 ms deadline, which a server taking 400 ms per chunk refuses.
+    server = ServerThread(SlowPolicy(served_policy, delay_s=0.4)).start()
+    config_path = tmp_path / "robot.yaml"
+    config_path.write_text(yaml.safe_dump(robot_dict(served_policy, policy={"remote": server.url},
+                                                     chunking={"strategy": "async", "n_execute": 5})))
+    try:
+        code = main(["run", "--config", str(config_path), "--prompt", "pick", "--duration-s", "2", "--no-status"])
+    finally:
+        server.stop()
+    out = capsys.readouterr().out
+    assert code == 0 and "stopped: duration reached" in out, out
+    assert "policy_error: policy.infer raised PolicyRefusedError" in out and "deadline_ms 250 " in out, out

@@ -26,9 +26,9 @@ STREAM_CALLS = {"cudaMemcpyAsync": -1, "cudaStreamSynchronize": 1, "cudaStreamBe
 def fake_gpu(monkeypatch, tiny_bundle_factory, tmp_path):
     """-> make(flavour, bundle precision) -> (bundle copy, call log); tensorrt and cudart replaced by fakes."""
 
-    def make(flavour: str, precision: str = "float32"):
-        bundle = tmp_path / f"bundle-{flavour}-{precision}"
-        shutil.copytree(tiny_bundle_factory("pi0", precision)[0], bundle)
+    def make(flavour: str, precision: str = "float32", rtc: bool = False):
+        bundle = tmp_path / f"bundle-{flavour}-{precision}{'-rtc' if rtc else ''}"
+        shutil.copytree(tiny_bundle_factory("pi0", precision, rtc=rtc)[0], bundle)
         manifest = load_manifest(bundle)
         graph_io = {g: (manifest.graphs[g].inputs, manifest.graphs[g].outputs)
                     for g in (c.PREFIX_GRAPH, c.DENOISE_STEP_GRAPH)}
@@ -119,4 +119,21 @@ def test_per_step_constants_are_uploaded_async_on_the_stream_not_with_a_blocking
     backend.prepare(1, times, dt)
     uploads = [call for call in calls[start:] if call[0].startswith("cudaMemcpy")]
     assert uploads and all(call[0] == "cudaMemcpyAsync" and int(call[-1]) == backend.stream.ptr for call in uploads)
+    backend.close()
+
+
+def test_an_rtc_bundle_binds_its_guidance_inputs_and_stages_them_on_the_stream(fake_gpu):
+    bundle, calls = fake_gpu("10", rtc=True)
+    build_engines(bundle, None, 1)
+    manifest = load_manifest(bundle)
+    backend = trt_backend.TensorRTBackend(manifest, use_cuda_graph=False)
+    times, dt = euler_schedule(manifest.num_steps)
+    backend.prepare(1, times, dt)  # every step context binds every input, the guidance ones included
+    start = len(calls)
+    horizon, width = manifest.action_horizon, manifest.action_dim
+    backend.set_guidance(np.ones((1, horizon, width), np.float32), np.ones((1, horizon), np.float32),
+                         np.full(1, 10.0, np.float32))
+    copies = [call for call in calls[start:] if call[0].startswith("cudaMemcpy")]
+    assert len(copies) == 3 and all(call[0] == "cudaMemcpyAsync" and int(call[-1]) == backend.stream.ptr
+                                    for call in copies)
     backend.close()

@@ -43,7 +43,8 @@ def running_server(bundle, obs_map: str | None = None, wrap=None, **config):
     """A PolicyServer for `bundle` on 127.0.0.1 and a free port; yields (server, reference Policy on ort-cpu).
     wrap: policy -> what the server serves instead (a test double around the real policy)."""
     policy = Policy(bundle, "ort-cpu")
-    mapping = resolve_obs_map(obs_map, policy.camera_names, policy.robot_state_dim)
+    mapping = resolve_obs_map(obs_map, policy.camera_names, policy.robot_state_dim,
+                              policy.robot_action_dim)
     server = PolicyServer(wrap(policy) if wrap else policy, mapping, ServeConfig(port=0, **config))
     ready, stop, failure = threading.Event(), [], []
 

@@ -9,6 +9,7 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
 from pi0edge.errors import ConfigError, ObservationError
 from pi0edge.runtime.types import Observation
+from pi0edge.serve.aloha_space import actions_from_pi, state_to_pi
 from pi0edge.serve.map_file import load_obs_map, resolve_obs_map
 from pi0edge.serve.obs_map import PRESETS
 
@@ -27,13 +28,14 @@ def image(rng, chw: bool = False) -> np.ndarray:
 
 
 def aloha_example(rng) -> tuple[dict, Observation]:
-    """openpi's make_aloha_example shape: CHW cameras under `images` (cam_low included), state [14]."""
+    """openpi's make_aloha_example shape: CHW cameras under `images` (cam_low included), state [14]; the policy
+    sees the state in pi's joint space (adapt_to_pi)."""
     cams = {name: image(rng, chw=True) for name in ("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist")}
     state = rng.standard_normal(14)
     sent = {"images": cams, "state": state, "prompt": "fold the towel"}
     hwc = {name: cams[key].transpose(1, 2, 0) for name, key in
            zip(CAMERAS, ("cam_high", "cam_left_wrist", "cam_right_wrist"), strict=True)}
-    return sent, Observation(hwc, state, "fold the towel")
+    return sent, Observation(hwc, state_to_pi(state), "fold the towel")
 
 
 def droid_example(rng) -> tuple[dict, Observation]:
@@ -67,11 +69,13 @@ def test_preset_serves_openpis_example_as_policy_infer_on_the_mapped_observation
         out = client.infer(sent)
         assert out["actions"].shape == (reference.action_horizon, action_dim)
         expected = reference.infer(observation, noise=first_noise(reference)).actions
+        if preset == "aloha":  # and its actions come back in ALOHA's joint space
+            expected = actions_from_pi(expected)
         np.testing.assert_array_equal(out["actions"], expected)
 
 
 def test_aloha_without_the_wrist_cameras_feeds_them_masked_and_requires_cam_high():
-    aloha = PRESETS["aloha"].bind(CAMERAS, 14)
+    aloha = PRESETS["aloha"].bind(CAMERAS, 14, 14)
     sent, _ = aloha_example(np.random.default_rng(0))
     only_high = dict(sent, images={"cam_high": sent["images"]["cam_high"]})
     assert list(aloha.observation(only_high).images) == ["base_0_rgb"]
@@ -80,7 +84,7 @@ def test_aloha_without_the_wrist_cameras_feeds_them_masked_and_requires_cam_high
 
 
 def test_aloha_refuses_channels_last_images():
-    aloha = PRESETS["aloha"].bind(CAMERAS, 14)
+    aloha = PRESETS["aloha"].bind(CAMERAS, 14, 14)
     sent, _ = aloha_example(np.random.default_rng(0))
     hwc = dict(sent, images={"cam_high": np.zeros((40, 56, 3), np.uint8)})
     with pytest.raises(ObservationError, match=r"'images/cam_high': expected shape CxHxW"):
@@ -88,7 +92,7 @@ def test_aloha_refuses_channels_last_images():
 
 
 def test_droid_refuses_a_missing_gripper_naming_its_key():
-    droid = PRESETS["droid"].bind(CAMERAS, 8)
+    droid = PRESETS["droid"].bind(CAMERAS, 8, 8)
     sent, _ = droid_example(np.random.default_rng(0))
     del sent["observation/gripper_position"]
     with pytest.raises(ObservationError, match="'observation/gripper_position' is missing"):
@@ -97,17 +101,17 @@ def test_droid_refuses_a_missing_gripper_naming_its_key():
 
 def test_a_preset_whose_state_length_differs_from_the_bundles_is_refused_at_start():
     with pytest.raises(ConfigError, match=r"'aloha' gives a 14-D state .* robot state dim is 6"):
-        resolve_obs_map("aloha", CAMERAS, 6)
+        resolve_obs_map("aloha", CAMERAS, 6, 14)
 
 
 def test_a_preset_feeding_a_camera_the_bundle_lacks_is_refused_at_start():
     with pytest.raises(ConfigError, match=r"feeds camera\(s\) \['left_wrist_0_rgb'\]"):
-        resolve_obs_map("libero", ("base_0_rgb", "wrist"), 8)
+        resolve_obs_map("libero", ("base_0_rgb", "wrist"), 8, 7)
 
 
 def test_an_unknown_obs_map_name_is_refused():
     with pytest.raises(ConfigError, match="expected one of"):
-        resolve_obs_map("bridge", CAMERAS, 8)
+        resolve_obs_map("bridge", CAMERAS, 8, 8)
 
 
 MAP_FILE = """\
@@ -126,7 +130,7 @@ prompt_key: task
 def test_a_map_file_maps_keys_concatenates_state_and_follows_its_optional_list(tmp_path):
     path = tmp_path / "arm.yaml"
     path.write_text(MAP_FILE)
-    arm = resolve_obs_map(str(path), CAMERAS, 7)
+    arm = resolve_obs_map(str(path), CAMERAS, 7, 7)
     rng = np.random.default_rng(0)
     top, joints = image(rng, chw=True), rng.standard_normal(6)
     obs = arm.observation({"top": top, "joints": joints, "gripper": [0.5], "task": "wipe"})

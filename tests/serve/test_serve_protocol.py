@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import websockets.sync.client
 from openpi_client import msgpack_numpy as openpi_msgpack
+from openpi_client.action_chunk_broker import ActionChunkBroker
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -74,6 +75,24 @@ def test_openpi_client_gets_metadata_and_the_actions_policy_infer_gives_with_the
             np.testing.assert_array_equal(out["actions"], expected_actions(reference, obs, noise))
             assert out["server_timing"]["infer_ms"] > 0 and out["policy_timing"]["infer_ms"] > 0
             assert ("prev_total_ms" in out["server_timing"]) == (i > 0)  # openpi: the previous request's round trip
+
+
+def test_openpi_action_chunk_broker_steps_through_a_chunk_then_requests_the_next(bundle, serving):
+    with serving(bundle, seed=SEED) as (server, reference):
+        client = WebsocketClientPolicy("127.0.0.1", server.port)
+        horizon = client.get_server_metadata()["action_horizon"]
+        broker = ActionChunkBroker(client, action_horizon=horizon)
+        obs = [bundle_observation(reference, seed=i) for i in range(2)]
+        first, second = (expected_actions(reference, o, n) for o, n in
+                         zip(obs, connection_noise(reference, SEED, 0, 2), strict=True))
+        steps = [broker.infer(obs[0] if step < horizon else obs[1]) for step in range(horizon + 2)]
+    # One action per step: the first chunk's rows in order, then row 0 and 1 of the chunk asked for at step H.
+    for step, out in enumerate(steps):
+        assert out["actions"].shape == (reference.robot_action_dim,)
+        want = first[step] if step < horizon else second[step - horizon]
+        np.testing.assert_array_equal(out["actions"], want)
+    assert "prev_total_ms" not in steps[horizon - 1]["server_timing"]  # all of the first chunk: one request
+    assert "prev_total_ms" in steps[horizon]["server_timing"]  # the second request
 
 
 def test_chw_images_give_the_same_actions_as_hwc(bundle, serving):
@@ -222,7 +241,8 @@ def test_a_port_already_taken_is_a_config_error_naming_it(bundle):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        server = PolicyServer(policy, resolve_obs_map(None, policy.camera_names, policy.robot_state_dim),
+        server = PolicyServer(policy, resolve_obs_map(None, policy.camera_names, policy.robot_state_dim,
+                                                      policy.robot_action_dim),
                               ServeConfig(port=port))
         with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
             asyncio.run(server.serve())
