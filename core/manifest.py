@@ -18,14 +18,13 @@ from pi0edge import contract as c
 from pi0edge.atomic import write_text_atomic  # noqa: F401  (re-exported: older imports)
 from pi0edge.deployment import DeploymentRecord
 from pi0edge.errors import BundleError
+from pi0edge.fast_settings import FAST_MODEL_TYPE, FastSettings, check_fast_graphs
 from pi0edge.normalization import NormStats, NormStatsError
 from pi0edge.yaml_io import load_yaml
 
 MANIFEST_NAME = "bundle.yaml"
 TOKENIZER_NAME = "tokenizer.model"  # the tokenizer's name inside a bundle
 FORMAT_VERSION = 1
-FAST_MODEL_TYPE = "pi0fast"
-FAST_TOKENIZER_DIR = "fast_tokenizer"  # Pi0-FAST: the FAST tokenizer's folder (tokenizer.json, processor_config.json)
 _HASH_CHUNK_BYTES = 16 << 20
 
 
@@ -57,21 +56,6 @@ class GraphEntry:
             if entry["name"] == name:
                 return entry
         raise KeyError(name)
-
-
-@dataclass(frozen=True)
-class FastSettings:
-    """bundle.yaml `fast` (Pi0-FAST only): the decode budget and the KV cache's slots (prefix + budget), the
-    PaliGemma ids set aside at the top of the vocabulary, whether a BOS follows the prompt (LeRobot's sampler),
-    the FAST tokenizer's folder in the bundle and the action width it decodes."""
-
-    max_action_tokens: int
-    fast_skip_tokens: int
-    bos_after_prompt: bool
-    cache_len: int
-    tokenizer_dir: str
-    action_dim: int  # the width the FAST tokenizer decodes (LeRobot: the robot's; openpi: the model's)
-    first_position_offset: int = 0  # action token k at position sum(prefix_mask) + offset + k (openpi: 1)
 
 
 @dataclass(frozen=True)
@@ -228,7 +212,8 @@ def _parse(bundle_dir: Path, raw: dict, files: dict[str, str], graphs: dict[str,
         raise BundleError(f"{path}: field 'rtc' must be true or false, got {rtc!r}")
     model = _field(raw, "model", path)
     vocab = model.get("vocab_size") if isinstance(model, dict) else None
-    fast = _fast_settings(raw, path) if isinstance(model, dict) and model.get("type") == FAST_MODEL_TYPE else None
+    fast = (FastSettings.from_bundle(raw.get("fast"), path) if isinstance(model, dict)
+            and model.get("type") == FAST_MODEL_TYPE else None)
     return Manifest(
         bundle_dir=bundle_dir, raw=raw, model_type=_field(raw, "model.type", path),
         precision=_field(raw, "precision", path), cameras=tuple(cameras),
@@ -244,20 +229,6 @@ def _parse(bundle_dir: Path, raw: dict, files: dict[str, str], graphs: dict[str,
         fixed_num_steps=fixed, quantization=raw.get("quantization") or None, emulates=raw.get("emulates"),
         deployment=DeploymentRecord.from_bundle(raw.get("deployment"), path), rtc=rtc, fast=fast)
 
-
-def _fast_settings(raw: dict, path: Path) -> FastSettings:
-    bos = _field(raw, "fast.bos_after_prompt", path)
-    if not isinstance(bos, bool):
-        raise BundleError(f"{path}: field 'fast.bos_after_prompt' must be true or false, got {bos!r}")
-    folder = _field(raw, "fast.tokenizer_dir", path)
-    if not isinstance(folder, str) or not (path.parent / folder).is_dir():
-        raise BundleError(f"{path}: field 'fast.tokenizer_dir' must name the bundle's FAST tokenizer folder, got "
-                          f"{folder!r}")
-    return FastSettings(max_action_tokens=_int_field(raw, "fast.max_action_tokens", path),
-                        fast_skip_tokens=_int_field(raw, "fast.fast_skip_tokens", path, minimum=0),
-                        bos_after_prompt=bos, cache_len=_int_field(raw, "fast.cache_len", path), tokenizer_dir=folder,
-                        action_dim=_int_field(raw, "fast.action_dim", path),
-                        first_position_offset=_int_field(raw, "fast.first_position_offset", path, minimum=0))
 
 
 # ---- the checks: every field against the graphs' recorded I/O and the other fields ---------------------
@@ -289,7 +260,7 @@ def check_manifest(m: Manifest, path: Path) -> None:
     if not all(isinstance(name, str) and name for name in m.cameras) or len(set(m.cameras)) != len(m.cameras):
         raise _refuse(path, "model.cameras", f"must name each camera once, got {list(m.cameras)}")
     if m.is_fast:
-        _check_fast_graphs(m, path)
+        check_fast_graphs(m, path, _refuse)
     else:
         _check_dims_against_graphs(m, path)
         _check_graph_io(m, path)
@@ -347,36 +318,6 @@ def _check_graph_io(m: Manifest, path: Path) -> None:
                           f"give {name} shape {step.io(name)['shape']}, the prefix graph outputs "
                           f"{prefix.io(name)['shape']}")
 
-
-def _check_fast_graphs(m: Manifest, path: Path) -> None:
-    """Pi0-FAST: each graph's inputs are the contract's, and every field shows in the graphs' shapes."""
-    prefix, decode = m.graphs[c.PREFIX_GRAPH], m.graphs[c.DECODE_STEP_GRAPH]
-    for graph, entry, specs in ((c.PREFIX_GRAPH, prefix, c.PREFIX_INPUTS), (c.DECODE_STEP_GRAPH, decode,
-                                                                            c.DECODE_STEP_INPUTS)):
-        if set(entry.input_names) != {s.name for s in specs}:
-            raise _refuse(path, f"graphs.{graph}.inputs", f"name {sorted(entry.input_names)}, the contract for "
-                                                          f"{m.model_type} gives {sorted(s.name for s in specs)}")
-        for io in (*entry.inputs, *entry.outputs):
-            if io["name"] in (c.PAST_KEYS, c.PAST_VALUES, c.NEW_KEYS, c.NEW_VALUES) and io["dtype"] != m.precision:
-                raise _refuse(path, f"graphs.{graph}", f"gives {io['name']} dtype {io['dtype']}, but the precision "
-                                                       f"is {m.precision}")
-    fast, prompt_len = m.fast, m.max_token_len + int(m.fast.bos_after_prompt)
-    prefix_len = prefix.io(c.PREFIX_MASK)["shape"][1]
-    checks = (("model.image_size", m.image_size, prefix.io(c.IMAGES)["shape"][2]),
-              ("model.cameras", len(m.cameras), prefix.io(c.IMAGES)["shape"][1]),
-              ("model.max_token_len", prompt_len, prefix.io(c.TOKENS)["shape"][1]),
-              ("model.vocab_size", m.vocab_size, decode.io(c.LOGITS)["shape"][1]),
-              ("fast.cache_len", fast.cache_len, decode.io(c.CACHE_MASK)["shape"][1]),
-              ("fast.max_action_tokens", fast.max_action_tokens, fast.cache_len - prefix_len))
-    for field, value, in_graph in checks:
-        if value != in_graph:
-            raise _refuse(path, field, f"gives {value}, but the graphs' shapes give {in_graph}")
-    if not m.robot_action_dim <= fast.action_dim <= m.action_dim:
-        raise _refuse(path, "fast.action_dim", f"is {fast.action_dim}, outside [robot.action_dim "
-                                               f"{m.robot_action_dim}, model.action_dim {m.action_dim}]")
-    if prefix.io(c.PAST_KEYS)["shape"][3:] != decode.io(c.PAST_KEYS)["shape"][3:]:
-        raise _refuse(path, f"graphs.{c.DECODE_STEP_GRAPH}.inputs", "give a cache of another head layout than "
-                                                                  "the prefix graph outputs")
 
 
 def _check_norm_stats(m: Manifest, path: Path) -> None:

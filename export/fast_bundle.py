@@ -21,7 +21,8 @@ from pi0edge.errors import BundleError, CheckpointError
 from pi0edge.export.config import Pi0FastConfig
 from pi0edge.export.onnx.graphs import OPSET
 from pi0edge.export.tokenizer import check_tokenizer
-from pi0edge.manifest import FAST_TOKENIZER_DIR, FORMAT_VERSION, MANIFEST_NAME, load_manifest, sha256_file
+from pi0edge.fast_settings import FAST_TOKENIZER_DIR
+from pi0edge.manifest import FORMAT_VERSION, MANIFEST_NAME, load_manifest, sha256_file
 from pi0edge.normalization import NormStats
 
 TOKENIZER_NAME = "tokenizer.model"
