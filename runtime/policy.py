@@ -170,6 +170,8 @@ class Policy:
         """`infer`, plus what the chunk computed on the way (ChunkInternals: the normalized actions and the
         prefix KV cache), for debugging. Costs a host copy of the whole cache: not for the control loop."""
         chunk, normalized = self._infer(observation, noise, num_steps, guidance)
+        if self.fast is not None:  # Pi0-FAST: the whole decode cache, its valid slots as the mask
+            return chunk, ChunkInternals(normalized, *self.fast.decoder.read_cache())
         past_keys, past_values = self.backend.read_kv()
         return chunk, ChunkInternals(normalized, past_keys, past_values, self.backend.read_prefix_mask())
 

@@ -87,7 +87,9 @@ class ChunkInternals:
 
     normalized_actions: [B, H, action_dim] float32, the Euler loop's result in the model's normalized space,
     before the crop to the robot's dims and the unnormalization. past_keys / past_values: the prefix's KV
-    cache, [layers, B, T, kv_heads, head_dim] in the bundle's precision. prefix_mask: [B, T] bool."""
+    cache, [layers, B, T, kv_heads, head_dim] in the bundle's precision. prefix_mask: [B, T] bool. Pi0-FAST: the
+    whole decode cache after the chunk, [layers, B, slots, kv_heads, head_dim], and its valid slots [B, slots];
+    normalized_actions: the read-back chunk in the FAST tokenizer's width."""
 
     normalized_actions: np.ndarray
     past_keys: np.ndarray

@@ -60,3 +60,15 @@ def test_a_model_that_writes_a_well_formed_answer_gives_its_chunk_in_robot_units
     # FAST's quantization: at most 0.5 / scale per DCT coefficient, sqrt(H) of them per action (docs/model.md)
     bound = 0.5 / 10.0 * np.sqrt(normalized.shape[0]) * std
     assert (np.abs(chunk.actions - expected) <= bound).all()
+
+
+def test_infer_internals_gives_the_decode_cache_and_the_normalized_chunk(answering_fast_bundle):
+    bundle, normalized = answering_fast_bundle
+    with Policy(bundle) as policy:
+        chunk, internals = policy.infer_internals(synthetic_observation(policy))
+        slots = policy.manifest.fast.cache_len
+    assert internals.past_keys.shape[2] == slots and internals.prefix_mask.shape == (1, slots)
+    # the valid slots: the prefix's, then one per decoded token but the last (its K/V are never needed)
+    prefix_valid = int(internals.prefix_mask[0, :slots - policy.manifest.fast.max_action_tokens].sum())
+    assert internals.prefix_mask[0].sum() == prefix_valid + chunk.timings_ms["tokens"] - 1
+    assert np.abs(internals.normalized_actions[0] - normalized).max() <= 0.5 / 10.0 * np.sqrt(normalized.shape[0])
