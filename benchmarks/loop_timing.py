@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         "background_load": args.background_load,
         "cpu_affinity": {"loop": args.loop_cpus, "inference": args.inference_cpus},
         "realtime_priority": args.realtime_priority,
-        **{k: v for k, v in dataclasses.asdict(stats).items() if k != "events"},
+        **{k: v for k, v in dataclasses.asdict(stats).items() if k not in ("events", "latency")},
+        "latency_ms": stats.latency.figures(),  # capture -> command spans, p50/p99/max
         "achieved_rate_hz": stats.achieved_rate_hz,
         "event_counts": stats.event_counts(),
     }
