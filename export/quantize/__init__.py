@@ -14,8 +14,8 @@ from pi0edge.export.quantize.bundle import (
     quantize_bundle,
 )
 from pi0edge.export.quantize.calibration import collect_calibration, run_chunk_recording
-from pi0edge.export.quantize.command import FULL_SIZE_ERRORS, OFFERED_MODES, register_quantize
+from pi0edge.export.quantize.command import FULL_SIZE_ERRORS, register_quantize
 
-__all__ = ["FULL_SIZE_ERRORS", "MODES", "OFFERED_MODES", "QuantizeOptions", "QuantizeReport", "boundary_gemms",
+__all__ = ["FULL_SIZE_ERRORS", "MODES", "QuantizeOptions", "QuantizeReport", "boundary_gemms",
            "check_source", "collect_calibration", "has_qdq", "quantize_bundle", "register_quantize",
            "run_chunk_recording"]

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 
 from pi0edge.cli_args import positive_int
-from pi0edge.export.quantize.bundle import QuantizeOptions, quantize_bundle
+from pi0edge.export.quantize.bundle import MODES, QuantizeOptions, quantize_bundle
 
 # Full-size action error against the float32 bundle, measured with benchmarks/quantize_full.py (random-weight
 # checkpoints, ort-cpu, normalized action space; docs/quantization.md): mode -> ((model, max abs, RMS), ...).
 # A precision without a row here is not offered by the command.
 FULL_SIZE_ERRORS: dict[str, tuple[tuple[str, float, float], ...]] = {}
-OFFERED_MODES = tuple(FULL_SIZE_ERRORS)
 
 
 def full_size_error_text(mode: str) -> str:
@@ -20,7 +19,8 @@ def full_size_error_text(mode: str) -> str:
 
 
 def register_quantize(subparsers: argparse._SubParsersAction) -> None:
-    measured = " ".join(f"{mode}: {full_size_error_text(mode)}." for mode in OFFERED_MODES)
+    offered = tuple(mode for mode in MODES if FULL_SIZE_ERRORS.get(mode))
+    measured = " ".join(f"{mode}: {full_size_error_text(mode)}." for mode in offered)
     p = subparsers.add_parser(
         "quantize", help="float32 bundle -> INT8 or FP8 Q/DQ bundle for TensorRT, with its measured action error",
         description="Post-training quantization of a float32 bundle's GEMMs (Q/DQ nodes, weights stored "
@@ -31,7 +31,7 @@ def register_quantize(subparsers: argparse._SubParsersAction) -> None:
                     f"vs float32 (random weights, docs/quantization.md): {measured}")
     p.add_argument("bundle", help="float32 bundle directory (from `pi0edge export --precision float32`)")
     p.add_argument("-o", "--output", required=True, help="quantized bundle directory to write (atomically)")
-    p.add_argument("--mode", choices=OFFERED_MODES, required=True,
+    p.add_argument("--mode", choices=offered, required=True,
                    help="fp8: Ada / Hopper / Blackwell / Thor; int8: GPUs without FP8 (Jetson Orin, Ampere). Only "
                         "precisions with a measured full-size error are offered")
     p.add_argument("--calib-chunks", type=positive_int, default=QuantizeOptions.calib_chunks,

@@ -15,7 +15,6 @@ are copied file to file in blocks. So the writer holds about one weight tensor a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
