@@ -28,7 +28,7 @@ import yaml
 
 from pi0edge import contract as c
 from pi0edge.atomic import staged_dir, write_text_atomic
-from pi0edge.errors import BundleError, ConfigError
+from pi0edge.errors import BundleError, ConfigError, require
 from pi0edge.export.onnx.loop_graph import write_loop_graph
 from pi0edge.export.quantize.calibration import (
     ActionError,
@@ -43,6 +43,7 @@ from pi0edge.manifest import MANIFEST_NAME, Manifest, load_manifest, sha256_file
 log = logging.getLogger(__name__)
 
 MODES = ("int8", "fp8")
+QUANT_EXTRA = "quant"
 WEIGHT_DTYPES = {"int8": "int8", "fp8": "float8e4m3fn"}
 GRAPHS = (c.PREFIX_GRAPH, c.DENOISE_STEP_GRAPH)
 # The step graph's boundary GEMMs stay float32: action_in_proj reads x_t (the very signal being denoised) and
@@ -160,6 +161,8 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, options: Quanti
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
     manifest = load_manifest(bundle_dir)
     check_source(manifest)
+    for module in ("onnx", "ml_dtypes"):  # fail in a second, not after the calibration chunks
+        require(module, QUANT_EXTRA, "pi0edge quantize")
     if out_dir.resolve() == bundle_dir.resolve():
         raise BundleError(f"{out_dir}: the output must be a new bundle, not the float32 source")
     if out_dir.exists() and not overwrite:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -73,6 +74,15 @@ def test_every_offered_mode_has_a_finite_full_size_error():
     for mode, rows in FULL_SIZE_ERRORS.items():
         assert mode in ("int8", "fp8") and rows
         assert all(np.isfinite(max_abs) and 0 < rms <= max_abs for _, max_abs, rms in rows)
+
+
+def test_quantize_without_its_extra_exits_1_naming_it(cli, tiny_bundle_factory, tmp_path, capsys, monkeypatch):
+    bundle, _ = tiny_bundle_factory("pi0")
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # import fails as if not installed
+    assert cli(["quantize", str(bundle), "-o", str(tmp_path / "q"), "--mode", OFFERED[0]]) == 1
+    err = capsys.readouterr().err
+    assert "pip install 'pi0edge[quant]'" in err and "ml_dtypes" in err and "Traceback" not in err
+    assert not (tmp_path / "q").exists()
 
 
 def test_quantize_refuses_a_float16_bundle(cli, tiny_bundle_factory, tmp_path, capsys):
