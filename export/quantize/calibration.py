@@ -72,14 +72,15 @@ def collect_calibration(policy, chunks: int, seed: int) -> dict[str, list[dict[s
 def evaluate_actions(bundle_dir: Path, chunks: int, seed: int, *, verify_checksums: bool = True
                      ) -> tuple[np.ndarray, float]:
     """Normalized actions [chunks, H, robot_action_dim] of Policy.infer (ort-cpu) on held-out synthetic
-    observations with fixed noise, and the median chunk time in ms (after one warm-up chunk)."""
+    observations with fixed noise, and the median chunk time in ms: after one warm-up chunk when chunks > 1;
+    a single chunk (a full-size run, where a chunk takes minutes) is timed cold."""
     from pi0edge.runtime import Policy
     from pi0edge.runtime.profile import synthetic_observation
 
     actions, total_ms = [], []
     with Policy(bundle_dir, "ort-cpu", verify_checksums=verify_checksums) as policy:
         m = policy.manifest
-        for i in range(-1, chunks):  # i = -1: warm-up, not counted
+        for i in range(-1 if chunks > 1 else 0, chunks):  # i = -1: warm-up, not counted
             s = seed + EVAL_SEED_OFFSET + max(i, 0)
             chunk = policy.infer(synthetic_observation(policy, seed=s), noise=_noise(m, s))
             if i >= 0:
