@@ -90,13 +90,6 @@ def evaluate_actions(bundle_dir: Path, chunks: int, seed: int, *, verify_checksu
     return np.stack(actions), float(np.median(total_ms))
 
 
-def action_error(reference: np.ndarray, quantized: np.ndarray) -> ActionError:
-    diff = quantized.astype(np.float64) - reference.astype(np.float64)
-    return ActionError(max_abs=float(np.abs(diff).max()), rms=float(np.sqrt(np.mean(diff**2))),
-                       reference_rms=float(np.sqrt(np.mean(reference.astype(np.float64) ** 2))),
-                       chunks=int(reference.shape[0]))
-
-
 @dataclass(frozen=True)
 class ActionError:
     """Quantized vs float32 actions on the same observations and noise, normalized space, robot action dims."""
@@ -109,6 +102,13 @@ class ActionError:
     def to_dict(self) -> dict:
         return {"action_error_max_abs": self.max_abs, "action_error_rms": self.rms,
                 "reference_action_rms": self.reference_rms, "eval_chunks": self.chunks}
+
+
+def action_error(reference: np.ndarray, quantized: np.ndarray) -> ActionError:
+    diff = quantized.astype(np.float64) - reference.astype(np.float64)
+    return ActionError(max_abs=float(np.abs(diff).max()), rms=float(np.sqrt(np.mean(diff**2))),
+                       reference_rms=float(np.sqrt(np.mean(reference.astype(np.float64) ** 2))),
+                       chunks=int(reference.shape[0]))
 
 
 # ---- activation ranges -------------------------------------------------------------------------------------
