@@ -12,6 +12,7 @@ from pi0edge.export.quantize.bundle import MODES, QuantizeOptions, quantize_bund
 # A precision without a row here is not offered by the command.
 FULL_SIZE_ERRORS: dict[str, tuple[tuple[str, float, float], ...]] = {
     "int8": (("pi0", 0.113, 0.058),),
+    "fp8": (("pi0", 0.324, 0.143),),
 }
 
 
