@@ -3,7 +3,9 @@ graphs (docs/model.md, "Quantization")."""
 
 from __future__ import annotations
 
+import ast
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from pi0edge.runtime import Policy
 from pi0edge.runtime.profile import synthetic_observation
 
 onnx = pytest.importorskip("onnx")
+MAX_FUNCTION_LINES = 60  # house style: a function is read in one screen
 
 
 def _dequantize(q: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
@@ -100,3 +103,15 @@ def test_amax_calibration_is_the_max_abs_over_the_samples(tiny_bundle_factory, t
     assert amax[c.X_T] == max(float(np.abs(s[c.X_T]).max()) for s in steps)
     assert not (tmp_path / "work").exists()  # the augmented graph and its data link are removed
     assert len(list(bundle.iterdir())) == len(m.files) + 1  # nothing written into the source bundle
+
+
+def test_every_function_of_the_quantize_package_is_short():
+    import pi0edge.export.quantize as package
+
+    files = sorted(Path(package.__file__).parent.glob("*.py"))
+    assert {"qdq.py", "calibration.py", "bundle.py", "command.py"} <= {f.name for f in files}
+    long = [f"{f.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for f in files for node in ast.walk(ast.parse(f.read_text()))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long
