@@ -141,7 +141,7 @@ def build_engines(bundle_dir: str | Path, precision: str | None = None, max_batc
     if calibration is not None:
         raise ConfigError("calibration-based INT8/FP8 (TensorRT's implicit quantization) is not supported: it is "
                           "deprecated in TensorRT 10 and removed in 11. Quantize the graphs instead (Q/DQ nodes, "
-                          "NVIDIA ModelOpt) and build that bundle with --precision int8 or fp8")
+                          "`pi0edge quantize`) and build that bundle with --precision int8 or fp8")
     from pi0edge.runtime.backends.cuda_runtime import device_info, load_cudart
 
     trt = import_tensorrt("pi0edge build")
@@ -205,7 +205,7 @@ def _build_plan(trt, builder, logger, manifest: Manifest, graph: str, needs_qdq:
                                f"{list(entry.input_names)} -> {list(entry.output_names)}")
     if needs_qdq and not _has_qdq(trt, network):
         raise ConfigError(f"--precision {precision} needs quantized graphs (QuantizeLinear/DequantizeLinear nodes, "
-                          f"e.g. from NVIDIA ModelOpt), and {path.name} has none: building it would silently give an "
+                          f"from `pi0edge quantize`), and {path.name} has none: building it would silently give an "
                           "unquantized engine. Build --precision fp16/bf16, or export a quantized bundle")
 
     config = builder.create_builder_config()
