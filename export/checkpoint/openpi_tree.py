@@ -157,7 +157,7 @@ def detect_model_type(paths: set[str], where: str) -> str:
     if "PaliGemma/llm/embedder/input_embedding" not in paths:
         raise CheckpointError(f"{where}: not an openpi model's parameters (no 'PaliGemma/llm/embedder/"
                               f"input_embedding'); found {sorted(paths)[:8]}")
-    if any(EXPERT + "/" in p for p in paths):
+    if any(p.startswith("PaliGemma/llm/") and EXPERT + "/" in p for p in paths):
         raise CheckpointError(f"{where}: has the action expert's '{EXPERT}' parameters but neither "
                               "'action_time_mlp_in' (pi0) nor 'time_mlp_in' (pi0.5)")
     return "pi0_fast"
