@@ -264,3 +264,10 @@ def test_a_pi0_fast_tree_is_recognized_and_refused_by_name(checkpoints, tmp_path
     bad = _edited_copy(jax_dir, tmp_path / "fast", keep_paligemma_only)
     with pytest.raises(CheckpointError, match="pi0-FAST checkpoint"):
         load_checkpoint(bad, settings={"action_horizon": 10})
+
+
+def test_statistics_under_a_nested_repo_id_asset_folder_are_found(tmp_path):
+    """openpi names the asset folder by the dataset's repo_id when the config gives no asset_id."""
+    cfg = tiny("pi0")
+    ckpt = write_orbax_checkpoint(tmp_path / "libero", cfg, asset_id="physical-intelligence/libero", **ROBOT_DIMS)
+    assert load_checkpoint(ckpt, settings=_settings(cfg), hash_weights=False).norm_stats is not None
