@@ -135,11 +135,13 @@ def _numpy(value: torch.Tensor) -> np.ndarray:
 
 def write_orbax_checkpoint(out_dir: str | Path, cfg: Pi0Config, *, seed: int = 0, dtype: str = "float32",
                            value_suffix: bool = False, asset_id: str = DEFAULT_ASSET_ID,
-                           robot_state_dim: int | None = None, robot_action_dim: int | None = None) -> Path:
+                           robot_state_dim: int | None = None, robot_action_dim: int | None = None,
+                           use_ocdbt: bool = True, use_zarr3: bool = False) -> Path:
     """Write `out_dir/params` (orbax, as openpi's training saves it) and assets/<asset_id>/norm_stats.json.
 
     The weights are random_checkpoint's for (cfg, seed, dtype). value_suffix: every leaf ends in "value",
-    as openpi's save_state writes an nnx.State (released checkpoints have plain leaves)."""
+    as openpi's save_state writes an nnx.State (released checkpoints have plain leaves). use_ocdbt /
+    use_zarr3: orbax's storage options (openpi keeps orbax's defaults: OCDBT, zarr v2)."""
     jax, ocp = require("jax", "dev", "writing an orbax checkpoint"), require("orbax.checkpoint", "dev",
                                                                             "writing an orbax checkpoint")
     shapes = parameter_shapes(cfg)
@@ -161,7 +163,8 @@ def write_orbax_checkpoint(out_dir: str | Path, cfg: Pi0Config, *, seed: int = 0
         node[leaf] = {"value": array} if value_suffix else array
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with ocp.PyTreeCheckpointer() as checkpointer:
+    handler = ocp.PyTreeCheckpointHandler(use_ocdbt=use_ocdbt, use_zarr3=use_zarr3)
+    with ocp.Checkpointer(handler) as checkpointer:
         checkpointer.save((out_dir / "params").resolve(), {"params": nested})
     state_dim = robot_state_dim or cfg.state_dim
     action_dim = robot_action_dim or cfg.action_dim

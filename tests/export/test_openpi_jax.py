@@ -93,6 +93,17 @@ def test_value_suffixed_tree_of_openpi_training_loads_like_a_plain_one(checkpoin
     assert all(torch.equal(got[name], want[name]) for name in want)
 
 
+@pytest.mark.parametrize("storage", [{"use_ocdbt": False}, {"use_zarr3": True}], ids=["per-array-folders", "zarr3"])
+def test_orbax_storage_options_load_the_same_parameters(checkpoints, tmp_path, storage):
+    jax_dir, *_ = checkpoints["pi0"]
+    cfg = tiny("pi0")
+    other = write_orbax_checkpoint(tmp_path / "other", cfg, seed=3, **ROBOT_DIMS, **storage)
+    assert (other / "params" / "manifest.ocdbt").is_file() == storage.get("use_ocdbt", True)
+    got = load_checkpoint(other, settings=_settings(cfg), hash_weights=False).model.state_dict()
+    want = load_checkpoint(jax_dir, settings=_settings(cfg), hash_weights=False).model.state_dict()
+    assert all(torch.equal(got[name], want[name]) for name in want)
+
+
 def test_the_params_folder_itself_loads_with_the_assets_beside_it(checkpoints):
     jax_dir, *_ = checkpoints["pi0"]
     ckpt = load_checkpoint(jax_dir / "params", settings=_settings(tiny("pi0")), hash_weights=False)
