@@ -5,7 +5,8 @@ reads them back and checks them at load. Importable without torch or onnx. Nobod
 "past_keys" anywhere else.
 
 Symbolic dims: B batch, N_cam cameras, L max_token_len, T prefix tokens (N_cam * image_tokens + L),
-layers (VLM depth), K kv heads, D head dim, H action horizon, A model action dim, S model state dim.
+layers (VLM depth), K kv heads, D head dim, H action horizon, A model action dim, S model state dim;
+Pi0-FAST: V vocabulary, slots (the decode cache: T + max action tokens), one (a single token).
 """
 
 from __future__ import annotations
@@ -112,6 +113,31 @@ def step_time_feeds(step_input_names: Collection[str], step: int, times: Sequenc
         return {STEP_INDEX: np.full(batch, step, np.int64)}
     return {TIME: np.full(batch, times[step], np.float32), DT: np.full(batch, dt, np.float32)}
 
+
+# ---- Pi0-FAST (docs/model.md, "Pi0-FAST"): a prefix that also gives the first token's logits, then one
+# decode step per action token over a cache preallocated to slots = T + max_action_tokens.
+DECODE_STEP_GRAPH = "decode_step"
+LOGITS = "logits"  # [B, V] float32: the next token's logits
+TOKEN_ID = "token_id"  # [B] int64: the token just chosen
+POSITION = "position"  # [B] int64: its RoPE position
+CACHE_MASK = "cache_mask"  # [B, slots] bool: the cache slots holding a valid token
+NEW_KEYS = "new_keys"  # [layers, B, 1, K, D]: the token's own K/V, which the runtime writes into slot T + step
+NEW_VALUES = "new_values"
+
+FAST_CACHE_DIMS = ("layers", "B", "slots", "K", "D")
+FAST_PREFIX_OUTPUTS = (*PREFIX_OUTPUTS, TensorSpec(LOGITS, "float32", ("B", "V")))
+DECODE_STEP_INPUTS = (
+    TensorSpec(TOKEN_ID, "int64", ("B",)),
+    TensorSpec(POSITION, "int64", ("B",)),
+    TensorSpec(PAST_KEYS, KV_DTYPE, FAST_CACHE_DIMS),
+    TensorSpec(PAST_VALUES, KV_DTYPE, FAST_CACHE_DIMS),
+    TensorSpec(CACHE_MASK, "bool", ("B", "slots")),
+)
+DECODE_STEP_OUTPUTS = (
+    TensorSpec(LOGITS, "float32", ("B", "V")),
+    TensorSpec(NEW_KEYS, KV_DTYPE, ("layers", "B", "one", "K", "D")),
+    TensorSpec(NEW_VALUES, KV_DTYPE, ("layers", "B", "one", "K", "D")),
+)
 
 # The camera order the checkpoints were trained with (docs/model.md, "Prefix").
 DEFAULT_CAMERAS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")

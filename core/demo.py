@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="random checkpoint -> export -> ort-cpu -> control loop on a simulated arm",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", help="where to write the checkpoint and bundle (default: a temporary folder)")
-    p.add_argument("--model", choices=("pi0", "pi05"), default="pi0", help="model family (default pi0)")
+    p.add_argument("--model", choices=("pi0", "pi05", "pi0fast"), default="pi0",
+                   help="model family (default pi0; pi0fast: Pi0-FAST, actions decoded as tokens)")
     p.add_argument("--preset", choices=("tiny", "mid"), default="tiny", help="model size (default tiny)")
     p.add_argument("--duration-s", type=positive_float, default=3.0, help="control-loop duration (default 3 s)")
     p.add_argument("--sim", choices=("sim", "aloha"), default="sim",
@@ -78,9 +79,11 @@ def run_demo(workdir: Path, args: argparse.Namespace) -> int:
         chunk = policy.infer(synthetic_observation(policy))
         t = chunk.timings_ms
         np.set_printoptions(precision=3, suppress=True, linewidth=120)
-        print(f"[3/4] one chunk on {policy.backend.name}: actions {chunk.actions.shape} (robot units), first 3 rows:")
+        print(f"[3/4] one chunk on {policy.backend_name}: actions {chunk.actions.shape} (robot units), first 3 rows:")
         print(chunk.actions[:3])
         print(f"      {timing_line(t, policy.manifest.num_steps)}")
+        if chunk.malformed:  # Pi0-FAST with random weights: its tokens are not an "Action: ... |" answer
+            print(f"      malformed decode (random weights), the loop will hold: {chunk.malformed}")
         print(profile_policy(policy, iters=10, warmup=2).table())
         print(f"[4/4] control loop: {args.sim} arm for {args.duration_s:g} s")
         stats = _run_loop(policy, args)
@@ -90,7 +93,12 @@ def run_demo(workdir: Path, args: argparse.Namespace) -> int:
 
 def timing_line(t, num_steps: int) -> str:
     """One chunk's stage times. With the loop graph (the export default) the denoise loop is one call
-    and has no per-step times (ChunkTimings.step_ms is empty): its time is the loop graph's."""
+    and has no per-step times (ChunkTimings.step_ms is empty): its time is the loop graph's. Pi0-FAST: the
+    tokens decoded and the time per token."""
+    if "token_ms" in t:  # Pi0-FAST: a decode loop
+        per_token = t["decode_ms"] / max(len(t["token_ms"]), 1)
+        return (f"preprocess {t['preprocess_ms']:.1f} ms, prefix {t['prefix_ms']:.1f} ms, {t['tokens']} tokens at "
+                f"{per_token:.1f} ms each, total {t['total_ms']:.1f} ms")
     steps = t["step_ms"]
     denoise = (f"denoise {t['denoise_ms']:.1f} ms ({len(steps)} step-graph calls)" if steps else
                f"denoise {t['denoise_ms']:.1f} ms ({num_steps} steps in one loop-graph call)")

@@ -22,6 +22,8 @@ from pi0edge.yaml_io import load_yaml
 
 MANIFEST_NAME = "bundle.yaml"
 FORMAT_VERSION = 1
+FAST_MODEL_TYPE = "pi0fast"
+FAST_TOKENIZER_DIR = "fast_tokenizer"  # Pi0-FAST: the FAST tokenizer's folder (tokenizer.json, processor_config.json)
 _HASH_CHUNK_BYTES = 16 << 20
 
 
@@ -56,6 +58,20 @@ class GraphEntry:
 
 
 @dataclass(frozen=True)
+class FastSettings:
+    """bundle.yaml `fast` (Pi0-FAST only): the decode budget and the KV cache's slots (prefix + budget), the
+    PaliGemma ids set aside at the top of the vocabulary, whether a BOS follows the prompt (LeRobot's sampler),
+    the FAST tokenizer's folder in the bundle and the action width it decodes."""
+
+    max_action_tokens: int
+    fast_skip_tokens: int
+    bos_after_prompt: bool
+    cache_len: int
+    tokenizer_dir: str
+    action_dim: int  # the width the FAST tokenizer decodes (LeRobot: the robot's; openpi: the model's)
+
+
+@dataclass(frozen=True)
 class Manifest:
     """The parsed and checked bundle.yaml: every field a reader needs, typed. Nothing outside this module
     indexes the YAML document itself; a writer deriving a new bundle.yaml starts from `to_document()`."""
@@ -81,10 +97,15 @@ class Manifest:
     fixed_num_steps: int | None = None  # optimized step graphs: the only step count they can run
     quantization: dict | None = None  # `pi0edge quantize`: mode, tool, measured error...
     emulates: str | None = None  # float32 graphs computing what graphs of this precision compute
+    fast: FastSettings | None = None  # Pi0-FAST only (num_steps is then 0: there is no Euler loop)
 
     @property
     def is_pi05(self) -> bool:
         return self.model_type == "pi05"
+
+    @property
+    def is_fast(self) -> bool:
+        return self.model_type == FAST_MODEL_TYPE
 
     def path(self, name: str) -> Path:
         return self.bundle_dir / name
@@ -160,7 +181,9 @@ def _checked_files(bundle_dir: Path, files, verify_checksums: bool, path: Path) 
 def _graphs(raw: dict, files: dict[str, str], path: Path) -> dict[str, GraphEntry]:
     graphs = {}
     optional = (c.DENOISE_LOOP_GRAPH,) if c.DENOISE_LOOP_GRAPH in (raw.get("graphs") or {}) else ()
-    for graph in (c.PREFIX_GRAPH, c.DENOISE_STEP_GRAPH, *optional):
+    model = raw.get("model")
+    fast = isinstance(model, dict) and model.get("type") == FAST_MODEL_TYPE
+    for graph in (c.PREFIX_GRAPH, c.DECODE_STEP_GRAPH) if fast else (c.PREFIX_GRAPH, c.DENOISE_STEP_GRAPH, *optional):
         g = _field(raw, f"graphs.{graph}", path)
         steps = _int_field(raw, f"graphs.{graph}.num_steps", path) if graph == c.DENOISE_LOOP_GRAPH else None
         for key in ("inputs", "outputs"):
@@ -190,6 +213,7 @@ def _parse(bundle_dir: Path, raw: dict, files: dict[str, str], graphs: dict[str,
         fixed = _int_field(raw, "optimizations.fixed_num_steps", path)
     model = _field(raw, "model", path)
     vocab = model.get("vocab_size") if isinstance(model, dict) else None
+    fast = _fast_settings(raw, path) if isinstance(model, dict) and model.get("type") == FAST_MODEL_TYPE else None
     return Manifest(
         bundle_dir=bundle_dir, raw=raw, model_type=_field(raw, "model.type", path),
         precision=_field(raw, "precision", path), cameras=tuple(cameras),
@@ -198,17 +222,31 @@ def _parse(bundle_dir: Path, raw: dict, files: dict[str, str], graphs: dict[str,
         vocab_size=None if vocab is None else _int_field(raw, "model.vocab_size", path),
         action_dim=_int_field(raw, "model.action_dim", path), state_dim=_int_field(raw, "model.state_dim", path),
         action_horizon=_int_field(raw, "model.action_horizon", path),
-        num_steps=_int_field(raw, "model.num_steps", path),
+        num_steps=0 if fast else _int_field(raw, "model.num_steps", path),
         robot_state_dim=_int_field(raw, "robot.state_dim", path),
         robot_action_dim=_int_field(raw, "robot.action_dim", path),
         norm_stats=norm_stats, tokenizer_file=_field(raw, "tokenizer.file", path), graphs=graphs, files=files,
-        fixed_num_steps=fixed, quantization=raw.get("quantization") or None, emulates=raw.get("emulates"))
+        fixed_num_steps=fixed, quantization=raw.get("quantization") or None, emulates=raw.get("emulates"), fast=fast)
+
+
+def _fast_settings(raw: dict, path: Path) -> FastSettings:
+    bos = _field(raw, "fast.bos_after_prompt", path)
+    if not isinstance(bos, bool):
+        raise BundleError(f"{path}: field 'fast.bos_after_prompt' must be true or false, got {bos!r}")
+    folder = _field(raw, "fast.tokenizer_dir", path)
+    if not isinstance(folder, str) or not (path.parent / folder).is_dir():
+        raise BundleError(f"{path}: field 'fast.tokenizer_dir' must name the bundle's FAST tokenizer folder, got "
+                          f"{folder!r}")
+    return FastSettings(max_action_tokens=_int_field(raw, "fast.max_action_tokens", path),
+                        fast_skip_tokens=_int_field(raw, "fast.fast_skip_tokens", path, minimum=0),
+                        bos_after_prompt=bos, cache_len=_int_field(raw, "fast.cache_len", path), tokenizer_dir=folder,
+                        action_dim=_int_field(raw, "fast.action_dim", path))
 
 
 # ---- the checks: every field against the graphs' recorded I/O and the other fields ---------------------
 
 PRECISIONS = ("float32", "float16", "bfloat16")
-MODEL_TYPES = ("pi0", "pi05")
+MODEL_TYPES = ("pi0", "pi05", FAST_MODEL_TYPE)
 # Where each model field shows in the graphs: (graph, tensor, axis).
 _FIELD_IN_GRAPHS = {
     "model.image_size": ((c.PREFIX_GRAPH, c.IMAGES, 2), (c.PREFIX_GRAPH, c.IMAGES, 3)),
@@ -233,8 +271,11 @@ def check_manifest(m: Manifest, path: Path) -> None:
         raise _refuse(path, "model.type", f"is {m.model_type!r}, not one of {list(MODEL_TYPES)}")
     if not all(isinstance(name, str) and name for name in m.cameras) or len(set(m.cameras)) != len(m.cameras):
         raise _refuse(path, "model.cameras", f"must name each camera once, got {list(m.cameras)}")
-    _check_dims_against_graphs(m, path)
-    _check_graph_io(m, path)
+    if m.is_fast:
+        _check_fast_graphs(m, path)
+    else:
+        _check_dims_against_graphs(m, path)
+        _check_graph_io(m, path)
     for field, robot, model in (("robot.state_dim", m.robot_state_dim, m.state_dim),
                                 ("robot.action_dim", m.robot_action_dim, m.action_dim)):
         if robot > model:
@@ -283,6 +324,37 @@ def _check_graph_io(m: Manifest, path: Path) -> None:
             raise _refuse(path, f"graphs.{c.DENOISE_STEP_GRAPH}.inputs",
                           f"give {name} shape {step.io(name)['shape']}, the prefix graph outputs "
                           f"{prefix.io(name)['shape']}")
+
+
+def _check_fast_graphs(m: Manifest, path: Path) -> None:
+    """Pi0-FAST: each graph's inputs are the contract's, and every field shows in the graphs' shapes."""
+    prefix, decode = m.graphs[c.PREFIX_GRAPH], m.graphs[c.DECODE_STEP_GRAPH]
+    for graph, entry, specs in ((c.PREFIX_GRAPH, prefix, c.PREFIX_INPUTS), (c.DECODE_STEP_GRAPH, decode,
+                                                                            c.DECODE_STEP_INPUTS)):
+        if set(entry.input_names) != {s.name for s in specs}:
+            raise _refuse(path, f"graphs.{graph}.inputs", f"name {sorted(entry.input_names)}, the contract for "
+                                                          f"{m.model_type} gives {sorted(s.name for s in specs)}")
+        for io in (*entry.inputs, *entry.outputs):
+            if io["name"] in (c.PAST_KEYS, c.PAST_VALUES, c.NEW_KEYS, c.NEW_VALUES) and io["dtype"] != m.precision:
+                raise _refuse(path, f"graphs.{graph}", f"gives {io['name']} dtype {io['dtype']}, but the precision "
+                                                       f"is {m.precision}")
+    fast, prompt_len = m.fast, m.max_token_len + int(m.fast.bos_after_prompt)
+    prefix_len = prefix.io(c.PREFIX_MASK)["shape"][1]
+    checks = (("model.image_size", m.image_size, prefix.io(c.IMAGES)["shape"][2]),
+              ("model.cameras", len(m.cameras), prefix.io(c.IMAGES)["shape"][1]),
+              ("model.max_token_len", prompt_len, prefix.io(c.TOKENS)["shape"][1]),
+              ("model.vocab_size", m.vocab_size, decode.io(c.LOGITS)["shape"][1]),
+              ("fast.cache_len", fast.cache_len, decode.io(c.CACHE_MASK)["shape"][1]),
+              ("fast.max_action_tokens", fast.max_action_tokens, fast.cache_len - prefix_len))
+    for field, value, in_graph in checks:
+        if value != in_graph:
+            raise _refuse(path, field, f"gives {value}, but the graphs' shapes give {in_graph}")
+    if not m.robot_action_dim <= fast.action_dim <= m.action_dim:
+        raise _refuse(path, "fast.action_dim", f"is {fast.action_dim}, outside [robot.action_dim "
+                                               f"{m.robot_action_dim}, model.action_dim {m.action_dim}]")
+    if prefix.io(c.PAST_KEYS)["shape"][3:] != decode.io(c.PAST_KEYS)["shape"][3:]:
+        raise _refuse(path, f"graphs.{c.DECODE_STEP_GRAPH}.inputs", "give a cache of another head layout than "
+                                                                  "the prefix graph outputs")
 
 
 def _check_norm_stats(m: Manifest, path: Path) -> None:

@@ -20,7 +20,7 @@ import yaml
 import pi0edge
 from pi0edge.atomic import staged_dir, write_text_atomic
 from pi0edge.errors import BundleError, CheckpointError
-from pi0edge.export.config import Pi0Config
+from pi0edge.export.config import FAST_MODEL_TYPE, Pi0Config
 from pi0edge.export.model.options import DEFAULT_OPTIMIZE, OptimizeOptions
 from pi0edge.export.onnx.graphs import OPSET, export_graphs
 from pi0edge.export.tokenizer import check_tokenizer
@@ -97,13 +97,34 @@ def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path:
     return ExportReport(out_dir, precision, time.perf_counter() - start, size)
 
 
+def _export_fast(ckpt, checkpoint_dir, out_dir, tokenizer_path: Path, fast_tokenizer, source: dict, *,
+                 precision: str, overwrite: bool) -> ExportReport:
+    from pi0edge.export.fast_bundle import write_fast_bundle
+    from pi0edge.export.fast_checkpoint import find_fast_tokenizer
+
+    fast_dir = Path(fast_tokenizer) if fast_tokenizer else find_fast_tokenizer(Path(checkpoint_dir))
+    if fast_dir is None:
+        raise CheckpointError(f"{checkpoint_dir}: a Pi0-FAST checkpoint needs its FAST tokenizer (tokenizer.json, "
+                              "processor_config.json): none in fast_tokenizer/; pass --fast-tokenizer DIR")
+    export_s, size = write_fast_bundle(ckpt.model, Path(out_dir), norm_stats=ckpt.norm_stats,
+                                       tokenizer_path=tokenizer_path,
+                                       fast_tokenizer_dir=fast_dir, robot_state_dim=ckpt.robot_state_dim,
+                                       robot_action_dim=ckpt.robot_action_dim, precision=precision, source=source,
+                                       overwrite=overwrite, fast_width=ckpt.robot_action_dim if ckpt.layout == "lerobot"
+                                       else ckpt.config.action_dim)
+    return ExportReport(Path(out_dir), precision, export_s, size)
+
+
 def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, *, precision: str = "float32",
                   tokenizer: str | Path | None = None, overwrite: bool = False, num_steps: int | None = None,
                   check_finite: bool = True, optimize: OptimizeOptions | None = DEFAULT_OPTIMIZE,
-                  asset_id: str | None = None, settings: dict | None = None) -> ExportReport:
+                  asset_id: str | None = None, fast_tokenizer: str | Path | None = None,
+                  settings: dict | None = None) -> ExportReport:
     """The `pi0edge export` command: load the checkpoint lazily, export both graphs, write the bundle.
-    The graph optimizations are on by default (optimize=None exports the plain graphs). settings: what an
-    openpi JAX checkpoint does not record (load_checkpoint's, e.g. {"action_horizon": 10})."""
+    The graph optimizations are on by default (optimize=None exports the plain graphs); a Pi0-FAST checkpoint
+    exports its plain prefix and decode_step graphs, with its FAST tokenizer (`fast_tokenizer`, else the
+    checkpoint's fast_tokenizer/ folder). settings: what an openpi JAX checkpoint does not record
+    (load_checkpoint's, e.g. {"action_horizon": 10})."""
     from dataclasses import replace
 
     import torch
@@ -122,7 +143,7 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, *, precision:
     ckpt = load_checkpoint(checkpoint_dir, dtype=load_dtype, check_finite=check_finite, asset_id=asset_id,
                            settings=settings)
     model = ckpt.model
-    if num_steps is not None:
+    if num_steps is not None and ckpt.config.model_type != FAST_MODEL_TYPE:  # Pi0-FAST has no Euler steps
         model.cfg = replace(model.cfg, num_steps=num_steps)
     tokenizer_path = Path(tokenizer) if tokenizer else ckpt.tokenizer_path
     if tokenizer_path is None:
@@ -132,6 +153,9 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, *, precision:
         raise CheckpointError(f"{checkpoint_dir}: no normalization statistics found")
     source = {"checkpoint": str(Path(checkpoint_dir).resolve()), "layout": ckpt.layout,
               "sha256": ckpt.source_sha256}
+    if ckpt.config.model_type == FAST_MODEL_TYPE:
+        return _export_fast(ckpt, checkpoint_dir, out_dir, tokenizer_path, fast_tokenizer, source, precision=precision,
+                            overwrite=overwrite)
     return write_bundle(model, Path(out_dir), norm_stats=ckpt.norm_stats, tokenizer_path=tokenizer_path,
                         robot_state_dim=ckpt.robot_state_dim, robot_action_dim=ckpt.robot_action_dim,
                         precision=precision, source=source, overwrite=overwrite, optimize=optimize)

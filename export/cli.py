@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="graph precision: float32 for CPU and parity, float16 for GPUs, bfloat16 for GPUs with bf16 "
                         "(Ampere and later); measured errors in docs/benchmarks.md (default float32)")
     p.add_argument("--tokenizer", help="PaliGemma SentencePiece tokenizer.model, when the checkpoint has none")
+    p.add_argument("--fast-tokenizer", help="Pi0-FAST: the FAST tokenizer folder (tokenizer.json, "
+                   "processor_config.json), when the checkpoint has no fast_tokenizer/")
     p.add_argument("--num-steps", type=positive_int,
                    help="default number of Euler steps recorded in the bundle (default 10)")
     p.add_argument("--asset-id", help="openpi layout: which assets/<ASSET_ID>/norm_stats.json to use when there "
@@ -40,7 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="openpi JAX checkpoints (which do not record it): the actions per chunk the model was "
                         "trained for, from its openpi training config (pi0_base 50, pi0_droid 10, pi05_droid 15)")
     p.add_argument("--max-token-len", type=positive_int,
-                   help="openpi JAX checkpoints: the prompt length in tokens (default openpi's: 48 pi0, 200 pi0.5)")
+                   help="openpi JAX checkpoints: the prompt length in tokens (default openpi's: 48 pi0, 200 pi0.5, "
+                        "250 Pi0-FAST)")
+    p.add_argument("--action-dim", type=positive_int,
+                   help="openpi JAX Pi0-FAST checkpoints: the FAST tokenizer's action width (openpi's action_dim: "
+                        "pi0_fast_droid 8, pi0_fast_libero 7; default 32); pi0 / pi0.5 read it from the weights")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (once the new one is complete)")
     p.add_argument("--no-optimize", action="store_true", help="export the plain reference graphs (no folding/fusing)")
     p.add_argument("--disable", action="append", default=[], metavar="OPTIMIZATION",
@@ -76,7 +82,7 @@ def _export(args: argparse.Namespace) -> int:
     report = export_bundle(args.checkpoint, args.output, precision=args.precision, tokenizer=args.tokenizer,
                            overwrite=args.overwrite, num_steps=args.num_steps,
                            check_finite=not args.no_finite_check, optimize=optimize, asset_id=args.asset_id,
-                           settings=_openpi_settings(args))
+                           fast_tokenizer=args.fast_tokenizer, settings=_openpi_settings(args))
     print(f"wrote {report.bundle_dir} ({report.precision}, {report.bundle_bytes / 1e6:.1f} MB) "
           f"in {report.export_s:.1f} s")
     return 0
@@ -84,5 +90,6 @@ def _export(args: argparse.Namespace) -> int:
 
 def _openpi_settings(args: argparse.Namespace) -> dict | None:
     """The flags an openpi JAX checkpoint needs; None when none is given (any other layout)."""
-    given = {"action_horizon": args.action_horizon, "max_token_len": args.max_token_len}
+    given = {"action_horizon": args.action_horizon, "max_token_len": args.max_token_len,
+             "action_dim": args.action_dim}
     return {k: v for k, v in given.items() if v is not None} or None

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, replace
 
 from pi0edge.contract import DEFAULT_CAMERAS
 
-MODEL_TYPES = ("pi0", "pi05")
+MODEL_TYPES = ("pi0", "pi05")  # flow matching (Pi0Config); Pi0-FAST is FAST_MODEL_TYPE (Pi0FastConfig)
+FAST_MODEL_TYPE = "pi0fast"
 
 
 def _check_positive(owner: str, **values: int) -> None:
@@ -136,13 +137,83 @@ class Pi0Config:
         return self.vlm.depth
 
 
-def full(model_type: str = "pi0") -> Pi0Config:
-    """The published size: SigLIP So400m + Gemma 2B + Gemma 300M (pi0 ~3.24 B, pi0.5 ~3.35 B parameters)."""
+@dataclass(frozen=True)
+class Pi0FastConfig:
+    """A Pi0-FAST policy (docs/model.md, "Pi0-FAST"): SigLIP + the PaliGemma Gemma with its tied LM head, no
+    action expert. Actions are FAST tokens decoded one at a time; action token k is PaliGemma id
+    `vocab_size - 1 - fast_skip_tokens - k`.
+
+    max_token_len: the prompt's token budget ("Task: ..., State: ...;\n" with BOS first), LeRobot's
+    tokenizer_max_length / openpi's max_token_len. bos_after_prompt: LeRobot's sampler appends one BOS token
+    after the padded prompt (openpi does not); it is part of the prefix. max_action_tokens: the decode budget,
+    and the KV cache's room beyond the prefix."""
+
+    vision: VisionConfig = SIGLIP_SO400M
+    vlm: GemmaConfig = GEMMA_2B
+    vocab_size: int = 257_152
+    action_dim: int = 32  # the FAST tokenizer's action width; robot vectors are zero-padded to it
+    state_dim: int = 32  # the state written into the prompt, padded to this width
+    action_horizon: int = 50
+    max_token_len: int = 200
+    max_action_tokens: int = 256
+    fast_skip_tokens: int = 128
+    bos_after_prompt: bool = True
+    cameras: tuple[str, ...] = field(default=DEFAULT_CAMERAS)
+    model_type: str = FAST_MODEL_TYPE
+
+    def __post_init__(self):
+        if self.model_type != FAST_MODEL_TYPE:
+            raise ValueError(f"Pi0FastConfig.model_type must be {FAST_MODEL_TYPE!r}, got {self.model_type!r}")
+        _check_positive("model", vocab_size=self.vocab_size, action_dim=self.action_dim, state_dim=self.state_dim,
+                        action_horizon=self.action_horizon, max_token_len=self.max_token_len,
+                        max_action_tokens=self.max_action_tokens)
+        if not 0 <= self.fast_skip_tokens < self.vocab_size:
+            raise ValueError(f"fast_skip_tokens must be in [0, vocab_size), got {self.fast_skip_tokens}")
+        if not self.cameras or len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f"cameras must be a non-empty list of distinct names, got {self.cameras!r}")
+
+    @property
+    def is_pi05(self) -> bool:
+        return False
+
+    @property
+    def num_cameras(self) -> int:
+        return len(self.cameras)
+
+    @property
+    def prompt_len(self) -> int:
+        """L: the prompt tokens the prefix graph reads (max_token_len, plus the BOS LeRobot appends)."""
+        return self.max_token_len + int(self.bos_after_prompt)
+
+    @property
+    def prefix_len(self) -> int:
+        """T: image tokens of every camera, then the prompt tokens."""
+        return self.num_cameras * self.vision.tokens_per_image + self.prompt_len
+
+    @property
+    def cache_len(self) -> int:
+        """C: the decode graph's KV cache slots, the prefix and room for every action token."""
+        return self.prefix_len + self.max_action_tokens
+
+    @property
+    def num_layers(self) -> int:
+        return self.vlm.depth
+
+
+def full(model_type: str = "pi0") -> Pi0Config | Pi0FastConfig:
+    """The published size: SigLIP So400m + Gemma 2B + Gemma 300M (pi0 ~3.24 B, pi0.5 ~3.35 B parameters);
+    Pi0-FAST: SigLIP So400m + Gemma 2B (~2.9 B)."""
+    if model_type == FAST_MODEL_TYPE:
+        return Pi0FastConfig()
     return Pi0Config(model_type=model_type, max_token_len=200 if model_type == "pi05" else 48)
 
 
-def tiny(model_type: str = "pi0", **overrides) -> Pi0Config:
+def tiny(model_type: str = "pi0", **overrides) -> Pi0Config | Pi0FastConfig:
     """Exact-and-fast test size: dummy Gemma for both stacks, 2-layer SigLIP, 512-token vocabulary."""
+    if model_type == FAST_MODEL_TYPE:
+        base = Pi0FastConfig(vision=SIGLIP_TINY, vlm=GEMMA_DUMMY, vocab_size=512, action_dim=8, state_dim=8,
+                             action_horizon=10, max_token_len=64, max_action_tokens=32, fast_skip_tokens=16)
+        return replace(base, **overrides)
     base = Pi0Config(model_type=model_type, vision=SIGLIP_TINY, vlm=GEMMA_DUMMY,
                      expert=replace(GEMMA_DUMMY, width=32, mlp_dim=64), vocab_size=512,
                      action_dim=8, state_dim=8, action_horizon=10,
@@ -150,10 +221,13 @@ def tiny(model_type: str = "pi0", **overrides) -> Pi0Config:
     return replace(base, **overrides)
 
 
-def mid(model_type: str = "pi0") -> Pi0Config:
+def mid(model_type: str = "pi0") -> Pi0Config | Pi0FastConfig:
     """A mid-size config that runs in seconds on a laptop CPU: used by the CPU benchmarks."""
     vlm = GemmaConfig(width=512, depth=6, mlp_dim=2048, num_heads=8, num_kv_heads=1, head_dim=64)
-    return Pi0Config(model_type=model_type, vision=VisionConfig(width=256, depth=6, mlp_dim=1024, num_heads=4),
+    vision = VisionConfig(width=256, depth=6, mlp_dim=1024, num_heads=4)
+    if model_type == FAST_MODEL_TYPE:
+        return Pi0FastConfig(vision=vision, vlm=vlm, vocab_size=4096, max_action_tokens=64, fast_skip_tokens=128)
+    return Pi0Config(model_type=model_type, vision=vision,
                      vlm=vlm, expert=replace(vlm, width=256, mlp_dim=1024), vocab_size=4096,
                      max_token_len=48 if model_type == "pi0" else 200)
 

@@ -42,7 +42,9 @@ from pi0edge.export.checkpoint import (
     detect_config,
     sizes_record,
 )
-from pi0edge.export.config import PRESETS, GemmaConfig, Pi0Config
+from pi0edge.export.checkpoint.stats import openpi_norm_kind
+from pi0edge.export.config import FAST_MODEL_TYPE, PRESETS, GemmaConfig, Pi0Config, Pi0FastConfig
+from pi0edge.export.fast_checkpoint import lerobot_fast_config, openpi_fast_config, write_test_fast_tokenizer
 from pi0edge.export.tokenizer import train_test_tokenizer
 
 DTYPES = {"float32": (torch.float32, "F32"), "bfloat16": (torch.bfloat16, "BF16"), "float16": (torch.float16, "F16")}
@@ -52,15 +54,15 @@ LAYER_NORM_WEIGHTS = ("layer_norm1.weight", "layer_norm2.weight", "post_layernor
 DEFAULT_ASSET_ID = "robot"
 LEROBOT_NORM_MODES = {"mean_std": "MEAN_STD", "quantile": "QUANTILES"}
 # LeRobot's processor pipelines put the normalizer at these steps (pi0.5 normalizes before tokenizing state).
-PREPROCESSOR_NORMALIZER_STEP = {"pi0": 5, "pi05": 2}
+PREPROCESSOR_NORMALIZER_STEP = {"pi0": 5, "pi05": 2, FAST_MODEL_TYPE: 3}
 
 
-def parameter_shapes(cfg: Pi0Config) -> dict[str, tuple[int, ...]]:
+def parameter_shapes(cfg: Pi0Config | Pi0FastConfig) -> dict[str, tuple[int, ...]]:
     """Our parameter names and shapes, in module order, from a model on the `meta` device (no memory)."""
-    from pi0edge.export.model import Pi0Model
+    from pi0edge.export.checkpoint.loader import build_model
 
     with torch.device("meta"):
-        model = Pi0Model(cfg)
+        model = build_model(cfg)
     return {name: tuple(p.shape) for name, p in model.state_dict().items()}
 
 
@@ -170,6 +172,9 @@ def lerobot_config(cfg: Pi0Config, *, robot_state_dim: int, robot_action_dim: in
     side = cfg.vision.image_size
     mode = LEROBOT_NORM_MODES[norm_kind]
     images = {f"observation.images.{cam}": {"type": "VISUAL", "shape": [3, side, side]} for cam in cfg.cameras}
+    if isinstance(cfg, Pi0FastConfig):
+        return lerobot_fast_config(cfg, images, _variant(cfg.vlm, "custom"), robot_state_dim=robot_state_dim,
+                                   robot_action_dim=robot_action_dim, dtype=dtype, norm_mode=mode)
     return {
         "type": cfg.model_type, "n_obs_steps": 1,
         "input_features": {**images, "observation.state": {"type": "STATE", "shape": [robot_state_dim]}},
@@ -194,6 +199,8 @@ def lerobot_config(cfg: Pi0Config, *, robot_state_dim: int, robot_action_dim: in
 
 def openpi_config(cfg: Pi0Config, *, dtype: str) -> dict:
     """config.json as openpi's convert_jax_model_to_pytorch.py writes it."""
+    if isinstance(cfg, Pi0FastConfig):
+        return openpi_fast_config(cfg, _variant(cfg.vlm, "custom"), dtype=dtype)
     return {"action_dim": cfg.action_dim, "action_horizon": cfg.action_horizon,
             "paligemma_variant": _variant(cfg.vlm, "custom"), "action_expert_variant": _variant(cfg.expert, "custom"),
             "precision": dtype}
@@ -240,6 +247,10 @@ def _write_lerobot_stats(out_dir: Path, cfg: Pi0Config, state: dict, action: dic
     device = {"registry_name": "device_processor", "config": {"device": "cpu"}}
     if cfg.model_type == "pi0":
         middle = [{"registry_name": "pi0_new_line_processor", "config": {}}, tokenize, device, normalizer]
+    elif cfg.model_type == FAST_MODEL_TYPE:
+        relative = {"registry_name": "relative_actions_processor", "config": {"enabled": False}}
+        middle = [relative, normalizer, {"registry_name": "pi0_fast_prepare_state_tokenizer_processor_step",
+                                         "config": {}}, tokenize, device]
     else:
         middle = [normalizer, {"registry_name": "pi05_prepare_state_tokenizer_processor_step", "config": {}},
                   tokenize, device]
@@ -268,9 +279,9 @@ def write_openpi_stats(out_dir: Path, state: dict, action: dict, asset_id: str) 
 # ---- the writer ------------------------------------------------------------------------------------
 
 
-def write_random_checkpoint(out_dir: str | Path, cfg: Pi0Config, *, layout: str = "lerobot", seed: int = 0,
-                            dtype: str = "float32", with_model_prefix: bool = True, tie_embedding: bool = False,
-                            tokenizer: bool = True, norm_kind: str | None = None,
+def write_random_checkpoint(out_dir: str | Path, cfg: Pi0Config | Pi0FastConfig, *, layout: str = "lerobot",
+                            seed: int = 0, dtype: str = "float32", with_model_prefix: bool = True,
+                            tie_embedding: bool = False, tokenizer: bool = True, norm_kind: str | None = None,
                             robot_state_dim: int | None = None, robot_action_dim: int | None = None,
                             max_shard_bytes: int | None = None, asset_id: str = DEFAULT_ASSET_ID) -> Path:
     """Write a random-weight checkpoint directory as a user would hold it; returns out_dir.
@@ -279,7 +290,8 @@ def write_random_checkpoint(out_dir: str | Path, cfg: Pi0Config, *, layout: str 
     policy_{pre,post}processor*.{json,safetensors}; "openpi": model.safetensors without `model.`,
     config.json, assets/<asset_id>/norm_stats.json. tie_embedding: store the text embedding only as
     the tied `paligemma.lm_head.weight`, as safetensors' save_model does. tokenizer: train a small
-    SentencePiece tokenizer.model (PaliGemma's ids). norm_kind: "mean_std" | "quantile", LeRobot only
+    SentencePiece tokenizer.model (PaliGemma's ids), and for Pi0-FAST fit a FAST tokenizer into fast_tokenizer/
+    (export/fast_checkpoint.py). norm_kind: "mean_std" | "quantile", LeRobot only
     (default: the model type's; openpi's kind always follows the model type). robot_*_dim: the robot's
     vector lengths (default: the model widths). max_shard_bytes: write a sharded checkpoint with
     model.safetensors.index.json.
@@ -288,11 +300,12 @@ def write_random_checkpoint(out_dir: str | Path, cfg: Pi0Config, *, layout: str 
         raise ValueError(f"layout must be 'lerobot' or 'openpi', got {layout!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    norm_kind = norm_kind or DEFAULT_NORM_KIND[cfg.model_type]
+    openpi_kind = openpi_norm_kind(cfg.model_type)
+    norm_kind = norm_kind or (openpi_kind if layout == "openpi" else DEFAULT_NORM_KIND[cfg.model_type])
     if norm_kind not in LEROBOT_NORM_MODES:
         raise ValueError(f"norm_kind must be 'mean_std' or 'quantile', got {norm_kind!r}")
-    if layout == "openpi" and norm_kind != DEFAULT_NORM_KIND[cfg.model_type]:
-        raise ValueError(f"openpi's normalization kind follows the model type ({DEFAULT_NORM_KIND[cfg.model_type]} "
+    if layout == "openpi" and norm_kind != openpi_kind:
+        raise ValueError(f"openpi's normalization kind follows the model type ({openpi_kind} "
                          f"for {cfg.model_type}), got {norm_kind!r}")
     state_dim = cfg.state_dim if robot_state_dim is None else robot_state_dim
     action_dim = cfg.action_dim if robot_action_dim is None else robot_action_dim
@@ -326,6 +339,10 @@ def write_random_checkpoint(out_dir: str | Path, cfg: Pi0Config, *, layout: str 
         write_openpi_stats(out_dir, state, action, asset_id)
     if tokenizer:
         train_test_tokenizer(out_dir / "tokenizer.model", cfg.vocab_size)
+        if isinstance(cfg, Pi0FastConfig):
+            # LeRobot tokenizes the robot's actions, openpi the model-wide padded ones
+            write_test_fast_tokenizer(out_dir / "fast_tokenizer", cfg, action_dim if layout == "lerobot" else
+                                      cfg.action_dim, seed)
     return out_dir
 
 
@@ -334,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Write a random-weight Pi0/Pi0.5 checkpoint directory.")
     parser.add_argument("out", type=Path)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--model", choices=("pi0", "pi05"), default="pi0")
+    parser.add_argument("--model", choices=("pi0", "pi05", FAST_MODEL_TYPE), default="pi0")
     parser.add_argument("--layout", choices=("lerobot", "openpi"), default="lerobot")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--seed", type=int, default=0)

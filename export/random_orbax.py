@@ -25,7 +25,7 @@ import torch
 
 from pi0edge.errors import require
 from pi0edge.export.checkpoint.openpi_tree import EXPERT, openpi_shapes
-from pi0edge.export.config import PRESETS, Pi0Config
+from pi0edge.export.config import FAST_MODEL_TYPE, PRESETS, Pi0Config, Pi0FastConfig
 from pi0edge.export.random_checkpoint import (
     DEFAULT_ASSET_ID,
     parameter_shapes,
@@ -111,10 +111,12 @@ def _gemma(get: Get, g, ours: str, suffix: str, adarms: bool) -> dict[str, Calla
     return tree
 
 
-def openpi_tree(get: Get, cfg: Pi0Config) -> dict[str, Callable[[], torch.Tensor]]:
+def openpi_tree(get: Get, cfg: Pi0Config | Pi0FastConfig) -> dict[str, Callable[[], torch.Tensor]]:
     """openpi path -> a function packing our weights into it (pi0.py: the projections are nnx.Linear)."""
     tree = _siglip(get, cfg) | {"PaliGemma/llm/embedder/input_embedding": lambda: get("vlm.embed_tokens.weight")}
     tree |= _gemma(get, cfg.vlm, "vlm", "", adarms=False)
+    if cfg.model_type == FAST_MODEL_TYPE:  # pi0_fast.py: the PaliGemma alone
+        return tree
     tree |= _gemma(get, cfg.expert, "expert", EXPERT, adarms=cfg.is_pi05)
     heads = ["action_in_proj", "action_out_proj"]
     heads += ["time_mlp_in", "time_mlp_out"] if cfg.is_pi05 else ["state_proj", "action_time_mlp_in",
@@ -133,7 +135,8 @@ def _numpy(value: torch.Tensor) -> np.ndarray:
     return value.contiguous().numpy()
 
 
-def write_orbax_checkpoint(out_dir: str | Path, cfg: Pi0Config, *, seed: int = 0, dtype: str = "float32",
+def write_orbax_checkpoint(out_dir: str | Path, cfg: Pi0Config | Pi0FastConfig, *, seed: int = 0,
+                           dtype: str = "float32",
                            value_suffix: bool = False, asset_id: str = DEFAULT_ASSET_ID,
                            robot_state_dim: int | None = None, robot_action_dim: int | None = None,
                            use_ocdbt: bool = True, use_zarr3: bool = False) -> Path:
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Write a random-weight openpi JAX (orbax) checkpoint directory.")
     parser.add_argument("out", type=Path)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--model", choices=("pi0", "pi05"), default="pi0")
+    parser.add_argument("--model", choices=("pi0", "pi05", FAST_MODEL_TYPE), default="pi0")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

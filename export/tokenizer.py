@@ -69,9 +69,10 @@ def train_test_tokenizer(path: str | Path, vocab_size: int = MAX_TEST_VOCAB, *, 
     spm.SentencePieceTrainer.train(
         sentence_iterator=_corpus(seed), model_writer=model, vocab_size=pieces, model_type="bpe",
         pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=UNK_ID,
-        # Gemma's habits: keep whitespace as written, split digits, newline as its own piece.
+        # Gemma's habits: keep whitespace as written, split digits, newline as its own piece; "|" too (Pi0-FAST's
+        # end-of-action marker is one PaliGemma piece).
         normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
-        split_digits=True, user_defined_symbols=["\n"], allow_whitespace_only_pieces=True,
+        split_digits=True, user_defined_symbols=["\n", "|"], allow_whitespace_only_pieces=True,
         byte_fallback=pieces >= _BYTE_FALLBACK_MIN_VOCAB,
         # A corpus too small for the requested size still trains (fewer pieces) instead of failing.
         hard_vocab_limit=False, character_coverage=1.0, num_threads=1, minloglevel=2,

@@ -50,6 +50,7 @@ class InferenceResult:
     error: BaseException | None = None
     timed_out: bool = False  # the loop gave up on it before it arrived
     observation: object = None  # the Observation, kept for the episode recording
+    malformed: str | None = None  # Pi0-FAST: why the action tokens did not read back into a chunk (it is refused)
 
 
 class InferenceWorker:
@@ -111,6 +112,7 @@ class InferenceWorker:
             try:
                 chunk = self.policy.infer(observation)
                 result.actions, result.timings_ms = chunk.actions, dict(chunk.timings_ms or {})
+                result.malformed = getattr(chunk, "malformed", None)
             except Exception as exc:  # noqa: BLE001 - handed to the loop, which records it as a safety event
                 result.error = exc
             with self._cv:

@@ -146,7 +146,8 @@ class ControlLoop:
         else:
             self._policy_errors = 0
             actions = np.asarray(result.actions)
-            reason = self.safety.check_chunk(actions, self.horizon, self.action_dim)
+            reason = (f"malformed action tokens ({result.malformed})" if result.malformed else
+                      self.safety.check_chunk(actions, self.horizon, self.action_dim))
             if reason is not None:
                 self.stats.rejected_chunks += 1
                 self._fault(tick, "bad_chunk", f"chunk from tick {result.obs_tick} rejected: {reason}", lasting=False)

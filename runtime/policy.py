@@ -80,14 +80,26 @@ class Policy:
     """policy = Policy("bundle/"); chunk = policy.infer(Observation(images, state, prompt))."""
 
     def __init__(self, bundle_dir: str | Path, backend: str = "ort-cpu", *, verify_checksums: bool = True,
-                 seed: int | None = None, **backend_options):
+                 seed: int | None = None, temperature: float = 0.0, **backend_options):
+        """temperature: Pi0-FAST's token sampling (0: greedy); flow-matching bundles take only 0."""
         self.manifest = load_manifest(bundle_dir, verify_checksums=verify_checksums)
         m = self.manifest
         check_weights_fit(m, backend)  # before any session allocates
-        self.backend: Backend = make_backend(m, backend, **backend_options)
+        self.fast = None
+        if m.is_fast:  # Pi0-FAST: a decode loop instead of the Euler loop (runtime/fast_policy.py)
+            from pi0edge.runtime.fast_policy import FastChunks
+
+            self.fast = FastChunks(m, backend, temperature, **backend_options)
+            runner = self.fast.decoder
+        elif temperature:
+            raise ObservationError(f"{m.bundle_dir}: temperature is a Pi0-FAST option; this is a {m.model_type} "
+                                   "bundle (its randomness is the noise)")
+        else:
+            self.backend: Backend = make_backend(m, backend, **backend_options)
+            runner = self.backend
         # The truth about where it runs (auto may have fallen back): profile, doctor and logs print these.
-        self.backend_name: str = self.backend.name
-        self.providers: tuple[str, ...] = tuple(self.backend.providers)  # proven at start-up by ORT backends
+        self.backend_name: str = runner.name
+        self.providers: tuple[str, ...] = tuple(runner.providers)  # proven at start-up by ORT backends
         self.assemble_images = AssembleImages(m.cameras, m.image_size)
         self.tokenizer = PromptTokenizer(m.path(m.tokenizer_file), m.max_token_len, m.model_type)
         self.prepare_state = PrepareState(m.norm_stats, m.state_dim)
@@ -124,7 +136,9 @@ class Policy:
             imgs, masks = self.assemble_images(obs.images)
             images.append(imgs)
             image_masks.append(masks)
-            if self.manifest.is_pi05:
+            if self.fast is not None:
+                tok, tok_mask = self.fast.prompt_tokens(obs)
+            elif self.manifest.is_pi05:
                 tok, tok_mask = self.tokenizer(obs.prompt, normalize_state(obs.state, self.manifest.norm_stats))
             else:
                 states.append(self.prepare_state(obs.state))
@@ -159,6 +173,8 @@ class Policy:
         if not observations:
             raise ObservationError("infer() needs at least one observation")
         feeds = self.preprocess(observations)
+        if self.fast is not None:
+            return self._infer_fast(feeds, single, t0)
         noise = self._noise(len(observations), noise)
         times, dt = euler_schedule(self._num_steps(num_steps))
         self.backend.prepare(len(observations), times, dt)
@@ -176,6 +192,22 @@ class Policy:
         timings = ChunkTimings(preprocess_ms=(t1 - t0) * 1e3, prefix_ms=(t2 - t1) * 1e3, step_ms=step_ms,
                                denoise_ms=(t3 - t2) * 1e3, postprocess_ms=(t4 - t3) * 1e3, total_ms=(t4 - t0) * 1e3)
         return ActionChunk(actions[0] if single else actions, timings), normalized
+
+    def _infer_fast(self, feeds: PolicyInputs, single: bool, t0: float) -> tuple[ActionChunk, np.ndarray]:
+        """A Pi0-FAST chunk: decode, read the tokens back, unnormalize; a malformed row is NaN, and named."""
+        t1 = time.perf_counter()
+        normalized, problems, fast_ms = self.fast(feeds, self.rng)
+        t2 = time.perf_counter()
+        actions = self.finish_actions(normalized)
+        bad = [i for i, problem in enumerate(problems) if problem]
+        actions[bad] = np.nan  # never executed: the loop's chunk check refuses non-finite actions
+        malformed = "; ".join(f"row {i}: {problems[i]}" if not single else problems[i] for i in bad) or None
+        t3 = time.perf_counter()
+        timings = ChunkTimings(preprocess_ms=(t1 - t0) * 1e3, prefix_ms=fast_ms["prefix_ms"], step_ms=[],
+                               denoise_ms=0.0, token_ms=fast_ms["token_ms"], decode_ms=fast_ms["decode_ms"],
+                               tokens=fast_ms["tokens"], postprocess_ms=(t3 - t2) * 1e3 + fast_ms["detokenize_ms"],
+                               total_ms=(t3 - t0) * 1e3)
+        return ActionChunk(actions[0] if single else actions, timings, malformed), normalized
 
     def _noise(self, batch: int, noise: np.ndarray | None) -> np.ndarray:
         noise_shape = (batch, self.manifest.action_horizon, self.manifest.action_dim)
@@ -213,7 +245,7 @@ class Policy:
         return step_ms
 
     def close(self) -> None:
-        self.backend.close()
+        (self.backend if self.fast is None else self.fast).close()
 
     def __enter__(self) -> Policy:
         return self

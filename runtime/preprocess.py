@@ -32,7 +32,7 @@ from pi0edge.normalization import NormStats, pad_to
 from pi0edge.text import shorten
 
 IMAGE_SIZE = 224
-MODEL_TYPES = ("pi0", "pi05")
+MODEL_TYPES = ("pi0", "pi05", "pi0fast")
 STATE_BINS = 256  # pi0.5 discrete state: openpi `PaligemmaTokenizer.tokenize`
 # Left bin edges -1, -1 + 2/256, ..., 1 - 2/256: all dyadic, exact in float32 and float64.
 STATE_BIN_EDGES = np.linspace(-1.0, 1.0, STATE_BINS + 1)[:-1]
@@ -222,6 +222,7 @@ class PromptTokenizer:
              is encoded on its own, not appended to the text before encoding.
     - pi0.5: encode(f"Task: {clean(text)}, State: {bins};\\nAction: ", add_bos=True), bins from the
              normalized, unpadded, unclipped state (`discretize_state`), space-separated.
+    - Pi0-FAST: the same without "Action: ", which the model writes itself before its action tokens.
     Padded with id 0 / mask False; longer than L: cut to the first L tokens (so the "\\n" or "Action: "
     is lost), mask all True, and a `PromptTruncatedWarning` (openpi logs a warning instead).
     """
@@ -251,12 +252,13 @@ class PromptTokenizer:
         if self.model_type == "pi0":
             return text  # pi0 feeds the state to the step graph; openpi `TokenizePrompt` ignores it here
         if state is None:
-            raise ObservationError("pi0.5 needs the normalized state for its prompt, got state=None")
+            raise ObservationError(f"{self.model_type} needs the normalized state for its prompt, got state=None")
         state = np.asarray(state)
         if state.ndim != 1 or not np.isfinite(state).all():
-            raise ObservationError(f"pi0.5 prompt state must be a finite 1-D vector, got {state!r}")
+            raise ObservationError(f"{self.model_type} prompt state must be a finite 1-D vector, got {state!r}")
         bins = " ".join(str(int(b)) for b in discretize_state(state))
-        return f"Task: {text}, State: {bins};\nAction: "
+        answer = "" if self.model_type == "pi0fast" else "Action: "
+        return f"Task: {text}, State: {bins};\n{answer}"
 
     def token_ids(self, prompt: str, state: np.ndarray | None = None) -> list[int]:
         """All token ids before padding or truncation."""

@@ -2,8 +2,9 @@
 
 Runs a policy on synthetic observations (camera-sized frames, a state inside the statistics, a prompt),
 discards warm-up chunks, and reports per-stage latency (preprocess, prefix, each denoise step,
-postprocess, total) as p50/p95/p99, peak host memory and, on a GPU, device memory. Writes JSON and a
-Chrome-trace file (chrome://tracing, Perfetto: the "traceEvents" JSON format, complete events "X").
+postprocess, total; Pi0-FAST: prefix, ms per token, the decode loop, and tokens per chunk) as p50/p95/p99,
+peak host memory and, on a GPU, device memory. Writes JSON and a Chrome-trace file (chrome://tracing,
+Perfetto: the "traceEvents" JSON format, complete events "X").
 """
 
 from __future__ import annotations
@@ -74,17 +75,22 @@ class ProfileResult:
     device_mb: float | None
     machine: dict
     chunks: list[dict]  # raw timings per measured chunk, with start offsets for the trace
+    tokens_per_chunk: dict[str, float] | None = None  # Pi0-FAST: action tokens decoded per chunk
 
     def to_json(self) -> dict:
         return {"bundle": self.bundle, "backend": self.backend, "providers": list(self.providers),
                 "iters": self.iters, "warmup": self.warmup,
                 "stages_ms": self.stages_ms, "peak_host_memory_mb": self.peak_host_mb,
-                "device_memory_mb": self.device_mb, "machine": self.machine}
+                "device_memory_mb": self.device_mb, "machine": self.machine,
+                **({"tokens_per_chunk": self.tokens_per_chunk} if self.tokens_per_chunk else {})}
 
     def table(self) -> str:
         lines = [f"{'stage':<14}" + "".join(f"{k:>10}" for k in ("p50", "p95", "p99", "mean")) + "   (ms)"]
         for stage, stats in self.stages_ms.items():
             lines.append(f"{stage:<14}" + "".join(f"{stats[k]:>10.2f}" for k in ("p50", "p95", "p99", "mean")))
+        if self.tokens_per_chunk:
+            lines.append(f"{'tokens/chunk':<14}" + "".join(f"{self.tokens_per_chunk[k]:>10.1f}"
+                                                           for k in ("p50", "p95", "p99", "mean")))
         mem = f"peak host memory {self.peak_host_mb:.0f} MB"
         if self.device_mb is not None:
             mem += f", device memory in use {self.device_mb:.0f} MB"
@@ -99,8 +105,11 @@ class ProfileResult:
                            "dur": chunk["total_ms"] * 1e3, "cat": "chunk"})
             cursor = ts
             stages = [("preprocess", chunk["preprocess_ms"]), ("prefix", chunk["prefix_ms"])]
-            stages += [(f"step {k}", ms) for k, ms in enumerate(chunk["step_ms"])] or [("denoise loop",
-                                                                                      chunk["denoise_ms"])]
+            if "token_ms" in chunk:  # Pi0-FAST: one decode step per token
+                stages += [(f"token {k + 1}", ms) for k, ms in enumerate(chunk["token_ms"])]
+            else:
+                stages += [(f"step {k}", ms) for k, ms in enumerate(chunk["step_ms"])] or [("denoise loop",
+                                                                                          chunk["denoise_ms"])]
             stages += [("postprocess", chunk["postprocess_ms"])]
             for name, ms in stages:
                 events.append({"name": name, "ph": "X", "pid": 1, "tid": 1, "ts": cursor, "dur": ms * 1e3,
@@ -124,9 +133,15 @@ def profile_policy(policy, iters: int = 20, warmup: int = 3, seed: int = 0, num_
         timings["start_us"] = start_us
         chunks.append(timings)
     stages = {"preprocess": [c["preprocess_ms"] for c in chunks], "prefix": [c["prefix_ms"] for c in chunks]}
-    for k in range(len(chunks[0]["step_ms"])):
-        stages[f"step {k}"] = [c["step_ms"][k] for c in chunks]
-    stages["denoise (all)"] = [c["denoise_ms"] for c in chunks]
+    tokens = None
+    if "token_ms" in chunks[0]:  # Pi0-FAST: the decode loop, per token and whole
+        stages["ms per token"] = [c["decode_ms"] / max(len(c["token_ms"]), 1) for c in chunks]
+        stages["decode (all)"] = [c["decode_ms"] for c in chunks]
+        tokens = percentiles([c["tokens"] for c in chunks])
+    else:
+        for k in range(len(chunks[0]["step_ms"])):
+            stages[f"step {k}"] = [c["step_ms"][k] for c in chunks]
+        stages["denoise (all)"] = [c["denoise_ms"] for c in chunks]
     stages["postprocess"] = [c["postprocess_ms"] for c in chunks]
     stages["total"] = [c["total_ms"] for c in chunks]
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -135,7 +150,7 @@ def profile_policy(policy, iters: int = 20, warmup: int = 3, seed: int = 0, num_
                          providers=policy.providers, iters=iters,
                          warmup=warmup, stages_ms={k: percentiles(v) for k, v in stages.items()},
                          peak_host_mb=peak_host_memory_mb(), device_mb=device_memory_mb(), machine=machine,
-                         chunks=chunks)
+                         chunks=chunks, tokens_per_chunk=tokens)
 
 
 def write_json(path: str | Path, payload: dict) -> None:

@@ -30,8 +30,12 @@ class ChunkTimings(TypedDict, total=False):
     prefix_ms: float  # the prefix graph, KV cache written
     step_ms: list[float]  # one per Euler step; empty when the whole loop runs as one call
     denoise_ms: float  # all steps
-    postprocess_ms: float  # crop and unnormalize
+    postprocess_ms: float  # crop and unnormalize (Pi0-FAST: and the tokens read back into actions)
     total_ms: float
+    # Pi0-FAST (its prefix_ms includes filling the decode cache; step_ms is empty, denoise_ms 0)
+    token_ms: list[float]  # one decode_step call per action token after the first
+    decode_ms: float  # all decode steps
+    tokens: int  # tokens decoded for this chunk
 
 
 class PolicyInputs(TypedDict):
@@ -49,10 +53,12 @@ class PolicyInputs(TypedDict):
 class ActionChunk:
     """actions: [H, robot_action_dim] float32 in robot units (batch 1), or [B, H, robot_action_dim].
 
-    timings_ms: per-stage wall time of this call (ChunkTimings)."""
+    timings_ms: per-stage wall time of this call (ChunkTimings). malformed: Pi0-FAST only, None when every row's
+    tokens read back into a chunk; else why not (per row for a batch), and those rows are NaN."""
 
     actions: np.ndarray
     timings_ms: ChunkTimings = field(default_factory=dict)
+    malformed: str | None = None
 
 
 @dataclass(frozen=True)

@@ -54,10 +54,14 @@ def make_tiny_bundle(out_dir: Path, tokenizer: Path, model_type: str = "pi0", pr
     from pi0edge.export.random_checkpoint import write_random_checkpoint
 
     optimize = DEFAULT_OPTIMIZE if optimize == DEFAULT else optimize
+    # Pi0-FAST keeps the checkpoint's own tokenizers: its tokenizer.model has the "|" end-of-action piece and
+    # its fast_tokenizer/ is fitted to the model's vocabulary.
+    own_tokenizer = model_type == "pi0fast"
     checkpoint = write_random_checkpoint(out_dir.with_name(out_dir.name + "-checkpoint"),
-                                         tiny(model_type, **cfg_overrides), seed=seed, tokenizer=False,
+                                         tiny(model_type, **cfg_overrides), seed=seed, tokenizer=own_tokenizer,
                                          robot_state_dim=ROBOT_STATE_DIM, robot_action_dim=ROBOT_ACTION_DIM)
-    export_bundle(checkpoint, out_dir, precision=precision, tokenizer=tokenizer, optimize=optimize)
+    export_bundle(checkpoint, out_dir, precision=precision, tokenizer=None if own_tokenizer else tokenizer,
+                  optimize=optimize)
     return out_dir, load_checkpoint(checkpoint).model.eval()
 
 

@@ -31,6 +31,16 @@ def test_demo_exports_infers_profiles_and_closes_the_loop_on_the_sim_arm(tmp_pat
     assert sum("get no robot camera" in r.getMessage() for r in caplog.records) == 1
 
 
+def test_demo_runs_pi0fast_through_export_inference_and_the_loop(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("os.sched_setscheduler", lambda *args: None, raising=False)
+    assert main(["demo", "--model", "pi0fast", "--workdir", str(tmp_path), "--duration-s", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "actions (50, 6)" in out and "tokens at" in out and "ms per token" in out
+    # random weights write no "Action: ... |" answer: the demo says so, and the loop holds instead of moving
+    assert "malformed decode" in out and "control loop:" in out
+    assert (tmp_path / "bundle" / "fast_tokenizer" / "tokenizer.json").is_file()
+
+
 @pytest.mark.parametrize("duration", ["-1", "0", "nan"])
 def test_demo_rejects_a_duration_that_is_not_a_positive_finite_number(tmp_path, capsys, duration):
     with pytest.raises(SystemExit) as exit_:

@@ -18,7 +18,7 @@ from pi0edge.contract import DEFAULT_CAMERAS
 from pi0edge.errors import CheckpointError
 from pi0edge.export.checkpoint.layouts import CONFIG_FILE, EMBED_NAME, checkpoint_key
 from pi0edge.export.checkpoint.safetensors_io import WEIGHTS_FILE, TensorInfo
-from pi0edge.export.config import GemmaConfig, Pi0Config, VisionConfig
+from pi0edge.export.config import FAST_MODEL_TYPE, GemmaConfig, Pi0Config, Pi0FastConfig, VisionConfig
 
 # config.json key under which pi0edge's writer records sizes that no published variant name describes.
 SIZES_KEY = "pi0edge_config"
@@ -32,6 +32,8 @@ GEMMA_VARIANTS = {
 for _name in ("gemma_2b", "gemma_300m"):
     GEMMA_VARIANTS[_name + "_lora"] = GEMMA_VARIANTS[_name]
 SIGLIP_SO400M_WIDTH, SIGLIP_SO400M_HEADS = 1152, 16
+# What LeRobot ("type") and openpi ("model_type", openpi's ModelType value) call Pi0-FAST, and pi0edge's own name.
+FAST_TYPE_NAMES = ("pi0_fast", FAST_MODEL_TYPE)
 
 
 def read_config(root: Path) -> dict:
@@ -198,6 +200,8 @@ class _ConfigReader:
 
     def model_type(self) -> str:
         pi0, pi05 = "action_time_mlp_in.weight" in self.shapes, "time_mlp_in.weight" in self.shapes
+        if not pi0 and not pi05 and "action_in_proj.weight" not in self.shapes:
+            return self._fast_type()
         if pi0 == pi05:
             what = "both" if pi0 else "neither"
             raise CheckpointError(f"weights have {what} of 'action_time_mlp_in.weight' (pi0) and 'time_mlp_in.weight' "
@@ -213,6 +217,18 @@ class _ConfigReader:
                                       f"{from_weights} tensor; the config does not match these weights")
         return from_weights
 
+    def _fast_type(self) -> str:
+        """No action expert and no action projections: only Pi0-FAST, and config.json must say so."""
+        claims = (self.claim("model_type"), (self.raw.get("type"), f"{self.source} type"),
+                  (self.raw.get("model_type"), f"{self.source} model_type"))
+        named = [(value, where) for value, where in claims if value is not None]
+        if not named or any(value not in FAST_TYPE_NAMES for value, _ in named):
+            said = ", ".join(f"{where} = {value!r}" for value, where in named) or "config.json names no model type"
+            raise CheckpointError(f"the weights hold no action expert or action projections (a Pi0-FAST model) "
+                                  f"but {said}; a Pi0-FAST checkpoint's config.json has \"type\": \"pi0_fast\" "
+                                  "(LeRobot) or \"model_type\": \"pi0_fast\" (openpi)")
+        return FAST_MODEL_TYPE
+
     def cameras(self) -> tuple[str, ...]:
         claimed, _ = self.claim("cameras")
         if claimed:
@@ -223,13 +239,13 @@ class _ConfigReader:
         names += [f"empty_camera_{i}" for i in range(int(self.raw.get("empty_cameras") or 0))]
         return tuple(names) or DEFAULT_CAMERAS
 
-    def config(self) -> Pi0Config:
+    def config(self) -> Pi0Config | Pi0FastConfig:
         model_type = self.model_type()
+        if model_type == FAST_MODEL_TYPE:
+            return self.fast_config()
         vision, vlm, expert = self.vision(), self.gemma("vlm", "paligemma_variant"), self.gemma(
             "expert", "action_expert_variant")
-        vocab, embed_width = self.shape(EMBED_NAME)
-        self.agree("vlm width", embed_width, EMBED_NAME, vlm.width, "the VLM's q_proj input width")
-        self.agree("vocab_size", vocab, EMBED_NAME, *self.claim("vocab_size"))
+        vocab = self.vocab(vlm)
         action_dim, state_dim = self.widths(model_type)
         settings = self.settings(model_type)
         try:
@@ -240,6 +256,41 @@ class _ConfigReader:
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{self.source}: the configuration read from it and the weights is invalid: "
                                   f"{exc}") from exc
+
+    def vocab(self, vlm: GemmaConfig) -> int:
+        vocab, embed_width = self.shape(EMBED_NAME)
+        self.agree("vlm width", embed_width, EMBED_NAME, vlm.width, "the VLM's q_proj input width")
+        return self.agree("vocab_size", vocab, EMBED_NAME, *self.claim("vocab_size"))
+
+    def fast_config(self) -> Pi0FastConfig:
+        """Pi0-FAST: sizes from the shapes; chunk, widths and token budgets from LeRobot's PI0FastConfig or
+        openpi's Pi0FASTConfig fields (LeRobot's sampler appends a BOS after the prompt, openpi's does not)."""
+        vision, vlm = self.vision(), self.gemma("vlm", "paligemma_variant")
+        vocab = self.vocab(vlm)
+        lerobot = "type" in self.raw
+        values = {
+            "action_horizon": self.settle("action horizon", self.claim("action_horizon"),
+                                          self.raw_claim("chunk_size"), self.raw_claim("action_horizon"),
+                                          default=50 if lerobot else 32),
+            "max_token_len": self.settle("prompt length in tokens", self.claim("max_token_len"),
+                                         self.raw_claim("tokenizer_max_length"), self.raw_claim("max_token_len"),
+                                         default=200 if lerobot else 250),
+            "action_dim": self.settle("action width", self.claim("action_dim"), self.raw_claim("max_action_dim"),
+                                      self.raw_claim("action_dim"), default=32),
+            "state_dim": self.settle("state width", self.claim("state_dim"), self.raw_claim("max_state_dim"),
+                                     default=32),
+            "max_action_tokens": self.settle("action token budget", self.claim("max_action_tokens"),
+                                             self.raw_claim("max_action_tokens"), default=256),
+            "fast_skip_tokens": self.settle("FAST skip tokens", self.claim("fast_skip_tokens"),
+                                            self.raw_claim("fast_skip_tokens"), default=128),
+        }
+        bos_after_prompt = self.settle("BOS after the prompt", self.claim("bos_after_prompt"), default=lerobot)
+        try:
+            return Pi0FastConfig(vision=vision, vlm=vlm, vocab_size=vocab, cameras=self.cameras(),
+                                 bos_after_prompt=bool(bos_after_prompt), **{k: int(v) for k, v in values.items()})
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{self.source}: the Pi0-FAST configuration read from it and the weights is "
+                                  f"invalid: {exc}") from exc
 
     def widths(self, model_type: str) -> tuple[int, Any]:
         """(action_dim, state_dim): the projections' input widths, checked against every field that gives them."""
@@ -269,14 +320,14 @@ class _ConfigReader:
         }
 
 def detect_config(raw: dict, infos: dict[str, TensorInfo], *, source: str = CONFIG_FILE,
-                  weights: str = WEIGHTS_FILE) -> Pi0Config:
+                  weights: str = WEIGHTS_FILE) -> Pi0Config | Pi0FastConfig:
     """The Pi0Config of mapped tensors `infos` (ours -> TensorInfo) and config.json contents `raw`.
 
     source / weights: how messages name config.json and the weight file(s)."""
     return _ConfigReader(raw, infos, source, weights).config()
 
 
-def sizes_record(cfg: Pi0Config) -> dict:
+def sizes_record(cfg: Pi0Config | Pi0FastConfig) -> dict:
     """The config.json block that records sizes no variant name describes (read back by detect_config)."""
     record = asdict(cfg)
     record["cameras"] = list(cfg.cameras)

@@ -41,21 +41,22 @@ from pi0edge.export.checkpoint.safetensors_io import (
     scan_files,
 )
 from pi0edge.export.checkpoint.stats import lerobot_stats, openpi_stats, robot_dims
-from pi0edge.export.config import Pi0Config
+from pi0edge.export.config import Pi0Config, Pi0FastConfig
 from pi0edge.normalization import NormStats
 
-SUPPORTED_TYPES = ("pi0", "pi05")  # LeRobot config.json "type"
+SUPPORTED_TYPES = ("pi0", "pi05", "pi0_fast")  # LeRobot config.json "type"
 OPENPI_JAX_LAYOUT = "openpi-jax"
 # What an openpi JAX checkpoint does not record (openpi's training config holds it): field -> CLI flag.
-OPENPI_SETTINGS = {"action_horizon": "--action-horizon", "max_token_len": "--max-token-len"}
+OPENPI_SETTINGS = {"action_horizon": "--action-horizon", "max_token_len": "--max-token-len",
+                   "action_dim": "--action-dim"}
 
 
 @dataclass(frozen=True)
 class LoadedCheckpoint:
     """What load_checkpoint returns: the model with its weights and everything export needs beside it."""
 
-    config: Pi0Config
-    model: Any  # Pi0Model, weights assigned (memory-mapped when lazy)
+    config: Pi0Config | Pi0FastConfig
+    model: Any  # Pi0Model or Pi0FastModel, weights assigned (memory-mapped when lazy)
     norm_stats: NormStats | None
     tokenizer_path: Path | None
     layout: str  # "lerobot" | "openpi" | "openpi-jax"
@@ -79,8 +80,6 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float
     asset_id: which openpi assets/<asset_id>/norm_stats.json to use when there are several.
     settings: what an openpi JAX checkpoint does not record (OPENPI_SETTINGS: action_horizon, max_token_len).
     """
-    from pi0edge.export.model import Pi0Model
-
     root = _checkpoint_dir(path)
     params_dir = find_params_dir(root)
     if params_dir is not None:
@@ -98,7 +97,7 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float
     mapped = map_keys(infos)
     cfg = detect_config(raw, mapped, source=str(root / CONFIG_FILE), weights=", ".join(str(f) for f in files))
     with torch.device("meta"):
-        model = Pi0Model(cfg)
+        model = build_model(cfg)
     model_prefix = bool(infos) and all(k.startswith(LEROBOT_MODEL_PREFIX) for k in infos)
     needed = _check_tensors(model, mapped, cfg, where=files[0] if len(files) == 1 else root,
                             model_prefix=model_prefix)
@@ -114,6 +113,17 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float
         source_sha256=digest.hexdigest() if digest is not None else None, robot_state_dim=state_dim,
         robot_action_dim=action_dim, camera_names=cfg.cameras, weights_files=tuple(files),
         weights_bytes=sum(f.stat().st_size for f in files))
+
+
+def build_model(cfg: Pi0Config | Pi0FastConfig):
+    """The model a config describes: Pi0Model (pi0, pi0.5) or Pi0FastModel (Pi0-FAST)."""
+    if isinstance(cfg, Pi0FastConfig):
+        from pi0edge.export.model.pi0fast import Pi0FastModel
+
+        return Pi0FastModel(cfg)
+    from pi0edge.export.model import Pi0Model
+
+    return Pi0Model(cfg)
 
 
 def _checkpoint_dir(path: str | Path) -> Path:
@@ -221,20 +231,17 @@ def _load_openpi_jax(root: Path, params_dir: Path, *, dtype: torch.dtype | None,
                      ) -> LoadedCheckpoint:
     """The tree read by name and shape, checked against openpi's layout, then the shared config, model and
     statistics steps; weights converted one stored array at a time (openpi_jax.py)."""
-    from pi0edge.export.model import Pi0Model
-
     arrays = list_arrays(params_dir)
     model_type = detect_model_type(set(arrays), str(params_dir))
-    if model_type == "pi0_fast":
-        raise CheckpointError(f"{params_dir}: an openpi pi0-FAST checkpoint (a PaliGemma without the action expert); "
-                              "pi0edge exports pi0 and pi0.5 only")
     check_paths(set(arrays), model_type, str(params_dir))
     raw = _openpi_jax_config(root, settings, tree_sizes({p: a.shape for p, a in arrays.items()}, model_type))
+    if model_type == "pi0_fast":  # the tree tells it; config.py takes Pi0-FAST only when the config names it
+        raw["model_type"] = model_type
     mapped = mapped_infos(params_dir, arrays, model_type)
     cfg = detect_config(raw, mapped, source=f"{root} (openpi JAX tree and settings)", weights=str(params_dir))
     check_shapes(params_dir, arrays, cfg, model_type)
     with torch.device("meta"):
-        model = Pi0Model(cfg)
+        model = build_model(cfg)
     _check_tensors(model, mapped, cfg, where=params_dir, model_prefix=False)
     state = read_weights(params_dir, arrays, model_type, dtype=dtype, check_finite=check_finite)
     model.load_state_dict(state, strict=True, assign=True)

@@ -18,7 +18,7 @@ from pi0edge.errors import CheckpointError
 from pi0edge.export.checkpoint.openpi_tree import Row, openpi_shapes, tree_rows
 from pi0edge.export.checkpoint.orbax_io import StoredArray, read_array
 from pi0edge.export.checkpoint.safetensors_io import SAFETENSORS_DTYPES, TensorInfo
-from pi0edge.export.config import Pi0Config
+from pi0edge.export.config import Pi0Config, Pi0FastConfig
 
 HASH_CHUNK_BYTES = 1 << 24
 
@@ -50,7 +50,8 @@ def mapped_infos(params_dir: Path, arrays: dict[str, StoredArray], model_type: s
     return infos
 
 
-def check_shapes(params_dir: Path, arrays: dict[str, StoredArray], cfg: Pi0Config, model_type: str) -> None:
+def check_shapes(params_dir: Path, arrays: dict[str, StoredArray], cfg: Pi0Config | Pi0FastConfig,
+                 model_type: str) -> None:
     """Every stored array against the shape openpi's modules give it for the model the tree describes."""
     for path, shape in openpi_shapes(cfg, model_type).items():
         if arrays[path].shape != shape:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 
 from pi0edge.errors import CheckpointError
-from pi0edge.export.config import Pi0Config
+from pi0edge.export.config import FAST_MODEL_TYPE, Pi0Config, Pi0FastConfig
 
 OPENPI_MODEL_TYPES = ("pi0", "pi05", "pi0_fast")
 EXPERT = "_1"  # gemma.py `_name(name, 1)`: the second config of the mixture, the action expert
@@ -196,9 +196,14 @@ def tree_sizes(shapes: dict[str, tuple[int, ...]], model_type: str) -> dict:
     return sizes
 
 
-def openpi_shapes(cfg: Pi0Config, model_type: str | None = None) -> dict[str, tuple[int, ...]]:
+def openpi_model_type(cfg: Pi0Config | Pi0FastConfig) -> str:
+    """openpi's name of a config's model type (its ModelType values: pi0, pi05, pi0_fast)."""
+    return "pi0_fast" if cfg.model_type == FAST_MODEL_TYPE else cfg.model_type
+
+
+def openpi_shapes(cfg: Pi0Config | Pi0FastConfig, model_type: str | None = None) -> dict[str, tuple[int, ...]]:
     """Every parameter of openpi's tree and its shape, from the shapes openpi's modules declare."""
-    model_type = model_type or cfg.model_type
+    model_type = model_type or openpi_model_type(cfg)
     v, w = cfg.vision, cfg.vlm.width
     enc = "PaliGemma/img/Transformer/encoderblock"
     attn = f"{enc}/MultiHeadDotProductAttention_0"

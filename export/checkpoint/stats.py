@@ -19,7 +19,12 @@ from pi0edge.export.config import Pi0Config
 from pi0edge.normalization import NormStats, NormStatsError
 
 LEROBOT_NORM_KINDS = {"MEAN_STD": "mean_std", "QUANTILES": "quantile"}
-DEFAULT_NORM_KIND = {"pi0": "mean_std", "pi05": "quantile"}  # LeRobot defaults and openpi's rule alike
+DEFAULT_NORM_KIND = {"pi0": "mean_std", "pi05": "quantile", "pi0fast": "mean_std"}  # LeRobot's defaults
+
+
+def openpi_norm_kind(model_type: str) -> str:
+    """openpi's rule: quantile normalization for every model but pi0 (Pi0-FAST included)."""
+    return "mean_std" if model_type == "pi0" else "quantile"
 
 
 def _lerobot_kind(raw: dict, model_type: str, source: Path) -> str:
@@ -116,7 +121,7 @@ def openpi_stats(root: Path, model_type: str, asset_id: str | None) -> tuple[Nor
         found = [str(p.relative_to(root)) for p in paths]
         raise CheckpointError(f"{root}: several statistics files {found}; choose one with --asset-id")
     path = paths[0]
-    kind = DEFAULT_NORM_KIND[model_type]  # openpi: quantile norm for every model but pi0
+    kind = openpi_norm_kind(model_type)
     first, second = ("mean", "std") if kind == "mean_std" else ("q01", "q99")
     try:
         stats = json.loads(path.read_text())["norm_stats"]

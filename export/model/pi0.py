@@ -21,8 +21,6 @@ Axis legend: b=batch, n=cameras, p=patches, t=tokens (keys), s=suffix tokens (qu
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,7 +29,8 @@ from pi0edge.export.config import Pi0Config
 from pi0edge.export.model.gemma import GemmaStack
 from pi0edge.export.model.layers import attention_mask, mask_2d, posemb_sincos, rope_tables
 from pi0edge.export.model.options import PLAIN, OptimizeOptions
-from pi0edge.export.model.siglip import Projector, VisionTower, images_to_pixels
+from pi0edge.export.model.paligemma import embed_prefix
+from pi0edge.export.model.siglip import Projector, VisionTower
 from pi0edge.schedule import euler_schedule
 
 
@@ -77,15 +76,9 @@ class Pi0Model(nn.Module):
 
     def embed_prefix(self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor
                      ) -> tuple[Tensor, Tensor]:
-        """-> prefix embeddings [b, T, w_vlm], pad mask bool [b, T]."""
-        n = int(images.shape[1])
-        image_tokens = self.projector(self.vision(images_to_pixels(images, self.dtype)))  # [bn, p, w] (not scaled)
-        p, w = int(image_tokens.shape[1]), int(image_tokens.shape[2])
-        image_tokens = image_tokens.reshape(-1, n * p, w)
-        image_pad = image_masks[:, :, None].expand(-1, -1, p).reshape(-1, n * p)
-        text = self.vlm.embed_tokens(tokens)
-        text = text * torch.tensor(math.sqrt(self.cfg.vlm.width), dtype=text.dtype)
-        return torch.cat([image_tokens, text], dim=1), torch.cat([image_pad, token_masks], dim=1)
+        """-> prefix embeddings [b, T, w_vlm], pad mask bool [b, T] (export/model/paligemma.py)."""
+        return embed_prefix(self.vision, self.projector, self.vlm, images, image_masks, tokens, token_masks,
+                            self.dtype)
 
     def prefix(self, images: Tensor, image_masks: Tensor, tokens: Tensor, token_masks: Tensor,
                return_hidden: bool = False):

@@ -121,7 +121,7 @@ def example_inputs(cfg: Pi0Config, batch: int, precision: str, seed: int = 0) ->
     return {c.PREFIX_GRAPH: prefix, c.DENOISE_STEP_GRAPH: step}
 
 
-def _export_one(module: nn.Module, inputs: dict[str, Tensor], spec: GraphSpec, path: Path) -> None:
+def export_module(module: nn.Module, inputs: dict[str, Tensor], spec: GraphSpec, path: Path) -> None:
     import shutil
 
     import onnx
@@ -181,7 +181,7 @@ def export_graphs(model: Pi0Model, out_dir: Path, precision: str = "float32", wi
         path = out_dir / f"{name}.onnx"
         log.info("exporting %s (%s) -> %s", name, precision, path)
         with torch.no_grad():
-            _export_one(module, examples[name], spec, path)
+            export_module(module, examples[name], spec, path)
         del module
         entries[name] = {"file": path.name, **spec.manifest_io(cfg, precision)}
     if optimize is not None and optimize.unroll_loop:

@@ -6,6 +6,8 @@ conventions) from the same random weights as a LeRobot checkpoint of the same se
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +24,7 @@ from pi0edge.export.random_checkpoint import write_random_checkpoint  # noqa: E4
 from pi0edge.export.random_orbax import write_orbax_checkpoint  # noqa: E402
 from pi0edge.manifest import load_manifest  # noqa: E402
 from pi0edge.runtime import Observation, Policy  # noqa: E402
+from pi0edge.runtime.profile import synthetic_observation  # noqa: E402
 
 ROBOT_DIMS = {"robot_state_dim": 6, "robot_action_dim": 6}
 
@@ -261,20 +264,31 @@ def test_a_params_folder_that_is_not_orbax_is_refused(tmp_path):
         load_checkpoint(tmp_path)
 
 
-def test_a_pi0_fast_tree_is_recognized_and_refused_by_name(checkpoints, tmp_path):
-    jax_dir, *_ = checkpoints["pi0"]
-
-    def keep_paligemma_only(tree):
-        for name in [k for k in tree if k != "PaliGemma"]:
-            del tree[name]
-        llm = tree["PaliGemma"]["llm"]
-        for group in (llm, llm["layers"], llm["layers"]["attn"]):
-            for name in [k for k in group if k.endswith("_1")]:
-                del group[name]
-
-    bad = _edited_copy(jax_dir, tmp_path / "fast", keep_paligemma_only)
-    with pytest.raises(CheckpointError, match="pi0-FAST checkpoint"):
-        load_checkpoint(bad, settings={"action_horizon": 10})
+def test_pi0_fast_tree_loads_and_exports_as_the_openpi_pytorch_checkpoint_of_the_same_weights(tmp_path,
+                                                                                                tokenizer_path):
+    """pi0_fast.py's tree (the PaliGemma alone): the same parameters and config as the openpi-PyTorch layout, graphs
+    byte for byte, the same decoded chunk (random weights decode malformed chunks: NaN in both)."""
+    cfg = replace(tiny("pi0fast"), bos_after_prompt=False)  # openpi's prompt has no BOS after it
+    jax_dir = write_orbax_checkpoint(tmp_path / "jax", cfg, seed=5, **ROBOT_DIMS)
+    torch_dir = write_random_checkpoint(tmp_path / "torch", cfg, seed=5, layout="openpi", **ROBOT_DIMS)
+    settings = {**_settings(cfg), "action_dim": cfg.action_dim}
+    ours, reference = load_checkpoint(jax_dir, settings=settings), load_checkpoint(torch_dir)
+    assert ours.config == reference.config == cfg
+    got, want = ours.model.state_dict(), reference.model.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[name], want[name]) for name in want)
+    fast = ["--fast-tokenizer", str(torch_dir / "fast_tokenizer")]
+    _export(jax_dir, tmp_path / "jax-bundle", tokenizer_path, *fast, "--action-horizon", str(cfg.action_horizon),
+            "--max-token-len", str(cfg.max_token_len), "--action-dim", str(cfg.action_dim))
+    _export(torch_dir, tmp_path / "torch-bundle", tokenizer_path, *fast)
+    graphs = sorted(p.name for p in (tmp_path / "jax-bundle").iterdir() if ".onnx" in p.name)
+    assert graphs and all((tmp_path / "jax-bundle" / g).read_bytes() == (tmp_path / "torch-bundle" / g).read_bytes()
+                          for g in graphs)
+    chunks = []
+    for bundle in ("jax-bundle", "torch-bundle"):
+        with Policy(tmp_path / bundle, seed=0) as policy:
+            chunks.append(policy.infer(synthetic_observation(policy)))
+    assert np.array_equal(chunks[0].actions, chunks[1].actions, equal_nan=True)
+    assert chunks[0].malformed == chunks[1].malformed
 
 
 def test_statistics_under_a_nested_repo_id_asset_folder_are_found(tmp_path):

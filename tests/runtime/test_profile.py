@@ -41,3 +41,18 @@ def test_profile_command_writes_json_summary_and_chrome_trace(tiny_bundle_factor
 def test_profile_of_a_missing_bundle_exits_1_with_a_message(tmp_path, capsys):
     assert main(["profile", str(tmp_path / "missing")]) == 1
     assert "not a bundle directory" in capsys.readouterr().err
+
+
+def test_profile_of_a_fast_bundle_reports_prefix_ms_per_token_and_tokens_per_chunk(tiny_bundle_factory, tmp_path,
+                                                                                  capsys):
+    bundle_dir, _ = tiny_bundle_factory("pi0fast")
+    json_path, trace_path = tmp_path / "profile.json", tmp_path / "trace.json"
+    assert main(["profile", str(bundle_dir), "--iters", "2", "--warmup", "1", "--json", str(json_path),
+                 "--trace", str(trace_path)]) == 0
+    out = capsys.readouterr().out
+    assert "ms per token" in out and "tokens/chunk" in out
+    summary = json.loads(json_path.read_text())
+    assert {"prefix", "ms per token", "decode (all)", "total"} <= set(summary["stages_ms"])
+    assert 1 <= summary["tokens_per_chunk"]["p50"] <= 32  # the tiny bundle's max_action_tokens
+    events = json.loads(trace_path.read_text())["traceEvents"]
+    assert any(e["name"] == "token 1" for e in events)
