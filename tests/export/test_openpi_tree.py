@@ -10,25 +10,27 @@ import torch
 
 from pi0edge.errors import MissingExtraError
 from pi0edge.export.checkpoint import load_checkpoint
-from pi0edge.export.checkpoint.openpi_tree import openpi_shapes, tree_rows, tree_sizes
+from pi0edge.export.checkpoint.openpi_tree import openpi_model_type, openpi_shapes, tree_rows, tree_sizes
 from pi0edge.export.config import tiny
 from pi0edge.export.random_checkpoint import parameter_shapes
 
+MODEL_TYPES = ("pi0", "pi05", "pi0fast")
 
-@pytest.mark.parametrize("model_type", ["pi0", "pi05", "pi0_fast"])
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_table_rows_are_exactly_the_paths_openpi_declares(model_type):
-    cfg = tiny("pi0" if model_type == "pi0_fast" else model_type)
-    rows = [row[0] for row in tree_rows(model_type)]
+    cfg = tiny(model_type)
+    rows = [row[0] for row in tree_rows(openpi_model_type(cfg))]
     assert len(rows) == len(set(rows))
-    assert set(rows) == set(openpi_shapes(cfg, model_type))
+    assert set(rows) == set(openpi_shapes(cfg))
 
 
-@pytest.mark.parametrize("model_type", ["pi0", "pi05"])
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_table_maps_openpis_shapes_onto_every_parameter_of_ours_once(model_type):
     cfg = tiny(model_type)
     shapes, ours = openpi_shapes(cfg), parameter_shapes(cfg)
     mapped = {}
-    for path, scanned, targets in tree_rows(model_type):
+    for path, scanned, targets in tree_rows(openpi_model_type(cfg)):
         stored = torch.empty(shapes[path], device="meta")
         for layer in range(shapes[path][0]) if scanned else [None]:
             for name, transform in targets:
