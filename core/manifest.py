@@ -16,11 +16,13 @@ import yaml
 
 from pi0edge import contract as c
 from pi0edge.atomic import write_text_atomic  # noqa: F401  (re-exported: older imports)
+from pi0edge.deployment import DeploymentRecord
 from pi0edge.errors import BundleError
 from pi0edge.normalization import NormStats, NormStatsError
 from pi0edge.yaml_io import load_yaml
 
 MANIFEST_NAME = "bundle.yaml"
+TOKENIZER_NAME = "tokenizer.model"  # the tokenizer's name inside a bundle
 FORMAT_VERSION = 1
 FAST_MODEL_TYPE = "pi0fast"
 FAST_TOKENIZER_DIR = "fast_tokenizer"  # Pi0-FAST: the FAST tokenizer's folder (tokenizer.json, processor_config.json)
@@ -98,6 +100,7 @@ class Manifest:
     quantization: dict | None = None  # `pi0edge quantize`: mode, tool, measured error...
     emulates: str | None = None  # float32 graphs computing what graphs of this precision compute
     fast: FastSettings | None = None  # Pi0-FAST only (num_steps is then 0: there is no Euler loop)
+    deployment: DeploymentRecord | None = None  # what the policy was trained with; None: an older bundle
 
     @property
     def is_pi05(self) -> bool:
@@ -226,7 +229,8 @@ def _parse(bundle_dir: Path, raw: dict, files: dict[str, str], graphs: dict[str,
         robot_state_dim=_int_field(raw, "robot.state_dim", path),
         robot_action_dim=_int_field(raw, "robot.action_dim", path),
         norm_stats=norm_stats, tokenizer_file=_field(raw, "tokenizer.file", path), graphs=graphs, files=files,
-        fixed_num_steps=fixed, quantization=raw.get("quantization") or None, emulates=raw.get("emulates"), fast=fast)
+        fixed_num_steps=fixed, quantization=raw.get("quantization") or None, emulates=raw.get("emulates"), fast=fast,
+        deployment=DeploymentRecord.from_bundle(raw.get("deployment"), path))
 
 
 def _fast_settings(raw: dict, path: Path) -> FastSettings:
@@ -282,6 +286,11 @@ def check_manifest(m: Manifest, path: Path) -> None:
             raise _refuse(path, field, f"is {robot}, more than the model's {model} (robot vectors are padded, "
                                        "never cut)")
     _check_norm_stats(m, path)
+    d = m.deployment
+    if d is not None and ((d.state.dim, d.action.dim) != (m.robot_state_dim, m.robot_action_dim)
+                          or tuple(c.name for c in d.cameras) != m.cameras):
+        raise _refuse(path, "deployment", f"gives cameras {[c.name for c in d.cameras]}, state/action dims "
+                                          f"{d.state.dim}/{d.action.dim}; model.cameras and robot.* disagree")
 
 
 def _check_dims_against_graphs(m: Manifest, path: Path) -> None:

@@ -19,16 +19,17 @@ import yaml
 
 import pi0edge
 from pi0edge.atomic import staged_dir, write_text_atomic
+from pi0edge.deployment import PROMPT_FORMATS, CameraRecord, DeploymentRecord, VectorRecord, stats_sha256
 from pi0edge.errors import BundleError, CheckpointError
+from pi0edge.export.checkpoint.features import TrainedFeatures
 from pi0edge.export.config import FAST_MODEL_TYPE, Pi0Config
 from pi0edge.export.model.options import DEFAULT_OPTIMIZE, OptimizeOptions
 from pi0edge.export.onnx.graphs import OPSET, export_graphs
 from pi0edge.export.tokenizer import check_tokenizer
-from pi0edge.manifest import FORMAT_VERSION, MANIFEST_NAME, load_manifest, sha256_file
+from pi0edge.manifest import FORMAT_VERSION, MANIFEST_NAME, TOKENIZER_NAME, load_manifest, sha256_file
 from pi0edge.normalization import NormStats
 
 log = logging.getLogger(__name__)
-TOKENIZER_NAME = "tokenizer.model"
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,29 @@ def model_manifest(cfg: Pi0Config) -> dict:
             "prefix_len": cfg.prefix_len, "kv_heads": cfg.vlm.num_kv_heads, "head_dim": cfg.vlm.head_dim}
 
 
+def deployment_record(cfg: Pi0Config, norm_stats: NormStats, tokenizer_sha256: str,
+                      features: TrainedFeatures | None) -> DeploymentRecord:
+    """What the policy was trained with (core/deployment.py); what the checkpoint does not hold stays None."""
+    features = features or TrainedFeatures()
+    vectors = []
+    for name, dim, names in (("state", norm_stats.state.dim, features.state_names),
+                             ("action", norm_stats.action.dim, features.action_names)):
+        if names is not None and len(names) != dim:
+            raise CheckpointError(f"config.json names {len(names)} {name} dims ({list(names)}) but the statistics "
+                                  f"have {dim}")
+        vectors.append(VectorRecord(dim, names))
+    cameras = tuple(CameraRecord(cam, features.camera_hw.get(cam)) for cam in cfg.cameras)
+    return DeploymentRecord(cameras, vectors[0], vectors[1], stats_sha256(norm_stats), tokenizer_sha256,
+                            PROMPT_FORMATS[cfg.model_type])
+
+
 def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path: Path, robot_state_dim: int,
                  robot_action_dim: int, precision: str = "float32", source: dict | None = None,
                  overwrite: bool = False, with_velocity: bool = False,
-                 optimize: OptimizeOptions | None = None) -> ExportReport:
+                 optimize: OptimizeOptions | None = None, features: TrainedFeatures | None = None) -> ExportReport:
     """Export `model` (a Pi0Model) with its stats and tokenizer into the bundle folder out_dir.
-    optimize: export/optimize.py's graph optimizations (None: the plain reference graphs)."""
+    optimize: export/optimize.py's graph optimizations (None: the plain reference graphs).
+    features: what the checkpoint says about its training data (camera sizes, dim names), for `deployment`."""
     import onnx
     import torch
 
@@ -81,6 +99,7 @@ def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path:
             "precision": precision,
             "normalization": norm_stats.to_dict(),
             "tokenizer": {"file": TOKENIZER_NAME},
+            "deployment": deployment_record(cfg, norm_stats, files[TOKENIZER_NAME], features).to_document(),
             "graphs": graphs,
             # which export/optimize.py optimizations the graphs carry; fixed_num_steps: the only step count a
             # step-indexed step graph can run
@@ -158,5 +177,6 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, *, precision:
                             overwrite=overwrite)
     return write_bundle(model, Path(out_dir), norm_stats=ckpt.norm_stats, tokenizer_path=tokenizer_path,
                         robot_state_dim=ckpt.robot_state_dim, robot_action_dim=ckpt.robot_action_dim,
-                        precision=precision, source=source, overwrite=overwrite, optimize=optimize)
+                        precision=precision, source=source, overwrite=overwrite, optimize=optimize,
+                        features=ckpt.features)
 

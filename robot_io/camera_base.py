@@ -16,11 +16,20 @@ from .errors import CameraError
 
 @dataclass(frozen=True)
 class Frame:
-    """One color frame. image: uint8 HxWx3 RGB; timestamp_s: capture time (time.monotonic clock); index: 0, 1, ..."""
+    """One color frame. image: uint8 HxWx3 RGB; timestamp_s: capture time (time.monotonic clock); index: 0, 1, ...
+
+    received_s: when the host got it (time.monotonic clock); None: at its capture time, for cameras that
+    know no earlier moment than their own arrival. The difference is the camera's own latency (sensor,
+    transport, driver), the first span of the capture-to-command accounting (latency.py)."""
 
     image: np.ndarray
     timestamp_s: float
     index: int
+    received_s: float | None = None
+
+    @property
+    def arrival_s(self) -> float:
+        return self.timestamp_s if self.received_s is None else self.received_s
 
     def age_s(self, now_s: float | None = None) -> float:
         return (time.monotonic() if now_s is None else now_s) - self.timestamp_s

@@ -43,6 +43,8 @@ class SyntheticCamera(Camera):
 
     Frames are produced at `fps` (a new frame only when 1/fps has passed since the last one, like a
     real camera). `freeze()` stops delivery: the last frame keeps its old timestamp (for watchdog tests).
+    `delay_s`: each frame arrives this long after its capture (its timestamp is the read time minus
+    delay_s), as a camera with a slow sensor or transport; the latency accounting's known input.
     """
 
     def __init__(
@@ -55,10 +57,12 @@ class SyntheticCamera(Camera):
         video: str | None = None,
         name: str = "synthetic",
         seed: int = 0,
+        delay_s: float = 0.0,
     ):
         super().__init__()
         self.width, self.height, self.fps, self.pattern = int(width), int(height), float(fps), pattern
         self.folder, self.video, self.name = folder, video, name
+        self.delay_s = float(delay_s)
         self._rng = np.random.default_rng(seed)
         self._images: list[np.ndarray] | None = None
         self._frozen = threading.Event()
@@ -101,7 +105,7 @@ class SyntheticCamera(Camera):
             return None
         # Catch up to the frame grid without bursting: one new frame per read at most.
         self._next_s = max(self._next_s + 1.0 / self.fps, now)
-        frame = Frame(self._make(self._index), now, self._index)
+        frame = Frame(self._make(self._index), now - self.delay_s, self._index, received_s=now)
         self._index += 1
         return frame
 
@@ -214,7 +218,7 @@ class OpenCVCamera(Camera):
 
 _COMMON_KEYS = {"kind", "model_camera", "width", "height", "fps", "name"}
 _KIND_KEYS = {
-    "synthetic": {"pattern", "folder", "video", "seed"},
+    "synthetic": {"pattern", "folder", "video", "seed", "delay_s"},
     "opencv": {"device", "loop_file"},
     "realsense": {"serial", "file", "repeat"},
     "aloha": {"camera"},
@@ -238,6 +242,9 @@ def validate_camera_spec(spec: Mapping, where: str = "camera") -> Mapping:
         pattern = spec.get("pattern", "gradient")
         if pattern not in SYNTHETIC_PATTERNS:
             raise ConfigError(f"{where}.pattern: must be one of {list(SYNTHETIC_PATTERNS)}, got {pattern!r}")
+        delay = spec.get("delay_s", 0.0)
+        if not isinstance(delay, (int, float)) or isinstance(delay, bool) or not 0 <= delay < float("inf"):
+            raise ConfigError(f"{where}.delay_s: must be a number of seconds >= 0, got {delay!r}")
     elif kind == "opencv":
         device = spec.get("device", 0)
         if not isinstance(device, (int, str)) or isinstance(device, bool):
@@ -260,7 +267,7 @@ def open_camera(spec: Mapping, arm=None) -> Camera:
         camera: Camera = SyntheticCamera(
             width=spec.get("width", 224), height=spec.get("height", 224), fps=spec.get("fps", 30.0),
             pattern=spec.get("pattern", "gradient"), folder=spec.get("folder"), video=spec.get("video"),
-            name=name, seed=spec.get("seed", 0))
+            name=name, seed=spec.get("seed", 0), delay_s=spec.get("delay_s", 0.0))
     elif kind == "opencv":
         camera = OpenCVCamera(device=spec.get("device", 0), width=spec.get("width"), height=spec.get("height"),
                               fps=spec.get("fps"), name=name, loop_file=bool(spec.get("loop_file", False)))

@@ -1,4 +1,5 @@
-"""`pi0edge run` and `pi0edge replay`. Light to import: everything heavy is imported inside the commands."""
+"""`pi0edge run`, `pi0edge check` and `pi0edge replay`. Light to import: everything heavy is imported inside
+the commands."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import sys
 import time
 
-from pi0edge.cli_args import non_empty_text, positive_float, writable_file
+from pi0edge.cli_args import non_empty_text, non_negative_int, positive_float, positive_int, writable_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,12 +27,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--no-status", action="store_true", help="no live status line")
     run.set_defaults(func=cmd_run)
 
-    replay = subparsers.add_parser("replay", help="print a recorded episode, or play it back against an arm",
-                                   description="Without --config: print the episode's summary. With --config: "
-                                               "send its commands to that YAML's arm at the recorded rate.")
-    replay.add_argument("episode", help="episode file written by `pi0edge run --record`")
+    check = subparsers.add_parser("check", help="check a robot YAML against a bundle and the live devices",
+                                  description="Verify, without moving the arm, that the robot YAML binds every policy "
+                                              "camera to a connected device, the joints to the policy's dims, and "
+                                              "that statistics, tokenizer and the arm's state fit the bundle. Exit 0: "
+                                              "passed; 2: a check failed (each failure names its field).")
+    check.add_argument("robot", help="robot YAML (see docs/control_loop.md)")
+    check.add_argument("bundle", nargs="?", default=None,
+                       help="exported bundle directory (leave out for a `policy: remote` robot: devices only)")
+    check.add_argument("--json", action="store_true", help="print the findings as JSON")
+    check.set_defaults(func=cmd_check)
+
+    replay = subparsers.add_parser("replay", help="print a recorded episode, play it back against an arm, or feed "
+                                   "it through a bundle", description="Without --config: print the episode's summary. "
+                                   "With --config: send its commands to that YAML's arm at the recorded rate. With "
+                                   "--through BUNDLE: feed its frames and states through the bundle and compare the "
+                                   "policy's actions with the recorded ones per action dim (MAE, max, correlation).")
+    replay.add_argument("episode", help="episode file written by `pi0edge run --record`, or (--through) a "
+                                        "LeRobotDataset v3 folder")
     replay.add_argument("--config", default=None, help="robot YAML whose arm replays the commands")
     replay.add_argument("--speed", type=positive_float, default=1.0, help="playback speed factor (default 1.0)")
+    through = replay.add_argument_group("replay through a bundle")
+    through.add_argument("--through", metavar="BUNDLE", default=None, help="the bundle to feed the episode through")
+    through.add_argument("--backend", default="ort-cpu", help="inference backend (default ort-cpu)")
+    through.add_argument("--seed", type=int, default=None,
+                         help="the policy's noise seed (the run's seed reproduces its chunks exactly)")
+    through.add_argument("--episode-index", type=non_negative_int, default=0, help="LeRobot dataset: the episode")
+    through.add_argument("--camera", action="append", default=[], metavar="KEY=NAME",
+                         help="LeRobot dataset: video key -> bundle camera (repeat; default: in order)")
+    through.add_argument("--prompt", type=non_empty_text, default=None, help="instead of the recorded task")
+    through.add_argument("--stride", type=positive_int, default=1, help="feed every N-th sample (default 1)")
+    through.add_argument("--plot", metavar="PNG", type=writable_file, help="recorded vs policy per action dim")
+    through.add_argument("--json", metavar="F", nargs="?", const="-", type=writable_file,
+                         help="the per-dim table as JSON: to stdout instead of the table, or written to F")
     replay.set_defaults(func=cmd_replay)
 
 
@@ -112,10 +140,78 @@ def startup_check(config, cameras) -> None:
     logging.getLogger(__name__).info("startup check: camera %r: %s", check.camera, result.message)
 
 
+def _read_start_state(config, manifest, arm, report) -> None:
+    """The arm's state against the bundle's statistics (contract_check.py); reads, never commands."""
+    from .contract_check import check_start_state
+
+    try:
+        state = arm.read_state()
+    except Exception as exc:  # noqa: BLE001 - any driver error is reported as the check's failure
+        report.add("arm", "fail", f"read_state raised {type(exc).__name__}: {exc}")
+        return
+    check_start_state(config, manifest, state, report)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import json
+
+    from pi0edge.errors import Pi0EdgeError
+
+    from .arms import open_arm
+    from .config import load_robot_config
+    from .contract_check import CheckReport, check_binding
+
+    report = CheckReport()
+    try:
+        config = load_robot_config(args.robot)
+    except Pi0EdgeError as exc:
+        report.add("robot YAML", "fail", str(exc))
+        config = None
+    if config is not None:
+        _, manifest = check_binding(config, args.bundle, report=report)
+        try:
+            arm = open_arm(config.arm)
+        except Exception as exc:  # noqa: BLE001 - a driver that cannot open is the check's failure, with its reason
+            report.add("arm", "fail", f"cannot open the {config.arm['kind']} arm: {type(exc).__name__}: {exc}")
+        else:
+            try:
+                if manifest is not None:
+                    _read_start_state(config, manifest, arm, report)
+            finally:
+                arm.close()
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
+    return 0 if report.ok else 2
+
+
+class _Refused(Exception):
+    """`pi0edge run` refused by the deployment check; the report is already printed."""
+
+
+def _refuse_unless(report) -> None:
+    if not report.ok:
+        print(report.table(), file=sys.stderr)
+        raise _Refused(report.refusal())
+    import logging
+
+    unknown = [f.field for f in report.findings if f.status == "unknown"]
+    logging.getLogger(__name__).info("deployment check passed%s", f"; not compared: {', '.join(unknown)}"
+                                     if unknown else "")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except _Refused as exc:
+        print(f"pi0edge run: refused by the deployment check (pi0edge check): {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     from functools import partial
 
+    from .arms import open_arm
     from .config import load_robot_config
+    from .contract_check import check_binding
     from .loop import run_loop
 
     config = load_robot_config(args.config)
@@ -124,12 +220,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         from pi0edge.errors import require_installed
 
         require_installed("gym_aloha", "sim", f"{args.config} (arm kind aloha)")
+    report, manifest = check_binding(config, args.bundle)  # before the arm opens
+    _refuse_unless(report)
     policy = _load_policy(args.bundle, args.backend) if source == "bundle" else _remote_policy(config)
     show, interactive = _status_printer()
+    arm = open_arm(config.arm)
     try:
-        stats = run_loop(config, policy, args.prompt, args.duration_s, record_path=args.record,
+        if manifest is not None:
+            _read_start_state(config, manifest, arm, report)
+            _refuse_unless(report)
+        stats = run_loop(config, policy, args.prompt, args.duration_s, arm=arm, record_path=args.record,
                          on_status=None if args.no_status else show, before_start=partial(startup_check, config))
     finally:
+        arm.close()
         if source == "remote":
             policy.close()
     if interactive and not args.no_status:
@@ -143,6 +246,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    if args.through is not None:
+        return cmd_replay_through(args)
     from .recording import load_episode
 
     episode = load_episode(args.episode)
@@ -155,3 +260,46 @@ def cmd_replay(args: argparse.Namespace) -> int:
     result = replay_episode(episode, load_robot_config(args.config), speed=args.speed)
     print(result.summary())
     return 130 if result.stop_reason.startswith("interrupted") else 0
+
+
+def _camera_map(pairs: list[str]) -> dict[str, str] | None:
+    from pi0edge.errors import ConfigError
+
+    if not pairs:
+        return None
+    bad = [p for p in pairs if p.count("=") != 1 or not all(p.split("="))]
+    if bad:
+        raise ConfigError(f"--camera {bad[0]!r}: expected KEY=NAME, e.g. observation.images.top=base_0_rgb")
+    return dict(p.split("=") for p in pairs)
+
+
+def cmd_replay_through(args: argparse.Namespace) -> int:
+    import json
+
+    from pi0edge.atomic import write_text_atomic
+    from pi0edge.runtime import Policy
+
+    from .lerobot_v3 import is_lerobot_v3
+    from .recording import load_episode
+    from .replay_through import replay_through, samples_from_episode, samples_from_lerobot
+
+    with Policy(args.through, backend=args.backend, seed=args.seed) as policy:
+        if is_lerobot_v3(args.episode):
+            samples = samples_from_lerobot(args.episode, policy, args.episode_index, _camera_map(args.camera),
+                                           args.prompt)
+        else:
+            samples = samples_from_episode(load_episode(args.episode), args.prompt)
+        result = replay_through(policy, samples, args.stride)
+    if args.json == "-":
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(result.table())
+    if args.json not in (None, "-"):
+        from pathlib import Path
+
+        write_text_atomic(Path(args.json), json.dumps(result.to_json(), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.plot:
+        result.plot(args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr if args.json == "-" else sys.stdout)
+    return 0

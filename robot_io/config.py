@@ -15,11 +15,12 @@ from types import MappingProxyType
 from pi0edge.errors import ConfigError
 
 from .arms import validate_arm_spec
+from .binding import BindingConfig, binding_from_dict, unstable_device_reason
 from .cameras import validate_camera_spec
 
 STRATEGIES = ("sync", "async", "ensemble")
 TOP_LEVEL_KEYS = {"rate_hz", "realtime_priority", "cameras", "arm", "joints", "chunking", "safety", "estop",
-                  "startup_check", "recording", "inference", "cpu_affinity", "policy"}
+                  "startup_check", "recording", "inference", "cpu_affinity", "policy", "binding"}
 INFERENCE_MODES = ("process", "thread")
 # The loop sleeps to ~1 ms before each deadline and spins the rest (clock.py): above 1 kHz a period is
 # shorter than the sleep margin and Python's per-tick work, so the rate would not be held.
@@ -71,11 +72,13 @@ def _known_keys(name: str, data: Mapping, allowed: set[str]) -> None:
 
 @dataclass(frozen=True)
 class CameraConfig:
-    """robot_id: the robot's name for the camera; model_camera: the bundle's camera it feeds."""
+    """robot_id: the robot's name for the camera; model_camera: the bundle's camera it feeds.
+    allow_unstable_device: accept a device index (/dev/video0, 0) that a replug can renumber (binding.py)."""
 
     robot_id: str
     model_camera: str
     spec: Mapping
+    allow_unstable_device: bool = False
 
     def __post_init__(self):
         where = f"cameras.{self.robot_id}"
@@ -84,22 +87,34 @@ class CameraConfig:
         spec = dict(self.spec)
         spec.setdefault("name", self.robot_id)
         object.__setattr__(self, "spec", validate_camera_spec(spec, where))
+        if not isinstance(self.allow_unstable_device, bool):
+            raise ConfigError(f"{where}.allow_unstable_device: must be true or false, "
+                              f"got {self.allow_unstable_device!r}")
+        reason = unstable_device_reason(self.spec)
+        if reason is not None and not self.allow_unstable_device:
+            raise ConfigError(f"{where}.{'serial' if self.spec['kind'] == 'realsense' else 'device'}: {reason}")
 
 
 @dataclass(frozen=True)
 class JointMapping:
     """names: robot joints in arm order. action_index[j]: which model action dim drives joint j;
-    state_index[j]: which model state dim receives joint j's position (other state dims are 0)."""
+    state_index[j]: which model state dim receives joint j's position (other state dims are 0);
+    units[j]: the unit of joint j's position (None: not stated; compared with the bundle's where it has them)."""
 
     names: tuple[str, ...]
     action_index: tuple[int, ...]
     state_index: tuple[int, ...]
+    units: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if not self.names or not all(isinstance(n, str) for n in self.names) or len(set(self.names)) != len(self.names):
             raise ConfigError(f"joints.names: must be a non-empty list of distinct names, got {list(self.names)!r}")
         _indices("joints.action_index", list(self.action_index), len(self.names))
         _indices("joints.state_index", list(self.state_index), len(self.names))
+        if self.units is not None and (len(self.units) != len(self.names)
+                                       or not all(isinstance(u, str) and u for u in self.units)):
+            raise ConfigError(f"joints.units: must be one unit (e.g. rad) or a list of {len(self.names)} units, "
+                              f"got {list(self.units)!r}")
 
     @property
     def dof(self) -> int:
@@ -273,6 +288,7 @@ class RobotConfig:
     inference: str = "process"  # a bundle's model runs in its own process; "thread": beside the loop, sharing its GIL
     cpu_affinity: CpuAffinityConfig = field(default_factory=CpuAffinityConfig)
     policy: RemotePolicyConfig | None = None  # None: the policy comes from `pi0edge run --bundle`
+    binding: BindingConfig = field(default_factory=BindingConfig)  # binding.py; checked by contract_check.py
 
     def __post_init__(self):
         _positive("rate_hz", self.rate_hz)
@@ -289,6 +305,9 @@ class RobotConfig:
         dupes = sorted({m for m in models if models.count(m) > 1})
         if dupes:
             raise ConfigError(f"cameras: model camera(s) {dupes} fed by more than one robot camera")
+        both = sorted(set(models) & set(self.binding.masked_cameras))
+        if both:
+            raise ConfigError(f"binding.masked_cameras: {both} are also fed by a camera of `cameras`")
         dof = self.joints.dof
         for name in ("lower", "upper", "max_velocity_per_s", "max_step_per_tick"):
             values = getattr(self.safety, name)
@@ -328,14 +347,29 @@ def _cameras(cameras_data, base_dir: Path | None) -> list[CameraConfig]:
             raise ConfigError(f"cameras.{robot_id}: expected a mapping, got {spec!r}")
         spec = dict(spec)
         model_camera = spec.pop("model_camera", None)
+        allow_unstable = spec.pop("allow_unstable_device", False)
         for key in ("file", "folder", "video"):
             if isinstance(spec.get(key), str):
                 spec[key] = _resolve(spec[key], base_dir)
         device = spec.get("device")
         if spec.get("kind") == "opencv" and isinstance(device, str) and not device.startswith("/dev"):
             spec["device"] = _resolve(spec["device"], base_dir)
-        cameras.append(CameraConfig(str(robot_id), model_camera, MappingProxyType(spec)))
+        cameras.append(CameraConfig(str(robot_id), model_camera, MappingProxyType(spec), allow_unstable))
     return cameras
+
+
+def _joints(joints) -> JointMapping:
+    _known_keys("joints", joints, {"names", "action_index", "state_index", "units"})
+    names = joints.get("names")
+    if not isinstance(names, list):
+        raise ConfigError(f"joints.names: must be a list of joint names, got {names!r}")
+    default_index = list(range(len(names)))
+    action_index = _indices("joints.action_index", joints.get("action_index", default_index), len(names))
+    state_index = _indices("joints.state_index", joints.get("state_index", default_index), len(names))
+    units = joints.get("units")
+    units = [units] * len(names) if isinstance(units, str) else units  # one unit for every joint
+    return JointMapping(tuple(names), action_index, state_index,
+                        None if units is None else tuple(units) if isinstance(units, list) else (units,))
 
 
 def robot_config_from_dict(data: Mapping, source: str | None = None, base_dir: Path | None = None) -> RobotConfig:
@@ -345,15 +379,7 @@ def robot_config_from_dict(data: Mapping, source: str | None = None, base_dir: P
         if required not in data:
             raise ConfigError(f"{required}: missing (required)")
     cameras = _cameras(data.get("cameras"), base_dir)
-    joints = data["joints"]
-    _known_keys("joints", joints, {"names", "action_index", "state_index"})
-    names = joints.get("names")
-    if not isinstance(names, list):
-        raise ConfigError(f"joints.names: must be a list of joint names, got {names!r}")
-    default_index = list(range(len(names)))
-    action_index = _indices("joints.action_index", joints.get("action_index", default_index), len(names))
-    state_index = _indices("joints.state_index", joints.get("state_index", default_index), len(names))
-    mapping = JointMapping(tuple(names), action_index, state_index)
+    mapping = _joints(data["joints"])
 
     chunk = data.get("chunking") or {}
     _known_keys("chunking", chunk, {"strategy", "n_execute", "ensemble_m"})
@@ -398,7 +424,7 @@ def robot_config_from_dict(data: Mapping, source: str | None = None, base_dir: P
                        safety=safety_cfg, estop=estop_cfg, startup_check=check_cfg, recording=rec_cfg,
                        realtime_priority=data.get("realtime_priority"), source=source,
                        inference=data.get("inference", "process"), cpu_affinity=affinity_cfg,
-                       policy=_policy(data.get("policy")))
+                       policy=_policy(data.get("policy")), binding=binding_from_dict(data.get("binding")))
 
 
 def _cpu_list(field_name: str, value) -> list:

@@ -51,6 +51,10 @@ class InferenceResult:
     timed_out: bool = False  # the loop gave up on it before it arrived
     observation: object = None  # the Observation, kept for the episode recording
     malformed: str | None = None  # Pi0-FAST: why the action tokens did not read back into a chunk (it is refused)
+    # When policy.infer was called and returned, on the monotonic clock (CLOCK_MONOTONIC is one clock for
+    # every process of the machine, so the inference process's stamps compare with the loop's). NaN: never ran.
+    start_s: float = float("nan")
+    end_s: float = float("nan")
 
 
 class InferenceWorker:
@@ -108,13 +112,14 @@ class InferenceWorker:
                 observation, tick = self._request
                 self._request = None
                 start = self.started_s
-            result = InferenceResult(obs_tick=tick, latency_ms=0.0, observation=observation)
+            result = InferenceResult(obs_tick=tick, latency_ms=0.0, observation=observation, start_s=time.monotonic())
             try:
                 chunk = self.policy.infer(observation)
                 result.actions, result.timings_ms = chunk.actions, dict(chunk.timings_ms or {})
                 result.malformed = getattr(chunk, "malformed", None)
             except Exception as exc:  # noqa: BLE001 - handed to the loop, which records it as a safety event
                 result.error = exc
+            result.end_s = time.monotonic()
             with self._cv:
                 result.latency_ms = (time.monotonic() - start) * 1e3
                 result.timed_out = self._timed_out

@@ -9,8 +9,10 @@ does not know which one it drives. docs/control_loop.md, "Inference beside the l
 Buffers are allocated once: the state and the chunk from the policy's dims, one frame slot per model
 camera at its first frame (camera resolution, which the manifest does not know), grown only if a
 larger frame ever comes. One request is in flight at a time, so the loop never writes a buffer the
-process is reading. The process is started with 'spawn' (ONNX Runtime threads do not survive fork)
-and loads the policy itself from a picklable spec (policy_spec.py).
+process is reading. Each answer carries when the process called and left `policy.infer`
+(time.monotonic, one clock with the loop's), for the latency accounting (latency.py). The process is
+started with 'spawn' (ONNX Runtime threads do not survive fork) and loads the policy itself from a
+picklable spec (policy_spec.py).
 """
 
 from __future__ import annotations
@@ -175,7 +177,7 @@ class ProcessInferenceWorker:
         if message is None:
             result.error = self._refused
         else:
-            _, answered_seq, shape, inline, timings, error = message
+            _, answered_seq, shape, inline, timings, error, (result.start_s, result.end_s) = message
             if answered_seq != seq:  # one request at a time: cannot happen unless the protocol is broken
                 error = f"answer to request {answered_seq}, expected {seq}"
             if error is not None:
@@ -227,6 +229,7 @@ def _serve(spec, conn, state_buffer: tuple[str, tuple], chunk_buffer: tuple[str,
         if message[0] == "stop":
             return
         _, seq, prompt, cameras = message
+        start_s = time.monotonic()  # one clock with the loop's process (CLOCK_MONOTONIC): see InferenceResult
         try:
             images = {name: _attach(frames, shm_name).view(shape, dtype) for name, shm_name, shape, dtype in cameras}
             out = policy.infer(Observation(images=images, state=state.array.copy(), prompt=prompt))
@@ -236,9 +239,10 @@ def _serve(spec, conn, state_buffer: tuple[str, tuple], chunk_buffer: tuple[str,
                 np.copyto(chunk.array, actions)
             else:
                 inline = actions  # another shape (a batch): rare, sent through the pipe
-            conn.send(("result", seq, actions.shape, inline, dict(out.timings_ms or {}), None))
+            conn.send(("result", seq, actions.shape, inline, dict(out.timings_ms or {}), None,
+                       (start_s, time.monotonic())))
         except Exception as exc:  # noqa: BLE001 - the loop turns it into a policy_error fault
-            conn.send(("result", seq, None, None, {}, f"{type(exc).__name__}: {exc}"))
+            conn.send(("result", seq, None, None, {}, f"{type(exc).__name__}: {exc}", (start_s, time.monotonic())))
 
 
 def _attach(frames: dict[str, _Buffer], shm_name: str) -> _Buffer:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import sys
 import threading
 import time
@@ -36,6 +37,9 @@ from .faults import Faults
 from .gc_pacing import GcPacer
 from .inference import InferenceResult, InferenceWorker
 from .inference_process import start_inference
+from .latency import RANGE_MS as LATENCY_RANGE_MS
+from .latency import RESOLUTION_MS as LATENCY_RESOLUTION_MS
+from .latency import ChunkTimeline
 from .quantiles import StreamQuantiles
 from .realtime import enter_realtime
 from .recording import EpisodeRecorder
@@ -54,7 +58,6 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 # Each camera is polled on its own thread this often (a share of the loop period): frames reach the
 # tick at most this much older than a read in the tick itself.
 CAMERA_POLL_FRACTION = 0.5
-LATENCY_RESOLUTION_MS, LATENCY_RANGE_MS = 1e-3, 1e6  # inference latencies kept to 1% from 1 us to 1000 s
 
 
 def check_policy_fits(config: RobotConfig, policy, arm: Arm) -> None:
@@ -105,6 +108,9 @@ class ControlLoop:
         self.stats = LoopStats(rate_hz=config.rate_hz, strategy=self.strategy.name)
         self.faults = Faults(self.stats.events)
         self._latencies_ms = StreamQuantiles(LATENCY_RESOLUTION_MS, LATENCY_RANGE_MS)  # bounded: runs last days
+        self.latency = self.stats.latency  # capture-to-command accounting (latency.py)
+        self._requested: ChunkTimeline | None = None  # the observation in flight, from its frames' capture on
+        self._executing: ChunkTimeline | None = None  # the newest accepted chunk: the rows executed come from it
         self._readers: dict[str, CameraReader] = {}
         self._discard_before_tick = 0  # chunks observed before this tick are too old to execute
         self._policy_errors = 0
@@ -120,6 +126,7 @@ class ControlLoop:
         """Stop motion: record the fault (faults.py) and drop the chunks in hand."""
         self.faults.fault(tick, kind, reason, lasting)
         self.strategy.clear()
+        self._executing = None
         self._discard_before_tick = tick + 1
 
     # --- pieces of a tick ---------------------------------------------------------------------------
@@ -132,6 +139,7 @@ class ControlLoop:
     def _take_result(self, result: InferenceResult, tick: int) -> None:
         self.stats.inferences += 1
         self._latencies_ms.add(result.latency_ms)
+        timeline, self._requested = self._requested, None
         accepted = False
         if result.timed_out or result.obs_tick < self._discard_before_tick:
             self.stats.discarded_chunks += 1
@@ -158,6 +166,10 @@ class ControlLoop:
                 self.strategy.add(Chunk(robot_actions, result.obs_tick, tick))
                 self.faults.fresh_chunk_accepted()
                 accepted = True
+                if timeline is not None and timeline.obs_tick == result.obs_tick:
+                    timeline.start_s, timeline.end_s = result.start_s, result.end_s
+                    timeline.stages_ms = result.timings_ms
+                    self._executing = timeline  # its first command completes it (_account_command)
         if self.recorder is not None and result.observation is not None:
             self.recorder.add_inference(result.obs_tick, tick, result.latency_ms, accepted, result.observation,
                                         result.actions)
@@ -317,6 +329,8 @@ class ControlLoop:
         command, status = self._command_for(target, state)
         if command is not None and not self._send(tick, command):
             status = "hold:" + ",".join(self.faults.hold_reasons())
+        elif status == "run":
+            self._account_command(time.monotonic())
         self._count(status)
         if self.recorder is not None:
             # How late this tick started: now minus the deadline that keep_time() waited for.
@@ -341,12 +355,23 @@ class ControlLoop:
         # Not in the tick of a fault: this tick's observation predates it, so its chunk would be discarded.
         fresh = tick >= self._discard_before_tick
         if can_move and fresh and not self._timed_out_pending and self.strategy.want_inference(tick, worker.busy):
+            self._requested = ChunkTimeline.of_frames(tick, frames.values(), time.monotonic())
             worker.submit(self._observation(frames, state), tick)
             if self.strategy.blocking:
                 wait_s = clock.deadline_s - time.monotonic() - SYNC_WAIT_MARGIN_FRACTION * clock.period_s
                 result = worker.wait(wait_s)
                 if result is not None:
                     self._take_result(result, tick)
+
+    def _account_command(self, command_s: float) -> None:
+        """A row of the executing chunk went to the arm: its staleness; the chunk's first row ends its timeline."""
+        executing = self._executing
+        if executing is None:
+            return
+        if math.isnan(executing.command_s):  # this is its first row
+            executing.command_s = command_s
+            self.latency.add_chunk(executing)
+        self.latency.add_row((command_s - executing.capture_s) * 1e3)
 
     def _target(self, tick: int) -> np.ndarray | None:
         was_exhausted = self.strategy.exhausted

@@ -1,8 +1,11 @@
 """Intel RealSense color cameras through pyrealsense2: live by serial number, or playback of a recording.
 
 Frames arrive on librealsense's thread through a callback that copies the color image and stamps it
-with time.monotonic() on arrival (the device clock is not the monotonic clock; arrival time is what
-the stale-frame watchdog needs). `read()` returns the latest. Playback runs in real time (librealsense's
+with time.monotonic() on arrival. Where the frame's metadata gives its capture time on the host's
+wall clock (timestamp domain global_time or system_time), the capture timestamp is that moment moved
+onto the monotonic clock, and arrival is kept as `received_s`: the difference is the camera's own
+latency in the capture-to-command accounting (latency.py). A hardware-clock timestamp is not on any
+host clock: those frames are stamped at arrival. `read()` returns the latest. Playback runs in real time (librealsense's
 non-real-time pipeline playback stalls once nobody pulls frames from it); with `repeat: false` a
 finished recording behaves like a camera that stopped: its last frame keeps its old timestamp.
 
@@ -88,8 +91,9 @@ class RealSenseCamera(Camera):
             image = image[:, :, :3]
         elif fmt != rs.format.rgb8:
             return  # not a color format we convert; the watchdog will report the camera as stale
+        capture_s = _capture_monotonic_s(color, now, rs)
         with self._lock:
-            self._new = Frame(np.array(image, dtype=np.uint8, copy=True), now, self._index)
+            self._new = Frame(np.array(image, dtype=np.uint8, copy=True), capture_s, self._index, received_s=now)
             self._index += 1
 
     def _read(self) -> Frame | None:
@@ -105,6 +109,23 @@ class RealSenseCamera(Camera):
                 if "stop() cannot be called before start()" not in str(exc):
                     raise
             self._pipeline = None
+
+
+# A metadata capture time further back than this is a clock that is not what it claims: use arrival.
+MAX_CAMERA_LATENCY_S = 1.0
+
+
+def _capture_monotonic_s(frame, arrival_s: float, rs) -> float:
+    """The frame's capture time on the monotonic clock, from its metadata where it is a host wall-clock time."""
+    try:
+        domain = frame.get_frame_timestamp_domain()
+        wall_ms = float(frame.get_timestamp())
+    except (AttributeError, RuntimeError):
+        return arrival_s
+    if domain not in (rs.timestamp_domain.global_time, rs.timestamp_domain.system_time):
+        return arrival_s
+    latency_s = time.time() - wall_ms / 1e3  # how long ago it was captured, on the wall clock
+    return arrival_s - latency_s if 0.0 <= latency_s <= MAX_CAMERA_LATENCY_S else arrival_s
 
 
 def record_synthetic(path: str | Path, images: Sequence[np.ndarray], fps: int = 30) -> Path:

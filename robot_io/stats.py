@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .latency import LatencyAccount
 from .safety import SafetyEvent
 
 
@@ -34,6 +35,7 @@ class LoopStats:
     clamped_ticks: int = 0  # a step exceeded the velocity limit (clamped)
     events: list[SafetyEvent] = field(default_factory=list)
     stop_reason: str = ""
+    latency: LatencyAccount = field(default_factory=LatencyAccount)  # capture -> command, per chunk and per row
 
     @property
     def achieved_rate_hz(self) -> float:
@@ -44,8 +46,10 @@ class LoopStats:
 
     def status_line(self) -> str:
         events = ", ".join(f"{k} {v}" for k, v in self.event_counts().items()) or "none"
+        age = self.latency.figures().get("capture_to_command", {}).get("p50", float("nan"))
         return (f"{self.achieved_rate_hz:5.1f}/{self.rate_hz:g} Hz | infer p50 {self.inference_latency_ms_p50:6.1f} ms "
-                f"| misses {self.deadline_misses} | holds {self.hold_ticks} | safety events: {events}")
+                f"| capture->command p50 {age:6.1f} ms | misses {self.deadline_misses} | holds {self.hold_ticks} "
+                f"| safety events: {events}")
 
     def summary(self) -> str:
         lines = [
@@ -60,6 +64,7 @@ class LoopStats:
             f"  ticks: executing {self.executed_ticks}, waiting {self.waiting_ticks}, held on fault {self.hold_ticks}; "
             f"position clipped {self.clipped_ticks}, velocity clamped {self.clamped_ticks}",
         ]
+        lines += self.latency.summary_lines()
         counts = self.event_counts()
         lines.append("  safety events: " + (", ".join(f"{k} x{v}" for k, v in counts.items()) if counts else "none"))
         for event in self.events[:10]:

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-from pi0edge.cli_args import non_negative_int, positive_int, writable_file
+from pi0edge.cli_args import non_empty_text, non_negative_int, positive_float, positive_int, writable_file
 from pi0edge.runtime.policy import BACKENDS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="per-stage latency (p50/p95/p99), memory, JSON and a Chrome trace",
-                       description="Run a bundle on synthetic observations and report where the time goes.")
+                       description="Run a bundle on synthetic observations and report where the time goes. With "
+                       "--live ROBOT.yaml: run the control loop on that robot instead and report the capture-to-"
+                       "command latency (p50/p99 of each span, the frame age at inference, the staleness of each "
+                       "executed row).")
     p.add_argument("bundle", help="bundle directory written by `pi0edge export`")
+    p.add_argument("--live", metavar="ROBOT_YAML",
+                   help="run the control loop of this robot YAML (the demo robot: robot_io/examples/sim_arm.yaml)")
+    p.add_argument("--duration-s", type=positive_float, default=10.0, help="--live: seconds to run (default 10)")
+    p.add_argument("--prompt", type=non_empty_text, default="pick up the cube", help="--live: the task")
     p.add_argument("--backend", choices=BACKENDS, default="ort-cpu", help="inference backend (default ort-cpu)")
     p.add_argument("--iters", type=positive_int, default=20, help="measured chunks (default 20)")
     p.add_argument("--warmup", type=non_negative_int, default=3, help="chunks run before measuring (default 3)")
@@ -38,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _profile(args: argparse.Namespace) -> int:
+    if args.live:
+        return _profile_live(args)
     from pi0edge.runtime.policy import Policy
     from pi0edge.runtime.profile import profile_policy, write_json
 
@@ -59,6 +68,30 @@ def _profile(args: argparse.Namespace) -> int:
         print(f"wrote {args.trace}")
     return 0
 
+
+def _profile_live(args: argparse.Namespace) -> int:
+    # The application layer may import robot_io; the runtime library may not (docs/architecture.md).
+    from pi0edge.errors import ConfigError
+    from pi0edge.robot_io.live_profile import latency_table, live_json, profile_live
+
+    offline_only = [flag for flag, given in (("--per-step", args.per_step), ("--cuda-graph", args.cuda_graph),
+                                             ("--num-steps", args.num_steps is not None)) if given]
+    if offline_only:
+        raise ConfigError(f"{', '.join(offline_only)}: not with --live (the loop runs the bundle as `pi0edge run` "
+                          "does); profile without --live to time those variants")
+    from pi0edge.runtime.profile import write_json
+
+    stats = profile_live(args.live, args.bundle, backend=args.backend, duration_s=args.duration_s, prompt=args.prompt,
+                         threads=args.threads)
+    print(stats.summary())
+    print(latency_table(stats))
+    if args.json:
+        write_json(args.json, live_json(stats))
+        print(f"wrote {args.json}")
+    if args.trace:
+        write_json(args.trace, stats.latency.chrome_trace())
+        print(f"wrote {args.trace}")
+    return 0
 
 
 def _doctor(args: argparse.Namespace) -> int:

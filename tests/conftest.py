@@ -83,3 +83,16 @@ def tiny_bundle_factory(tmp_path_factory, tokenizer_path):
         return cache[key]
 
     return get
+
+
+FAST_HORIZON, FAST_ACTION_DIM = 10, 7  # the chunk shape the test FAST tokenizer is fitted on
+
+
+@pytest.fixture(scope="session")
+def fast_tokenizer_dir(tmp_path_factory) -> Path:
+    """A FAST action tokenizer fitted (as FAST's own `fit`) on smooth synthetic chunks [2000, 10, 7]."""
+    from pi0edge.export.fast_tokenizer_fit import fit_fast_tokenizer, synthetic_action_chunks
+
+    out_dir = tmp_path_factory.mktemp("fast") / "fast_tokenizer"
+    fit_fast_tokenizer(synthetic_action_chunks(2000, FAST_HORIZON, FAST_ACTION_DIM, seed=0), out_dir, vocab_size=512)
+    return out_dir

@@ -11,7 +11,7 @@ statistics); an openpi JAX (orbax) checkpoint goes through orbax_io.py (the stor
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 
 from pi0edge.errors import CheckpointError
 from pi0edge.export.checkpoint.config import SIZES_KEY, detect_config, read_config
+from pi0edge.export.checkpoint.features import TrainedFeatures, trained_features
 from pi0edge.export.checkpoint.layouts import (
     CONFIG_FILE,
     LEROBOT_MODEL_PREFIX,
@@ -66,6 +67,8 @@ class LoadedCheckpoint:
     camera_names: tuple[str, ...]
     weights_files: tuple[Path, ...]
     weights_bytes: int  # total size of the weight files
+    # camera image sizes, state/action names (LeRobot config.json features)
+    features: TrainedFeatures = field(default_factory=TrainedFeatures)
 
 
 def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float32, lazy: bool = True,
@@ -112,7 +115,7 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float
         config=cfg, model=model, norm_stats=stats, tokenizer_path=find_tokenizer(root), layout=layout,
         source_sha256=digest.hexdigest() if digest is not None else None, robot_state_dim=state_dim,
         robot_action_dim=action_dim, camera_names=cfg.cameras, weights_files=tuple(files),
-        weights_bytes=sum(f.stat().st_size for f in files))
+        weights_bytes=sum(f.stat().st_size for f in files), features=trained_features(raw))
 
 
 def build_model(cfg: Pi0Config | Pi0FastConfig):
@@ -254,7 +257,7 @@ def _load_openpi_jax(root: Path, params_dir: Path, *, dtype: torch.dtype | None,
         config=cfg, model=model, norm_stats=stats, tokenizer_path=find_tokenizer(root), layout=OPENPI_JAX_LAYOUT,
         source_sha256=hash_params(params_dir) if hash_weights else None, robot_state_dim=state_dim,
         robot_action_dim=action_dim, camera_names=cfg.cameras, weights_files=files,
-        weights_bytes=sum(f.stat().st_size for f in files))
+        weights_bytes=sum(f.stat().st_size for f in files), features=trained_features(raw))
 
 
 def _openpi_jax_config(root: Path, settings: dict, sizes: dict) -> dict:
@@ -264,12 +267,12 @@ def _openpi_jax_config(root: Path, settings: dict, sizes: dict) -> dict:
     unknown = sorted(set(settings) - set(OPENPI_SETTINGS))
     if unknown:
         raise CheckpointError(f"unknown openpi settings {unknown}; known: {sorted(OPENPI_SETTINGS)}")
-    for field, value in settings.items():
-        if value is not None and raw.get(field, value) != value:
-            raise CheckpointError(f"{OPENPI_SETTINGS[field]} {value} but {root / CONFIG_FILE} gives {field} = "
-                                  f"{raw[field]!r}; drop one of them")
+    for name, value in settings.items():
+        if value is not None and raw.get(name, value) != value:
+            raise CheckpointError(f"{OPENPI_SETTINGS[name]} {value} but {root / CONFIG_FILE} gives {name} = "
+                                  f"{raw[name]!r}; drop one of them")
         if value is not None:
-            raw[field] = value
+            raw[name] = value
     if raw.get("action_horizon") is None:
         raise CheckpointError(f"{root}: an openpi JAX checkpoint does not record its action horizon (openpi's "
                               "training config does): pass --action-horizon N (e.g. pi0_base 50, pi0_droid 10, "

@@ -15,6 +15,7 @@ from robot_io_helpers import base_config_dict, make_config, make_policy
 
 from pi0edge.cli import main
 from pi0edge.robot_io import cli as robot_cli
+from pi0edge.robot_io import contract_check
 from pi0edge.robot_io.arms import open_arm
 from pi0edge.robot_io.errors import EpisodeError
 from pi0edge.robot_io.loop import run_loop
@@ -129,6 +130,8 @@ def test_cli_run_records_and_replay_prints(tmp_path, monkeypatch, capsys):
     config_path = tmp_path / "robot.yaml"
     config_path.write_text(yaml.safe_dump(base_config_dict()))
     monkeypatch.setattr(robot_cli, "_load_policy", lambda bundle, backend: make_policy(goal=[0.2, 0.2, 0.2]))
+    # No bundle behind this policy, so nothing for the deployment check to compare (test_contract_check.py)
+    monkeypatch.setattr(contract_check, "check_binding", lambda config, bundle: (contract_check.CheckReport(), None))
     episode = tmp_path / "ep.episode"
     code = main(["run", "--config", str(config_path), "--bundle", "unused", "--prompt", "pick",
                  "--duration-s", "0.6", "--record", str(episode)])
@@ -194,6 +197,7 @@ def test_cli_run_loads_only_the_manifest_here_and_runs_the_bundle_in_its_own_pro
 
     data = base_config_dict()
     data["joints"] = {"names": [f"j{i}" for i in range(6)]}  # the tiny bundle's 6 robot dims
+    data["binding"] = {"masked_cameras": ["left_wrist_0_rgb", "right_wrist_0_rgb"]}  # one camera: front
     data["arm"]["dof"] = 6
     data["safety"] = {"stale_frame_s": 0.2, "inference_timeout_s": 30.0}
     config_path = tmp_path / "robot.yaml"
