@@ -299,3 +299,9 @@ def test_statistics_under_a_nested_repo_id_asset_folder_are_found(tmp_path):
     cfg = tiny("pi0")
     ckpt = write_orbax_checkpoint(tmp_path / "libero", cfg, asset_id="physical-intelligence/libero", **ROBOT_DIMS)
     assert load_checkpoint(ckpt, settings=_settings(cfg), hash_weights=False).norm_stats is not None
+
+
+def test_a_setting_that_contradicts_the_tree_is_refused_naming_both(checkpoints):
+    jax_dir, *_ = checkpoints["pi0"]
+    with pytest.raises(CheckpointError, match=r"action_dim = 7.*'action_in_proj/kernel\[?.*8"):
+        load_checkpoint(jax_dir, settings={**_settings(tiny("pi0")), "action_dim": 7}, hash_weights=False)
