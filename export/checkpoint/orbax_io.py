@@ -10,6 +10,7 @@ it keeps.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,14 @@ def _array_info(params_dir: Path, key: str, raw: bytes, driver: str) -> StoredAr
     return StoredArray(key, path, shape, ZARR_DTYPES[dtype], driver)
 
 
+@functools.cache
+def _read_context():
+    """One chunk decoded and one file read at a time: orbax chunks a scanned stack into a few chunks of up to
+    ~1 GiB, and decoding them concurrently holds each one's buffer beside the array being filled (the full-size
+    VLM gating_einsum, 2.25 GiB: peak 4.7 GiB read concurrently, 3.65 GiB one at a time, no slower)."""
+    return _tensorstore().Context({"data_copy_concurrency": {"limit": 1}, "file_io_concurrency": {"limit": 1}})
+
+
 def read_array(params_dir: Path, array: StoredArray) -> np.ndarray:
     """One array's values (bfloat16 as ml_dtypes.bfloat16), read whole."""
     ts = _tensorstore()
@@ -112,7 +121,7 @@ def read_array(params_dir: Path, array: StoredArray) -> np.ndarray:
     if spec["kvstore"]["driver"] == "file":
         spec["kvstore"]["path"] = str(params_dir.resolve() / array.key) + "/"
     try:
-        values = ts.open(spec, open=True, read=True).result().read().result()
+        values = ts.open(spec, open=True, read=True, context=_read_context()).result().read().result()
     except Exception as exc:  # a missing or corrupt chunk: name the array
         raise CheckpointError(f"{params_dir}: cannot read array '{array.path}': {exc}") from exc
     if tuple(values.shape) != array.shape:
