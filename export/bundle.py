@@ -142,12 +142,13 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, *, precision:
                   tokenizer: str | Path | None = None, overwrite: bool = False, num_steps: int | None = None,
                   check_finite: bool = True, optimize: OptimizeOptions | None = DEFAULT_OPTIMIZE,
                   asset_id: str | None = None, fast_tokenizer: str | Path | None = None,
-                  rtc: bool = False) -> ExportReport:
+                  rtc: bool = False, settings: dict | None = None) -> ExportReport:
     """The `pi0edge export` command: load the checkpoint lazily, export both graphs, write the bundle.
     The graph optimizations are on by default (optimize=None exports the plain graphs); rtc exports the
     real-time chunking variant (docs/model.md, "Real-time chunking"). A Pi0-FAST checkpoint exports its plain
     prefix and decode_step graphs, with its FAST tokenizer (`fast_tokenizer`, else the checkpoint's
-    fast_tokenizer/ folder)."""
+    fast_tokenizer/ folder). settings: what an openpi JAX checkpoint does not record
+    (load_checkpoint's, e.g. {"action_horizon": 10})."""
     from dataclasses import replace
 
     import torch
@@ -163,7 +164,8 @@ def export_bundle(checkpoint_dir: str | Path, out_dir: str | Path, *, precision:
     # the plain graphs load straight into their precision. A tensor already in that dtype stays a memory-mapped
     # view of the checkpoint, so no second copy is made.
     load_dtype = torch.float32 if optimize is not None else PRECISIONS[precision]
-    ckpt = load_checkpoint(checkpoint_dir, dtype=load_dtype, check_finite=check_finite, asset_id=asset_id)
+    ckpt = load_checkpoint(checkpoint_dir, dtype=load_dtype, check_finite=check_finite, asset_id=asset_id,
+                           settings=settings)
     model = ckpt.model
     if num_steps is not None and ckpt.config.model_type != FAST_MODEL_TYPE:  # Pi0-FAST has no Euler steps
         model.cfg = replace(model.cfg, num_steps=num_steps)

@@ -267,7 +267,7 @@ def _write_lerobot_stats(out_dir: Path, cfg: Pi0Config, state: dict, action: dic
     (out_dir / "policy_postprocessor.json").write_text(json.dumps(post, indent=2))
 
 
-def _write_openpi_stats(out_dir: Path, state: dict, action: dict, asset_id: str) -> None:
+def write_openpi_stats(out_dir: Path, state: dict, action: dict, asset_id: str) -> None:
     keep = ("mean", "std", "q01", "q99")
     stats = {"norm_stats": {"state": {k: state[k].tolist() for k in keep},
                             "actions": {k: action[k].tolist() for k in keep}}}
@@ -336,7 +336,7 @@ def write_random_checkpoint(out_dir: str | Path, cfg: Pi0Config | Pi0FastConfig,
     if layout == "lerobot":
         _write_lerobot_stats(out_dir, cfg, state, action, norm_kind)
     else:
-        _write_openpi_stats(out_dir, state, action, asset_id)
+        write_openpi_stats(out_dir, state, action, asset_id)
     if tokenizer:
         train_test_tokenizer(out_dir / "tokenizer.model", cfg.vocab_size)
         if isinstance(cfg, Pi0FastConfig):

@@ -1,8 +1,10 @@
-"""Checkpoints: a LeRobot or openpi-PyTorch directory -> Pi0Model with weights, stats and tokenizer.
+"""Checkpoints: a LeRobot, openpi-PyTorch or openpi JAX directory -> Pi0Model with weights, stats and tokenizer.
 
 The entry point is `load_checkpoint` (loader.py). One concept per module, imported in this order and never
 back: safetensors_io.py (headers, the one hashing/NaN-scan/convert pass), layouts.py (which files, key
-names), config.py (sizes from shapes and config.json), stats.py (normalization statistics), loader.py.
+names), config.py (sizes from shapes and config.json), stats.py (normalization statistics), orbax_io.py
+(an orbax store read with tensorstore), openpi_tree.py (openpi's JAX tree and its table onto ours),
+openpi_jax.py (that tree -> our names, shapes and tensors), loader.py.
 The formats it reads are in docs/export.md, "Checkpoints it reads".
 """
 

@@ -314,7 +314,7 @@ class _ConfigReader:
             "action_horizon": self.settle("action horizon", self.claim("action_horizon"),
                                           self.raw_claim("chunk_size"), self.raw_claim("action_horizon"), default=50),
             "max_token_len": self.settle("prompt length in tokens", self.claim("max_token_len"),
-                                         self.raw_claim("tokenizer_max_length"),
+                                         self.raw_claim("tokenizer_max_length"), self.raw_claim("max_token_len"),
                                          default=200 if model_type == "pi05" else 48),
             "num_steps": self.settle("number of denoising steps", self.claim("num_steps"),
                                      self.raw_claim("num_inference_steps"), default=10),

@@ -141,7 +141,8 @@ def unknown_layout(root: Path, why: str) -> CheckpointError:
     return CheckpointError(
         f"{root}: unknown checkpoint layout ({why}). Found: {found or 'no files'}. Expected LeRobot (config.json with "
         "\"type\": \"pi0\"/\"pi05\", model.safetensors, policy_preprocessor_step_*_normalizer_processor.safetensors) "
-        "or openpi PyTorch (model.safetensors, config.json, assets/<asset_id>/norm_stats.json)")
+        "or openpi PyTorch (model.safetensors, config.json, assets/<asset_id>/norm_stats.json), or openpi JAX "
+        "(params/ as orbax writes it, assets/<asset_id>/norm_stats.json)")
 
 
 def detect_layout(root: Path, raw: dict) -> str:

@@ -1,10 +1,11 @@
-"""load_checkpoint: a LeRobot or openpi-PyTorch directory -> Pi0Model with weights, stats and tokenizer.
+"""load_checkpoint: a LeRobot, openpi-PyTorch or openpi JAX directory -> Pi0Model with weights, stats and tokenizer.
 
 Weights load lazily: the model is built on the `meta` device and its parameters are assigned the
 memory-mapped tensors safetensors returns, so a 13 GB checkpoint costs its own pages and no second copy.
 The steps live beside this module: layouts.py (files and key names), safetensors_io.py (headers, the one
 hashing/NaN-scan/convert pass), config.py (sizes from shapes and config.json), stats.py (normalization
-statistics).
+statistics); an openpi JAX (orbax) checkpoint goes through orbax_io.py (the store) and openpi_jax.py
+(its tree -> our names and tensors), then the same config, checks and statistics.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from pi0edge.errors import CheckpointError
-from pi0edge.export.checkpoint.config import detect_config, read_config
+from pi0edge.export.checkpoint.config import SIZES_KEY, detect_config, read_config
 from pi0edge.export.checkpoint.features import TrainedFeatures, trained_features
 from pi0edge.export.checkpoint.layouts import (
     CONFIG_FILE,
@@ -29,6 +30,9 @@ from pi0edge.export.checkpoint.layouts import (
     map_keys,
     weight_files,
 )
+from pi0edge.export.checkpoint.openpi_jax import check_shapes, hash_params, mapped_infos, read_weights
+from pi0edge.export.checkpoint.openpi_tree import check_paths, detect_model_type, tree_sizes
+from pi0edge.export.checkpoint.orbax_io import find_params_dir, list_arrays
 from pi0edge.export.checkpoint.safetensors_io import (
     FLOAT_DTYPES,
     SAFETENSORS_DTYPES,
@@ -42,6 +46,10 @@ from pi0edge.export.config import Pi0Config, Pi0FastConfig
 from pi0edge.normalization import NormStats
 
 SUPPORTED_TYPES = ("pi0", "pi05", "pi0_fast")  # LeRobot config.json "type"
+OPENPI_JAX_LAYOUT = "openpi-jax"
+# What an openpi JAX checkpoint does not record (openpi's training config holds it): field -> CLI flag.
+OPENPI_SETTINGS = {"action_horizon": "--action-horizon", "max_token_len": "--max-token-len",
+                   "action_dim": "--action-dim"}
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ class LoadedCheckpoint:
     model: Any  # Pi0Model or Pi0FastModel, weights assigned (memory-mapped when lazy)
     norm_stats: NormStats | None
     tokenizer_path: Path | None
-    layout: str  # "lerobot" | "openpi"
+    layout: str  # "lerobot" | "openpi" | "openpi-jax"
     source_sha256: str | None  # sha256 of the weight file(s) in order; None with hash_weights=False
     robot_state_dim: int
     robot_action_dim: int
@@ -65,16 +73,26 @@ class LoadedCheckpoint:
 
 def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = torch.float32, lazy: bool = True,
                     hash_weights: bool = True, check_finite: bool = True, require_stats: bool = True,
-                    asset_id: str | None = None) -> LoadedCheckpoint:
-    """Load a LeRobot or openpi-PyTorch checkpoint directory (or its model.safetensors).
+                    asset_id: str | None = None, settings: dict | None = None) -> LoadedCheckpoint:
+    """Load a LeRobot, openpi-PyTorch or openpi JAX checkpoint directory (or its model.safetensors).
 
     dtype: the model's parameter dtype; None keeps the stored one. A tensor is converted (copied) only
     when its stored dtype differs. lazy: parameters stay memory-mapped views of the file (no second
     copy); lazy=False copies them into memory. check_finite: scan every tensor for NaN/Inf in chunks.
     require_stats: raise when no normalization statistics are found (else norm_stats is None).
     asset_id: which openpi assets/<asset_id>/norm_stats.json to use when there are several.
+    settings: what an openpi JAX checkpoint does not record (OPENPI_SETTINGS: action_horizon, max_token_len).
     """
     root = _checkpoint_dir(path)
+    params_dir = find_params_dir(root)
+    if params_dir is not None:
+        return _load_openpi_jax(root if params_dir != root else root.parent, params_dir, dtype=dtype,
+                                hash_weights=hash_weights, check_finite=check_finite, require_stats=require_stats,
+                                asset_id=asset_id, settings=settings or {})
+    if settings:
+        flags = ", ".join(OPENPI_SETTINGS.get(k, k) for k in settings)
+        raise CheckpointError(f"{root}: {flags} are for openpi JAX checkpoints, which do not record them; this "
+                              f"checkpoint's {CONFIG_FILE} gives them")
     files, weight_map = weight_files(root)
     raw = read_config(root)
     layout = _layout(root, raw)
@@ -206,3 +224,57 @@ def _norm_stats(root: Path, raw: dict, layout: str, cfg: Pi0Config, infos: dict[
         raise CheckpointError(f"{root}: no normalization statistics for this {layout} checkpoint: looked for {looked} "
                               "(the bundle needs them: add the dataset's statistics to the checkpoint folder)")
     return stats
+
+
+# ---- openpi JAX (orbax) ---------------------------------------------------------------------------------
+
+
+def _load_openpi_jax(root: Path, params_dir: Path, *, dtype: torch.dtype | None, hash_weights: bool,
+                     check_finite: bool, require_stats: bool, asset_id: str | None, settings: dict
+                     ) -> LoadedCheckpoint:
+    """The tree read by name and shape, checked against openpi's layout, then the shared config, model and
+    statistics steps; weights converted one stored array at a time (openpi_jax.py)."""
+    arrays = list_arrays(params_dir)
+    model_type = detect_model_type(set(arrays), str(params_dir))
+    check_paths(set(arrays), model_type, str(params_dir))
+    raw = _openpi_jax_config(root, settings, tree_sizes({p: a.shape for p, a in arrays.items()}, model_type))
+    if model_type == "pi0_fast":  # the tree tells it; config.py takes Pi0-FAST only when the config names it
+        raw["model_type"] = model_type
+    mapped = mapped_infos(params_dir, arrays, model_type)
+    cfg = detect_config(raw, mapped, source=f"{root} (openpi JAX tree and settings)", weights=str(params_dir))
+    check_shapes(params_dir, arrays, cfg, model_type)
+    with torch.device("meta"):
+        model = build_model(cfg)
+    _check_tensors(model, mapped, cfg, where=params_dir, model_prefix=False)
+    state = read_weights(params_dir, arrays, model_type, dtype=dtype, check_finite=check_finite)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.requires_grad_(False)
+    model.eval()
+    stats = _norm_stats(root, raw, "openpi", cfg, {}, asset_id=asset_id, require_stats=require_stats)
+    state_dim, action_dim = robot_dims(raw, cfg, stats, root / CONFIG_FILE)
+    files = tuple(sorted(p for p in params_dir.rglob("*") if p.is_file()))
+    return LoadedCheckpoint(
+        config=cfg, model=model, norm_stats=stats, tokenizer_path=find_tokenizer(root), layout=OPENPI_JAX_LAYOUT,
+        source_sha256=hash_params(params_dir) if hash_weights else None, robot_state_dim=state_dim,
+        robot_action_dim=action_dim, camera_names=cfg.cameras, weights_files=files,
+        weights_bytes=sum(f.stat().st_size for f in files), features=trained_features(raw))
+
+
+def _openpi_jax_config(root: Path, settings: dict, sizes: dict) -> dict:
+    """The config fields detect_config reads: a config.json beside params/ if any, the sizes the tree's einsum
+    shapes tell, and the settings given on the command line (which must agree with config.json)."""
+    raw = read_config(root) if (root / CONFIG_FILE).is_file() else {}
+    unknown = sorted(set(settings) - set(OPENPI_SETTINGS))
+    if unknown:
+        raise CheckpointError(f"unknown openpi settings {unknown}; known: {sorted(OPENPI_SETTINGS)}")
+    for name, value in settings.items():
+        if value is not None and raw.get(name, value) != value:
+            raise CheckpointError(f"{OPENPI_SETTINGS[name]} {value} but {root / CONFIG_FILE} gives {name} = "
+                                  f"{raw[name]!r}; drop one of them")
+        if value is not None:
+            raw[name] = value
+    if raw.get("action_horizon") is None:
+        raise CheckpointError(f"{root}: an openpi JAX checkpoint does not record its action horizon (openpi's "
+                              "training config does): pass --action-horizon N (e.g. pi0_base 50, pi0_droid 10, "
+                              "pi05_droid 15, pi05_libero 10; docs/export.md, \"openpi JAX checkpoints\")")
+    return {**raw, SIZES_KEY: {**sizes, **(raw.get(SIZES_KEY) or {})}}

@@ -113,7 +113,8 @@ def openpi_stats(root: Path, model_type: str, asset_id: str | None) -> tuple[Nor
         paths = [p for p in paths if p.is_file()]
         looked = f"assets/{asset_id}/norm_stats.json"
     else:
-        paths = sorted(root.glob("assets/*/norm_stats.json"))
+        # openpi names an asset folder by its asset_id or, without one, the dataset's repo_id: "org/name" nests
+        paths = sorted(root.glob("assets/**/norm_stats.json"))
     if not paths:
         return None, looked
     if len(paths) > 1:
