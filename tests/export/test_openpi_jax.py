@@ -269,8 +269,10 @@ def test_pi0_fast_tree_loads_and_exports_as_the_openpi_pytorch_checkpoint_of_the
     byte for byte, the same decoded chunk (random weights decode malformed chunks: NaN in both)."""
     pytest.importorskip("pi0edge.export.fast_tokenizer_fit", reason="a random Pi0-FAST checkpoint's FAST tokenizer "
                         "is fitted by pi0edge.export.fast_tokenizer_fit (on main, not on the Pi0-FAST branch)")
-    # openpi's settings where its tree says nothing: no BOS after the prompt, 32-wide state, FAST's 128 skipped ids
-    cfg = replace(tiny("pi0fast"), bos_after_prompt=False, state_dim=32, max_action_tokens=256, fast_skip_tokens=128)
+    # openpi's settings where its tree says nothing: no BOS after the prompt, 32-wide state, FAST's 128 skipped ids,
+    # the first action token one position on (its JAX sampler)
+    cfg = replace(tiny("pi0fast"), bos_after_prompt=False, state_dim=32, max_action_tokens=256, fast_skip_tokens=128,
+                  first_position_offset=1)
     jax_dir = write_orbax_checkpoint(tmp_path / "jax", cfg, seed=5, **ROBOT_DIMS)
     torch_dir = write_random_checkpoint(tmp_path / "torch", cfg, seed=5, layout="openpi", **ROBOT_DIMS)
     settings = {**_settings(cfg), "action_dim": cfg.action_dim}
