@@ -21,13 +21,15 @@ class PolicySpec:
     backend: str = "ort-cpu"
     threads: int | None = None  # ONNX Runtime intra-op threads; None: the backend's default
     seed: int | None = None  # of the policy's noise generator; None: fresh noise each run
+    temperature: float = 0.0  # Pi0-FAST's token sampling (0: greedy)
 
     def load(self):
         from pi0edge.runtime import Policy
         from pi0edge.runtime.profile import synthetic_observation
 
         options = {"intra_op_threads": self.threads} if self.threads else {}
-        policy = Policy(self.bundle_dir, backend=self.backend, seed=self.seed, **options)
+        policy = Policy(self.bundle_dir, backend=self.backend, seed=self.seed, temperature=self.temperature,
+                        **options)
         # One chunk before the loop starts: the first run allocates (over a second on the tiny bundle), and
         # would be the loop's first chunk otherwise. Given noise, so the seeded generator is left untouched.
         m = policy.manifest
@@ -101,8 +103,10 @@ def spec_of(policy) -> PolicySpec | FakePolicySpec | None:
     with callables, a test double). A loaded runtime Policy is described by its bundle and backend."""
     if isinstance(policy, PolicyHandle):
         return policy.spec
-    manifest, backend = getattr(policy, "manifest", None), getattr(policy, "backend", None)
-    bundle_dir, backend_name = getattr(manifest, "bundle_dir", None), getattr(backend, "name", None)
+    # backend_name: the backend that really runs it (auto resolved), for flow-matching and Pi0-FAST alike
+    manifest, backend_name = getattr(policy, "manifest", None), getattr(policy, "backend_name", None)
+    bundle_dir = getattr(manifest, "bundle_dir", None)
     if bundle_dir is not None and isinstance(backend_name, str):
-        return PolicySpec(str(bundle_dir), backend_name)
+        temperature = getattr(getattr(policy, "fast", None), "temperature", 0.0)
+        return PolicySpec(str(bundle_dir), backend_name, temperature=float(temperature))
     return None

@@ -233,3 +233,19 @@ def test_errors_in_the_process_are_policy_error_faults_of_the_loop():
     faults = [e for e in stats.events if e.kind == "policy_error"]
     assert len(faults) == 1 and "injected failure on call 0 (in the inference process)" in faults[0].reason
     assert stats.hold_ticks > 0 and stats.executed_ticks > 0  # held on the fault, then moved on fresh chunks
+
+
+def test_a_loaded_pi0fast_policy_is_described_by_its_bundle_backend_and_temperature(tiny_bundle_factory):
+    """A Pi0-FAST Policy has no Euler backend object: the spec comes from the backend that really runs it, and
+    carries the sampling temperature, so `inference: process` loads the same policy in its own process."""
+    from pi0edge.robot_io.policy_spec import spec_of
+    from pi0edge.runtime import Policy
+
+    bundle, _ = tiny_bundle_factory("pi0fast")
+    with Policy(bundle, backend="ort-cpu", temperature=0.5) as policy:
+        assert spec_of(policy) == PolicySpec(str(bundle), "ort-cpu", temperature=0.5)
+        worker = start_inference(policy, "process")
+        try:
+            assert isinstance(worker, ProcessInferenceWorker)
+        finally:
+            worker.stop()
