@@ -84,6 +84,8 @@ def run_demo(workdir: Path, args: argparse.Namespace) -> int:
         print(f"      {timing_line(t, policy.manifest.num_steps)}")
         if chunk.malformed:  # Pi0-FAST with random weights: its tokens are not an "Action: ... |" answer
             print(f"      malformed decode (random weights), the loop will hold: {chunk.malformed}")
+            print("      (random weights never write a well-formed answer: below, the loop refuses each chunk as a "
+                  "bad_chunk and holds the arm, its safety path; a trained checkpoint's chunks execute)")
         print(profile_policy(policy, iters=10, warmup=2).table())
         print(f"[4/4] control loop: {args.sim} arm for {args.duration_s:g} s")
         stats = _run_loop(policy, args)
