@@ -212,8 +212,8 @@ def _parse(bundle_dir: Path, raw: dict, files: dict[str, str], graphs: dict[str,
         raise BundleError(f"{path}: field 'rtc' must be true or false, got {rtc!r}")
     model = _field(raw, "model", path)
     vocab = model.get("vocab_size") if isinstance(model, dict) else None
-    fast = (FastSettings.from_bundle(raw.get("fast"), path) if isinstance(model, dict)
-            and model.get("type") == FAST_MODEL_TYPE else None)
+    # _graphs read the decode_step graph for exactly the Pi0-FAST bundles
+    fast = FastSettings.from_bundle(raw.get("fast"), path) if c.DECODE_STEP_GRAPH in graphs else None
     return Manifest(
         bundle_dir=bundle_dir, raw=raw, model_type=_field(raw, "model.type", path),
         precision=_field(raw, "precision", path), cameras=tuple(cameras),
@@ -228,7 +228,6 @@ def _parse(bundle_dir: Path, raw: dict, files: dict[str, str], graphs: dict[str,
         norm_stats=norm_stats, tokenizer_file=_field(raw, "tokenizer.file", path), graphs=graphs, files=files,
         fixed_num_steps=fixed, quantization=raw.get("quantization") or None, emulates=raw.get("emulates"),
         deployment=DeploymentRecord.from_bundle(raw.get("deployment"), path), rtc=rtc, fast=fast)
-
 
 
 # ---- the checks: every field against the graphs' recorded I/O and the other fields ---------------------
@@ -317,7 +316,6 @@ def _check_graph_io(m: Manifest, path: Path) -> None:
             raise _refuse(path, f"graphs.{c.DENOISE_STEP_GRAPH}.inputs",
                           f"give {name} shape {step.io(name)['shape']}, the prefix graph outputs "
                           f"{prefix.io(name)['shape']}")
-
 
 
 def _check_norm_stats(m: Manifest, path: Path) -> None:

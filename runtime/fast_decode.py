@@ -18,7 +18,8 @@ import numpy as np
 from pi0edge import contract as c
 from pi0edge.errors import BackendUnavailableError
 from pi0edge.manifest import Manifest
-from pi0edge.runtime.backends.ort import PROVIDERS, check_session_io, check_session_providers
+from pi0edge.runtime.backends.cuda_libs import preload_cuda_libraries
+from pi0edge.runtime.backends.ort import PROVIDERS, check_session_io, check_session_providers, session_options
 from pi0edge.runtime.backends.ort_install import import_onnxruntime
 
 FAST_BACKENDS = ("ort-cpu", "ort-cuda")
@@ -55,11 +56,9 @@ class FastDecoder:
             raise BackendUnavailableError(f"{manifest.bundle_dir}: a {manifest.precision} Pi0-FAST bundle keeps its "
                                           "KV cache on the host, which has no such dtype; export float32 or float16")
         ort = import_onnxruntime(f"backend {backend}")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
-        options.add_session_config_entry("session.force_spinning_stop", "1")  # as runtime/backends/ort.py
+        if backend != "ort-cpu":
+            preload_cuda_libraries(ort)  # as OrtBackend: CUDA/cuDNN from the nvidia-* wheels, without torch
+        options = session_options(ort, intra_op_threads)
         self.manifest, self.name, self.device = manifest, backend, "cpu" if backend == "ort-cpu" else "cuda"
         self.sessions = {}
         for graph in (c.PREFIX_GRAPH, c.DECODE_STEP_GRAPH):
@@ -99,13 +98,14 @@ class FastDecoder:
         budget = self.manifest.fast.max_action_tokens
         chosen, token_ms = np.zeros((batch, budget), np.int64), []
         done = np.zeros(batch, np.bool_)
+        step_session = self.sessions[c.DECODE_STEP_GRAPH]
         for step in range(budget):
             chosen[:, step] = choose_tokens(logits, temperature, rng)
             done |= np.isin(chosen[:, step], end_ids)
             if done.all() or step == budget - 1:
                 break
             t0 = time.perf_counter()
-            logits, new_keys, new_values = self.sessions[c.DECODE_STEP_GRAPH].run(None, {
+            logits, new_keys, new_values = step_session.run([c.LOGITS, c.NEW_KEYS, c.NEW_VALUES], {
                 c.TOKEN_ID: chosen[:, step], c.POSITION: position + step, c.PAST_KEYS: keys, c.PAST_VALUES: values,
                 c.CACHE_MASK: valid})
             slot = prefix_len + step

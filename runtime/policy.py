@@ -102,7 +102,9 @@ class Policy:
         self.backend_name: str = runner.name
         self.providers: tuple[str, ...] = tuple(runner.providers)  # proven at start-up by ORT backends
         self.assemble_images = AssembleImages(m.cameras, m.image_size)
-        self.tokenizer = PromptTokenizer(m.path(m.tokenizer_file), m.max_token_len, m.model_type)
+        # Pi0-FAST's chunks already loaded the same tokenizer.model for their prompts
+        self.tokenizer = (self.fast.tokenizer if self.fast is not None
+                          else PromptTokenizer(m.path(m.tokenizer_file), m.max_token_len, m.model_type))
         self.prepare_state = PrepareState(m.norm_stats, m.state_dim)
         self.finish_actions = FinishActions(m.norm_stats, m.robot_action_dim)
         self.rng = np.random.default_rng(seed)

@@ -28,11 +28,12 @@ import sentencepiece
 
 from pi0edge.contract import DEFAULT_CAMERAS
 from pi0edge.errors import ObservationError
+from pi0edge.fast_settings import FAST_MODEL_TYPE
 from pi0edge.normalization import NormStats, pad_to
 from pi0edge.text import shorten
 
 IMAGE_SIZE = 224
-MODEL_TYPES = ("pi0", "pi05", "pi0fast")
+MODEL_TYPES = ("pi0", "pi05", FAST_MODEL_TYPE)
 STATE_BINS = 256  # pi0.5 discrete state: openpi `PaligemmaTokenizer.tokenize`
 # Left bin edges -1, -1 + 2/256, ..., 1 - 2/256: all dyadic, exact in float32 and float64.
 STATE_BIN_EDGES = np.linspace(-1.0, 1.0, STATE_BINS + 1)[:-1]
@@ -257,7 +258,7 @@ class PromptTokenizer:
         if state.ndim != 1 or not np.isfinite(state).all():
             raise ObservationError(f"{self.model_type} prompt state must be a finite 1-D vector, got {state!r}")
         bins = " ".join(str(int(b)) for b in discretize_state(state))
-        answer = "" if self.model_type == "pi0fast" else "Action: "
+        answer = "" if self.model_type == FAST_MODEL_TYPE else "Action: "
         return f"Task: {text}, State: {bins};\n{answer}"
 
     def token_ids(self, prompt: str, state: np.ndarray | None = None) -> list[int]:

@@ -7,6 +7,8 @@ from typing import TypedDict
 
 import numpy as np
 
+from pi0edge.rtc import DEFAULT_MAX_GUIDANCE_WEIGHT, DEFAULT_SCHEDULE
+
 
 @dataclass(frozen=True)
 class Observation:
@@ -64,8 +66,8 @@ class RtcGuidance:
     leftover: np.ndarray
     inference_delay: int  # d, in control ticks
     execution_horizon: int  # s, in control ticks
-    schedule: str = "linear"
-    max_guidance_weight: float = 10.0
+    schedule: str = DEFAULT_SCHEDULE
+    max_guidance_weight: float = DEFAULT_MAX_GUIDANCE_WEIGHT
 
 
 @dataclass(frozen=True)

@@ -67,15 +67,7 @@ class OrtBackend:
         self.device_id = device_id
         self.enable_cuda_graph = enable_cuda_graph and self.device == "cuda"
         self._prefix_cuda_graph = self.enable_cuda_graph and cuda_graph_prefix
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
-        # Each session has its own intra-op pool, whose workers by default keep spinning after Run() returns:
-        # the prefix pool then steals a core from every following step (mid() pi0 on 2 cores: 8.8 -> 6.8 ms a
-        # step with this off), and both pools from the rest of the process between chunks. Spinning within
-        # a Run is kept.
-        options.add_session_config_entry("session.force_spinning_stop", "1")
+        options = session_options(ort, intra_op_threads)
         has_loop = c.DENOISE_LOOP_GRAPH in manifest.graphs
         if whole_loop and not has_loop:
             raise BackendUnavailableError(f"{manifest.bundle_dir}: no {c.DENOISE_LOOP_GRAPH} graph in this bundle; "
@@ -338,6 +330,20 @@ def _check_precision(manifest: Manifest, name: str) -> None:
                 raise BackendUnavailableError(f"{manifest.bundle_dir}: {graph.file} input/output {io['name']} is "
                                               f"{io['dtype']}, which has no host dtype (contract.NUMPY_DTYPES); "
                                               "ORT backends run float32 and float16 bundles")
+
+
+def session_options(ort, intra_op_threads: int | None):
+    """The SessionOptions every pi0edge ORT session runs with (the flow-matching backends and Pi0-FAST's decoder)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if intra_op_threads:
+        options.intra_op_num_threads = intra_op_threads
+    # Each session has its own intra-op pool, whose workers by default keep spinning after Run() returns:
+    # the prefix pool then steals a core from every following step (mid() pi0 on 2 cores: 8.8 -> 6.8 ms a
+    # step with this off), and both pools from the rest of the process between chunks. Spinning within
+    # a Run is kept.
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    return options
 
 
 def check_session_io(manifest: Manifest, graph: str, session) -> None:
