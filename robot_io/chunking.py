@@ -180,6 +180,7 @@ class RtcStrategy(AsyncStrategy):
         super().__init__(n_execute)
         self.schedule, self.max_guidance_weight = schedule, float(max_guidance_weight)
         self.execution_horizon = int(execution_horizon)
+        # kept across clear() (a fault): the delays describe the policy, not the chunks
         self._delays: deque[int] = deque(maxlen=DELAY_WINDOW)
 
     @property
@@ -201,9 +202,6 @@ class RtcStrategy(AsyncStrategy):
         return RtcGuidance(leftover=np.asarray(leftover, np.float32), inference_delay=d,
                            execution_horizon=max(self.execution_horizon, d), schedule=self.schedule,
                            max_guidance_weight=self.max_guidance_weight)
-
-    def clear(self) -> None:
-        super().clear()  # the delays measured stay: they describe the policy, not the chunks
 
 
 def make_strategy(cfg: ChunkingConfig, horizon: int) -> ChunkStrategy:

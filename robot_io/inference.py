@@ -19,6 +19,8 @@ import numpy as np
 
 from pi0edge.errors import ConfigError
 
+from .policy_spec import infer_guided
+
 
 def check_cpus(cpus: Sequence[int], what: str) -> None:
     """Refuse CPU numbers this process may not run on; `what` names the config field."""
@@ -115,8 +117,7 @@ class InferenceWorker:
                 start = self.started_s
             result = InferenceResult(obs_tick=tick, latency_ms=0.0, observation=observation, start_s=time.monotonic())
             try:
-                chunk = self.policy.infer(observation) if guidance is None else self.policy.infer(
-                    observation, guidance=guidance)
+                chunk = infer_guided(self.policy, observation, guidance)
                 result.actions, result.timings_ms = chunk.actions, dict(chunk.timings_ms or {})
                 result.malformed = getattr(chunk, "malformed", None)
             except Exception as exc:  # noqa: BLE001 - handed to the loop, which records it as a safety event

@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import InferenceProcessError
 from .inference import InferenceResult, InferenceWorker, check_cpus, pin_current_thread
-from .policy_spec import FakePolicySpec, PolicyHandle, PolicySpec, spec_of
+from .policy_spec import FakePolicySpec, PolicyHandle, PolicySpec, infer_guided, spec_of
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def _serve(spec, conn, state_buffer: tuple[str, tuple], chunk_buffer: tuple[str,
         try:
             images = {name: _attach(frames, shm_name).view(shape, dtype) for name, shm_name, shape, dtype in cameras}
             observation = Observation(images=images, state=state.array.copy(), prompt=prompt)
-            out = policy.infer(observation) if guidance is None else policy.infer(observation, guidance=guidance)
+            out = infer_guided(policy, observation, guidance)
             actions = np.asarray(out.actions, np.float32)
             inline = None
             if actions.shape == chunk.array.shape:

@@ -113,6 +113,11 @@ class LatencyAccount:
         """One executed tick: how old the frame behind the executed row is."""
         self._add(STALENESS, staleness_ms)
 
+    def p50_ms(self, name: str) -> float:
+        """One figure's median (NaN before any value): the live status line reads this, not every figure."""
+        figure = self._figures.get(name)
+        return math.nan if figure is None else figure.quantile(50)
+
     @property
     def chunks(self) -> int:
         figure = self._figures.get(CAPTURE_TO_COMMAND)

@@ -94,8 +94,13 @@ class PolicyHandle:
         return self._policy
 
     def infer(self, observation, guidance=None):
-        policy = self.load()
-        return policy.infer(observation) if guidance is None else policy.infer(observation, guidance=guidance)
+        return infer_guided(self.load(), observation, guidance)
+
+
+def infer_guided(policy, observation, guidance=None):
+    """policy.infer, with the rtc strategy's guidance when there is some: a policy without rtc (a test double,
+    a remote server) takes no `guidance` argument."""
+    return policy.infer(observation) if guidance is None else policy.infer(observation, guidance=guidance)
 
 
 def spec_of(policy) -> PolicySpec | FakePolicySpec | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .latency import LatencyAccount
+from .latency import CAPTURE_TO_COMMAND, LatencyAccount
 from .safety import SafetyEvent
 
 
@@ -46,7 +46,7 @@ class LoopStats:
 
     def status_line(self) -> str:
         events = ", ".join(f"{k} {v}" for k, v in self.event_counts().items()) or "none"
-        age = self.latency.figures().get("capture_to_command", {}).get("p50", float("nan"))
+        age = self.latency.p50_ms(CAPTURE_TO_COMMAND)
         return (f"{self.achieved_rate_hz:5.1f}/{self.rate_hz:g} Hz | infer p50 {self.inference_latency_ms_p50:6.1f} ms "
                 f"| capture->command p50 {age:6.1f} ms | misses {self.deadline_misses} | holds {self.hold_ticks} "
                 f"| safety events: {events}")
