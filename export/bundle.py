@@ -7,9 +7,7 @@ or interrupted export never leaves half a bundle and never damages a good one.
 
 from __future__ import annotations
 
-import datetime
 import logging
-import platform
 import shutil
 import time
 from dataclasses import dataclass
@@ -17,14 +15,13 @@ from pathlib import Path
 
 import yaml
 
-import pi0edge
 from pi0edge.atomic import staged_dir, write_text_atomic
 from pi0edge.deployment import PROMPT_FORMATS, CameraRecord, DeploymentRecord, VectorRecord, stats_sha256
 from pi0edge.errors import BundleError, CheckpointError
 from pi0edge.export.checkpoint.features import TrainedFeatures
 from pi0edge.export.config import FAST_MODEL_TYPE, Pi0Config
 from pi0edge.export.model.options import DEFAULT_OPTIMIZE, OptimizeOptions
-from pi0edge.export.onnx.graphs import OPSET, export_graphs
+from pi0edge.export.onnx.graphs import export_graphs, exporter_record
 from pi0edge.export.tokenizer import check_tokenizer
 from pi0edge.manifest import FORMAT_VERSION, MANIFEST_NAME, TOKENIZER_NAME, load_manifest, sha256_file
 from pi0edge.normalization import NormStats
@@ -73,9 +70,6 @@ def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path:
     optimize: export/optimize.py's graph optimizations (None: the plain reference graphs).
     features: what the checkpoint says about its training data (camera sizes, dim names), for `deployment`.
     rtc: the real-time chunking variant (step and loop graphs take the guidance inputs)."""
-    import onnx
-    import torch
-
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise BundleError(f"{out_dir} already exists; pass --overwrite to replace it (the old bundle stays intact "
@@ -108,9 +102,7 @@ def write_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_path:
             "optimizations": (optimize or OptimizeOptions.none()).manifest_entry(cfg.num_steps),
             "rtc": bool(rtc),  # the denoise graphs take real-time chunking's guidance inputs
             "source": source or {},
-            "exporter": {"pi0edge": pi0edge.__version__, "torch": str(torch.__version__), "onnx": str(onnx.__version__),
-                         "opset": OPSET, "python": platform.python_version(),
-                         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+            "exporter": exporter_record(),
             "files": files,
         }
         write_text_atomic(staging / MANIFEST_NAME, yaml.safe_dump(manifest, sort_keys=False))

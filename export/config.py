@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from pi0edge.contract import DEFAULT_CAMERAS
+from pi0edge.fast_settings import FAST_MODEL_TYPE
 
 MODEL_TYPES = ("pi0", "pi05")  # flow matching (Pi0Config); Pi0-FAST is FAST_MODEL_TYPE (Pi0FastConfig)
-FAST_MODEL_TYPE = "pi0fast"
 
 
 def _check_positive(owner: str, **values: int) -> None:

@@ -7,26 +7,23 @@ processor_config.json) that turns action tokens back into actions at run time.
 
 from __future__ import annotations
 
-import datetime
-import platform
 import shutil
 import time
 from pathlib import Path
 
 import yaml
 
-import pi0edge
 from pi0edge.atomic import staged_dir, write_text_atomic
 from pi0edge.errors import BundleError, CheckpointError
 from pi0edge.export.config import Pi0FastConfig
-from pi0edge.export.onnx.graphs import OPSET
+from pi0edge.export.onnx.graphs import exporter_record
 from pi0edge.export.tokenizer import check_tokenizer
 from pi0edge.fast_settings import FAST_TOKENIZER_DIR
-from pi0edge.manifest import FORMAT_VERSION, MANIFEST_NAME, load_manifest, sha256_file
+from pi0edge.manifest import FORMAT_VERSION, MANIFEST_NAME, TOKENIZER_NAME, load_manifest, sha256_file
 from pi0edge.normalization import NormStats
+from pi0edge.runtime.fast_tokens import CONFIG_FILE, TOKENIZER_FILE, read_fast_config
 
-TOKENIZER_NAME = "tokenizer.model"
-FAST_TOKENIZER_FILES = ("tokenizer.json", "processor_config.json")
+FAST_TOKENIZER_FILES = (TOKENIZER_FILE, CONFIG_FILE)
 
 
 def fast_model_manifest(cfg: Pi0FastConfig) -> dict:
@@ -48,8 +45,6 @@ def fast_settings(cfg: Pi0FastConfig, action_dim: int) -> dict:
 def fast_action_dim(fast_tokenizer_dir: Path, default: int, cfg: Pi0FastConfig, robot_action_dim: int) -> int:
     """The width the FAST tokenizer encodes: its processor_config.json's action_dim, else `default` (LeRobot
     tokenizes the robot's actions, openpi the model-wide padded ones); checked to lie between the two."""
-    from pi0edge.runtime.fast_tokens import CONFIG_FILE, read_fast_config
-
     recorded = read_fast_config(fast_tokenizer_dir / CONFIG_FILE).action_dim
     width = default if recorded is None else recorded
     if not robot_action_dim <= width <= cfg.action_dim:
@@ -74,9 +69,6 @@ def write_fast_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_
     -> (seconds taken, bundle bytes). fast_width: the action width the FAST tokenizer decodes when its
     processor_config.json does not say. deployment: bundle.yaml's `deployment` section (export/bundle.py's
     deployment_record), left out when None."""
-    import onnx
-    import torch
-
     from pi0edge.export.onnx.fast_graphs import export_fast_graphs
 
     out_dir, cfg = Path(out_dir), model.cfg
@@ -103,9 +95,7 @@ def write_fast_bundle(model, out_dir: Path, *, norm_stats: NormStats, tokenizer_
             "normalization": norm_stats.to_dict(), "tokenizer": {"file": TOKENIZER_NAME},
             "fast": fast_settings(cfg, width), "graphs": graphs,
             **({"deployment": deployment} if deployment is not None else {}), "source": source or {},
-            "exporter": {"pi0edge": pi0edge.__version__, "torch": str(torch.__version__),
-                         "onnx": str(onnx.__version__), "opset": OPSET, "python": platform.python_version(),
-                         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+            "exporter": exporter_record(),
             "files": files,
         }
         write_text_atomic(staging / MANIFEST_NAME, yaml.safe_dump(manifest, sort_keys=False))

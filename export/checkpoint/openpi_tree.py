@@ -20,7 +20,6 @@ import torch
 from pi0edge.errors import CheckpointError
 from pi0edge.export.config import FAST_MODEL_TYPE, Pi0Config, Pi0FastConfig
 
-OPENPI_MODEL_TYPES = ("pi0", "pi05", "pi0_fast")
 EXPERT = "_1"  # gemma.py `_name(name, 1)`: the second config of the mixture, the action expert
 LORA_MARKERS = ("lora_a", "lora_b")  # lora.py: adapters beside `w` / `gating_einsum` / `linear`
 

@@ -15,11 +15,11 @@ import torch
 from pi0edge.errors import CheckpointError
 from pi0edge.export.checkpoint.layouts import CONFIG_FILE, LEGACY_STATS_KEYS
 from pi0edge.export.checkpoint.safetensors_io import TensorInfo, read_safetensors_header
-from pi0edge.export.config import Pi0Config
+from pi0edge.export.config import FAST_MODEL_TYPE, Pi0Config
 from pi0edge.normalization import NormStats, NormStatsError
 
 LEROBOT_NORM_KINDS = {"MEAN_STD": "mean_std", "QUANTILES": "quantile"}
-DEFAULT_NORM_KIND = {"pi0": "mean_std", "pi05": "quantile", "pi0fast": "mean_std"}  # LeRobot's defaults
+DEFAULT_NORM_KIND = {"pi0": "mean_std", "pi05": "quantile", FAST_MODEL_TYPE: "mean_std"}  # LeRobot's defaults
 
 
 def openpi_norm_kind(model_type: str) -> str:

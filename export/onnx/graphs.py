@@ -8,7 +8,9 @@ Names, dtypes and symbolic shapes come from pi0edge.contract; this module only b
 
 from __future__ import annotations
 
+import datetime
 import logging
+import platform
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+import pi0edge
 from pi0edge import contract as c
 from pi0edge.export.config import Pi0Config
 from pi0edge.export.model import Pi0Model
@@ -62,6 +65,15 @@ class DenoiseStepGraph(nn.Module):
         x_next, v = self.model.denoise_step(x_t, t, dt, past_keys, past_values, prefix_mask,
                                             state[0] if state else None, step_index, guidance)
         return (x_next, v) if self.with_velocity else x_next
+
+
+def exporter_record() -> dict:
+    """bundle.yaml `exporter`: the versions that wrote the graphs, and when."""
+    import onnx
+
+    return {"pi0edge": pi0edge.__version__, "torch": str(torch.__version__), "onnx": str(onnx.__version__),
+            "opset": OPSET, "python": platform.python_version(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def graph_sizes(cfg: Pi0Config) -> dict[str, int]:
