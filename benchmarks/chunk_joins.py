@@ -260,8 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     plot(results, traces, args.png)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({a: {f"{s}@{d}": v for (s, d), v in r.items()} for a, r in results.items()}, f, indent=1)
+        from pi0edge.atomic import write_text_atomic
+
+        write_text_atomic(Path(args.json), json.dumps({a: {f"{s}@{d}": v for (s, d), v in r.items()}
+                                                       for a, r in results.items()}, indent=1))
     return 0
 
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gpu_fast import fast_eager_runner, fast_policy_runner
+from gpu_fast import PREFIX_INPUTS, fast_eager_runner, fast_policy_runner
 
-from pi0edge import contract as c
+from pi0edge.atomic import write_text_atomic
 from pi0edge.export.bundle import export_bundle
 from pi0edge.export.checkpoint import load_checkpoint
 from pi0edge.export.config import PRESETS
@@ -48,12 +48,10 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     options = {"intra_op_threads": args.ort_threads} if args.ort_threads else {}
     with Policy(work / "bundle", **options) as policy:
         feeds = policy.preprocess([synthetic_observation(policy)])
-        names = (c.IMAGES, c.IMAGE_MASKS, c.TOKENS, c.TOKEN_MASKS)
-        np_feeds = {k: np.asarray(feeds[k]) for k in names}
-        torch_feeds = {k: torch.from_numpy(np_feeds[k]) for k in names}
+        torch_feeds = {k: torch.from_numpy(np.asarray(feeds[k])) for k in PREFIX_INPUTS}
         # the same runners as benchmarks/gpu_latency.py's pi0fast row: prefix and decode loop from one call
         eager, _ = fast_eager_runner(model, torch_feeds, "cpu")
-        ort = fast_policy_runner(policy, np_feeds, {})
+        ort = fast_policy_runner(policy, feeds, {})
         for round_ in range(args.warmup + args.repeats):
             chunks = {"eager torch": eager(), "ort-cpu graphs": ort()}
             if round_ >= args.warmup:
@@ -97,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"(load {record['load_before'][0]:.1f} -> {record['load_after'][0]:.1f})")
     print(table(record))
     if args.json:
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        write_text_atomic(args.json, json.dumps(record, indent=2) + "\n")
     return record
 
 

@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from full_size import run_stage  # noqa: E402  (a sibling script: the same per-stage child process)
 
+from pi0edge.atomic import write_text_atomic  # noqa: E402
+
 # The child of stage 2: the load as `pi0edge export` does it, then what the peak is compared with.
 LOAD_STAGE = """
 import math, time
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(record, indent=2)
     print(text)
     if args.json:
-        args.json.write_text(text + "\n")
+        write_text_atomic(args.json, text + "\n")
     return 0
 
 

@@ -18,7 +18,7 @@ from pi0edge.errors import ConfigError, require
 from pi0edge.net import is_loopback_host
 
 from .obs_map import ObsMap
-from .session import HEALTH_PATH, INTERNAL_ERROR, MESSAGE_TOO_BIG, ServeConfig
+from .session import HEALTH_PATH, MESSAGE_TOO_BIG, PolicyService, ServeConfig
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,6 @@ def load_service(source: PolicySource, config: ServeConfig, replica: str):
     """In a replica: its Policy, the observation map checked against the bundle, the protocol around them."""
     from pi0edge.runtime.policy import Policy
 
-    from .session import PolicyService
-
     policy = Policy(source.bundle_dir, source.backend, seed=config.seed)
     log.info("replica %s serves %s (obs map %s)", replica, source.bundle_dir, source.obs_map.name)
     return PolicyService(policy, source.obs_map, config, replica=replica)
@@ -102,26 +100,25 @@ async def serve_websocket(service, websocket, max_message_bytes: int) -> None:
         await websocket.close(code=POLICY_DENIED)  # before accept: the client's handshake fails (HTTP 403)
         return
     await websocket.accept()
-    session = service.session()
     try:
-        await websocket.send_bytes(session.greeting())
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            frame = message.get("bytes") if message.get("bytes") is not None else message.get("text", "")
-            if len(frame) > max_message_bytes:
-                await websocket.close(code=MESSAGE_TOO_BIG, reason=f"frame over {max_message_bytes} bytes")
-                return
-            reply = await session.reply(frame, peer)
-            if reply.error is not None:
-                await websocket.send_text(reply.error)
-                await websocket.close(code=INTERNAL_ERROR, reason="error; the message is in the previous frame")
-                return
-            await websocket.send_bytes(reply.frame)
-            session.sent()
+        await service.session().converse(_frames(websocket, max_message_bytes), websocket.send_bytes,
+                                         websocket.send_text, websocket.close, peer)
     except WebSocketDisconnect:
         return
+
+
+async def _frames(websocket, max_message_bytes: int):
+    """The client's frames (bytes, or str for a text frame) until it disconnects; a frame over the limit closes
+    the connection (1009), as the websockets library does for server.py."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        frame = message.get("bytes") if message.get("bytes") is not None else message.get("text", "")
+        if len(frame) > max_message_bytes:
+            await websocket.close(code=MESSAGE_TOO_BIG, reason=f"frame over {max_message_bytes} bytes")
+            return
+        yield frame
 
 
 def run(source: PolicySource, config: ServeConfig, ray_config: RayConfig, on_ready=None) -> None:

@@ -16,7 +16,7 @@ from pi0edge.errors import ConfigError, require
 from pi0edge.net import is_loopback_host
 
 from .obs_map import ObsMap
-from .session import HEALTH_PATH, INTERNAL_ERROR, PolicyService, ServeConfig
+from .session import HEALTH_PATH, PolicyService, ServeConfig
 
 __all__ = ["PolicyServer", "ServeConfig"]
 
@@ -27,7 +27,6 @@ class PolicyServer:
     def __init__(self, policy, obs_map: ObsMap, config: ServeConfig | None = None):
         self.config = config = config if config is not None else ServeConfig()
         self.service = PolicyService(policy, obs_map, config)
-        self.shared, self.metadata = self.service.shared, self.service.metadata
         self.port: int | None = None
 
     async def serve(self, stop: asyncio.Event | None = None, on_ready=None) -> None:
@@ -35,12 +34,13 @@ class PolicyServer:
         require("websockets", "serve", "pi0edge serve")
         from websockets.asyncio.server import serve
 
-        self.shared.start()
+        shared, metadata = self.service.shared, self.service.metadata
+        shared.start()
         try:
             async with await self._listen(serve) as server:
                 self.port = server.sockets[0].getsockname()[1]
-                log.info("serving %s on ws://%s:%d (obs map %s)", self.metadata["bundle"], self.config.host,
-                         self.port, self.metadata["obs_map"])
+                log.info("serving %s on ws://%s:%d (obs map %s)", metadata["bundle"], self.config.host,
+                         self.port, metadata["obs_map"])
                 if self.config.api_key is None and not is_loopback_host(self.config.host):
                     log.warning("listening on %s without an API key: anyone who reaches this port drives the "
                                 "policy (--api-key)", self.config.host)
@@ -48,7 +48,7 @@ class PolicyServer:
                     on_ready(self.port)
                 await (stop.wait() if stop is not None else asyncio.Future())
         finally:
-            await self.shared.close()
+            await shared.close()
 
     async def _listen(self, serve):
         host, port = self.config.host, self.config.port
@@ -70,18 +70,9 @@ class PolicyServer:
     async def _handle(self, ws) -> None:
         from websockets.exceptions import ConnectionClosed
 
-        session = self.service.session()
         log.info("connection from %s", ws.remote_address)
-        try:
-            await ws.send(session.greeting())
-            async for frame in ws:
-                reply = await session.reply(frame, ws.remote_address)
-                if reply.error is not None:
-                    await ws.send(reply.error)
-                    await ws.close(code=INTERNAL_ERROR, reason="error; the message is in the previous frame")
-                    break
-                await ws.send(reply.frame)
-                session.sent()
+        try:  # websockets' send takes bytes (binary frame) and str (text frame) alike
+            await self.service.session().converse(ws, ws.send, ws.send, ws.close, ws.remote_address)
         except ConnectionClosed:
             pass
         log.info("connection from %s closed", ws.remote_address)

@@ -5,7 +5,7 @@ protocol exists once.
 
 - each binary frame from the client is an observation dict; the answer is {"actions": [H, robot_action_dim],
   "policy_timing": {"infer_ms"}, "server_timing": {"infer_ms", "batch_size", "prev_total_ms"}};
-- a fault is a `Reply` with `error` set: the transport sends it as a text frame, then closes with 1011;
+- a fault is answered as a text frame, then the connection is closed with 1011 (`Session.converse`);
 - pi0edge's extension: an optional `deadline_ms` in the observation dict; a deadline the server cannot meet is
   answered {"error", "deadline_ms", "estimate_ms"} and the connection stays open.
 """
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 HEALTH_PATH = "/healthz"
 INTERNAL_ERROR = 1011  # the close code after an error frame, as openpi closes on an error
 MESSAGE_TOO_BIG = 1009  # the close code for a frame over max_message_bytes
+ERROR_CLOSE_REASON = "error; the message is in the previous frame"
 DEADLINE_KEY = "deadline_ms"  # optional in an observation: from receipt, by when the client needs the answer
 
 
@@ -83,15 +84,25 @@ class PolicyService:
 class Session:
     def __init__(self, service: PolicyService, rng: np.random.Generator):
         self.service, self._rng = service, rng
-        self._prev_total_ms: float | None = None
-        self._start_s: float | None = None  # receipt of the frame being answered
+        self._prev_total_ms: float | None = None  # the previous answer's time from receipt to sent, as openpi reports
 
-    def greeting(self) -> bytes:
-        return packb(self.service.metadata)
+    async def converse(self, frames, send_bytes, send_text, close, peer: object = None) -> None:
+        """One connection's life over any transport: the metadata, then an answer to each frame of `frames` (an
+        async iterable) until it ends or an error frame is sent and the connection closed (peer: for the log).
+        The transport's own "connection closed" exception goes through to its handler."""
+        await send_bytes(packb(self.service.metadata))
+        async for frame in frames:
+            received_s = time.monotonic()
+            reply = await self._reply(frame, peer)
+            if reply.error is not None:
+                await send_text(reply.error)
+                await close(code=INTERNAL_ERROR, reason=ERROR_CLOSE_REASON)
+                return
+            await send_bytes(reply.frame)
+            self._prev_total_ms = (time.monotonic() - received_s) * 1e3
 
-    async def reply(self, frame: bytes | str, peer: object = None) -> Reply:
-        """The answer to one frame from the client (peer: for the log); call `sent()` once it is sent."""
-        self._start_s = time.monotonic()
+    async def _reply(self, frame: bytes | str, peer: object) -> Reply:
+        """The answer to one frame from the client (peer: for the log)."""
         try:
             response = await self._answer(frame)
         except DeadlineUnmeetable as exc:  # load, not a fault: the client may go on (docs/serving.md)
@@ -106,10 +117,6 @@ class Session:
         if self._prev_total_ms is not None:
             response["server_timing"]["prev_total_ms"] = self._prev_total_ms
         return Reply(frame=packb(response))
-
-    def sent(self) -> None:
-        """The answer went out: its time from receipt is the next answer's `prev_total_ms`, as openpi reports."""
-        self._prev_total_ms = (time.monotonic() - self._start_s) * 1e3
 
     @staticmethod
     def _error(message: str, peer: object) -> Reply:
